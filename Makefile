@@ -1,0 +1,56 @@
+# kvs2 — the two commands a person needs are `make up` and `make test`.
+# Every target prepares what it needs itself (the venv, Kafka's jars, Go-built tools) and caches
+# slow downloads and builds under ~/.cache/kvs2/.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help venv proto up down test test-unit lint fmt bench cluster cluster-down clean
+
+help:
+	@echo "make up          start Kafka (127.0.0.1:19092) and two replicas (127.0.0.1:50051, :50052)"
+	@echo "make down        stop what 'make up' started"
+	@echo "make test        lint + the whole test suite against real Kafka / Kubernetes binaries"
+	@echo "make test-unit   only the unit tests (no external processes)"
+	@echo "make lint        ruff + mypy --strict"
+	@echo "make bench       benchmarks; results land in bench/RESULTS.md"
+	@echo "make cluster     Kafka + a local Kubernetes control plane + the operator"
+
+venv:
+	@scripts/venv.sh
+
+proto: venv
+	scripts/gen-proto.sh
+
+up: venv
+	$(PY) -m kvs2.devstack up
+
+down: venv
+	$(PY) -m kvs2.devstack down
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+fmt: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m bench.run
+
+cluster: venv
+	$(PY) -m tests.harness.cluster up
+
+cluster-down: venv
+	$(PY) -m tests.harness.cluster down
+
+clean: down
+	rm -rf .kvs2

@@ -1,0 +1,1 @@
+"""The kvs2 Kubernetes operator: reconciles KeyValueStore resources into Kafka topics and workloads."""
