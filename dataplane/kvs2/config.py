@@ -1,0 +1,91 @@
+"""Settings of `kvs2 serve`, from flags and environment variables.
+
+Every flag has an environment variable so that a Kubernetes pod can be configured from a ConfigMap
+or Secret without templating the command line. Kafka client settings pass through untouched:
+`--kafka-config KEY=VALUE`, `KVS2_KAFKA_CONFIG=k=v,k=v`, or one variable per setting,
+`KVS2_KAFKA_SASL_USERNAME` → `sasl.username` (how Secret-referenced credentials arrive).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvs2.errors import ConfigError
+
+KAFKA_ENV_PREFIX = "KVS2_KAFKA_"
+# Variables with the prefix that are not librdkafka settings.
+_RESERVED_KAFKA_ENV = {"KVS2_KAFKA_CONFIG"}
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_MAX_MULTIGET_KEYS = 10_000
+# LMDB's compiled-in maximum key size (mdb_env_get_maxkeysize) for py-lmdb's bundled build.
+DEFAULT_MAX_KEY_BYTES = 511
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; each one is reported by name and value when a request exceeds it."""
+
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    max_multiget_keys: int = DEFAULT_MAX_MULTIGET_KEYS
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    bootstrap_servers: str
+    topic: str
+    data_dir: Path
+    listen: str = DEFAULT_LISTEN
+    limits: Limits = field(default_factory=Limits)
+    kafka_config: Mapping[str, str] = field(default_factory=dict)
+    shutdown_grace: float = 10.0
+    # Longest a Set waits for Kafka's acknowledgement when the client gave no deadline.
+    default_write_timeout: float = 30.0
+    create_topic: bool = False
+    partitions: int = 6
+    replication_factor: int = 1
+    map_size: int = 1 << 34  # 16 GiB of address space; LMDB files are sparse
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers:
+            raise ConfigError("--bootstrap-servers (KVS2_BOOTSTRAP_SERVERS) is required")
+        if not self.topic:
+            raise ConfigError("--topic (KVS2_TOPIC) is required")
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"--listen must be HOST:PORT, got {self.listen!r}")
+        if self.limits.max_multiget_keys < 1:
+            raise ConfigError("--max-multiget-keys must be at least 1")
+        if self.partitions < 1 or self.replication_factor < 1:
+            raise ConfigError("--partitions and --replication-factor must be at least 1")
+
+
+def parse_kafka_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """`["a.b=1", "c=2"]` → `{"a.b": "1", "c": "2"}`; a pair without `=` is a ConfigError."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        pair = pair.strip()
+        if not pair:
+            continue
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"Kafka setting {pair!r} is not KEY=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def kafka_config_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Kafka client settings from the environment: `KVS2_KAFKA_CONFIG` first, then one-per-variable."""
+    out = parse_kafka_pairs(env.get("KVS2_KAFKA_CONFIG", "").split(","))
+    for name, value in sorted(env.items()):
+        if name.startswith(KAFKA_ENV_PREFIX) and name not in _RESERVED_KAFKA_ENV:
+            out[name.removeprefix(KAFKA_ENV_PREFIX).lower().replace("_", ".")] = value
+    return out
+
+
+def env_default(name: str, default: str) -> str:
+    return os.environ.get(name, default)

@@ -1,0 +1,193 @@
+"""The ingester: the only writer of the replica. It follows every partition of the topic and applies
+each consumed batch, together with the partitions' next offsets, in one LMDB transaction.
+
+Life of the ingester:
+  1. describe the topic (id, partition count); if it differs from what the replica was built from,
+     the replica is stale (topic deleted and recreated, partitions changed): wipe it and rebuild;
+  2. note the end offsets Kafka has now — the replica is "caught up" once its next offsets reach them
+     (positions, never "last record + 1": offsets have gaps);
+  3. consume in batches from the stored offsets; apply; publish progress;
+  4. every few seconds re-check the topic's identity, so a recreated topic is noticed while running.
+Kafka unreachable before step 2 keeps the replica NOT_SERVING and retries with backoff; a Kafka
+outage after that leaves it serving what it has (reads are local) while librdkafka reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from kvs2.errors import Kvs2Error, TopicNotFound
+from kvs2.kafka_io import Admin, ChangelogReader, OffsetGone
+from kvs2.storage import Replica, TopicIdentity
+
+log = logging.getLogger(__name__)
+
+ProgressSink = Callable[[Mapping[int, int], bool], None]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How to create the topic when it is missing (local development only; the operator creates it)."""
+
+    partitions: int
+    replication_factor: int
+
+
+class _Rebuild(Exception):
+    """The replica no longer matches the topic; start over from an empty replica."""
+
+
+class Ingester:
+    def __init__(
+        self,
+        replica: Replica,
+        admin: Admin,
+        make_reader: Callable[[], ChangelogReader],
+        topic: str,
+        on_progress: ProgressSink,
+        *,
+        on_topic_limit: Callable[[int], None] = lambda _limit: None,
+        create: TopicSpec | None = None,
+        batch_size: int = 10_000,
+        identity_check_interval: float = 5.0,
+    ) -> None:
+        self._replica = replica
+        self._admin = admin
+        self._make_reader = make_reader
+        self._topic = topic
+        self._on_progress = on_progress
+        self._on_topic_limit = on_topic_limit
+        self._create = create
+        self._batch_size = batch_size
+        self._identity_check_interval = identity_check_interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kvs2-ingester", daemon=True)
+        self._problem: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    # ----------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delay = 0.5
+            except _Rebuild as why:
+                log.warning("replica is stale (%s): discarding it and rebuilding from the topic", why)
+                self._on_progress({}, False)
+                self._replica.invalidate()
+            except Kvs2Error as exc:
+                self._report_problem(str(exc))
+                self._on_progress(self._replica.next_offsets(), False)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception:  # a bug: log it loudly, keep the process honest (NOT_SERVING), retry
+                log.exception("ingester failed unexpectedly; retrying")
+                self._on_progress(self._replica.next_offsets(), False)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _report_problem(self, problem: str) -> None:
+        if problem != self._problem:
+            log.warning("replica cannot follow topic %r yet: %s", self._topic, problem)
+            self._problem = problem
+
+    def _identity(self) -> TopicIdentity:
+        try:
+            return self._admin.describe(self._topic)
+        except TopicNotFound:
+            if self._create is None:
+                raise
+            created = self._admin.create_topic(
+                self._topic, self._create.partitions, self._create.replication_factor
+            )
+            if created:
+                log.info("created topic %r (%d partitions, compacted)", self._topic, self._create.partitions)
+            return self._admin.describe(self._topic)
+
+    def _session(self) -> None:
+        identity = self._identity()
+        if self._replica.identity() != identity:
+            log.info(
+                "building replica of topic %r (id %s, %d partitions) from the beginning",
+                identity.topic,
+                identity.topic_id,
+                identity.partitions,
+            )
+            self._replica.reset(identity)
+        offsets = self._replica.next_offsets()
+        targets = self._admin.end_offsets(self._topic, identity.partitions)
+        try:
+            self._on_topic_limit(self._admin.max_message_bytes(self._topic))
+        except Kvs2Error as exc:
+            log.warning("could not read the topic's max.message.bytes: %s", exc)
+        if self._problem is not None:
+            log.info("Kafka is reachable again; following topic %r", self._topic)
+            self._problem = None
+
+        reader = self._make_reader()
+        try:
+            reader.assign(identity.partitions, offsets)
+            self._follow(reader, identity, offsets, targets)
+        except OffsetGone as exc:
+            raise _Rebuild(str(exc)) from exc
+        finally:
+            reader.close()
+
+    def _follow(
+        self,
+        reader: ChangelogReader,
+        identity: TopicIdentity,
+        offsets: dict[int, int],
+        targets: Mapping[int, int],
+    ) -> None:
+        serving = _caught_up(offsets, targets)
+        if serving:
+            log.info("replica is caught up with topic %r: serving", self._topic)
+        self._on_progress(offsets, serving)
+        next_check = time.monotonic() + self._identity_check_interval
+        while not self._stop.is_set():
+            records, eof = reader.read(self._batch_size, timeout=0.2)
+            advanced: dict[int, int] = {}
+            for rec in records:
+                advanced[rec.partition] = rec.offset + 1
+            for partition, end in eof.items():
+                if end > max(offsets.get(partition, 0), advanced.get(partition, 0)):
+                    advanced[partition] = end
+            if records or advanced:
+                self._replica.apply(records, advanced)
+                offsets.update(advanced)
+                if not serving and _caught_up(offsets, targets):
+                    serving = True
+                    log.info("replica is caught up with topic %r: serving", self._topic)
+                self._on_progress(offsets, serving)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + self._identity_check_interval
+                self._check_identity(identity)
+
+    def _check_identity(self, identity: TopicIdentity) -> None:
+        try:
+            now = self._admin.describe(self._topic, timeout=5.0)
+        except TopicNotFound as exc:
+            raise _Rebuild(f"topic {self._topic!r} was deleted") from exc
+        except Kvs2Error:
+            return  # Kafka unreachable: keep serving the local replica; librdkafka reconnects
+        if now != identity:
+            raise _Rebuild(
+                f"topic {self._topic!r} changed from id {identity.topic_id} with {identity.partitions} "
+                f"partitions to id {now.topic_id} with {now.partitions}"
+            )
+
+
+def _caught_up(offsets: Mapping[int, int], targets: Mapping[int, int]) -> bool:
+    return all(offsets.get(p, 0) >= end for p, end in targets.items())

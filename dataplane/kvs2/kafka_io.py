@@ -1,0 +1,297 @@
+"""The Kafka border: every confluent-kafka object is made here, and every librdkafka error is mapped
+here into `kvs2.errors`. Nothing else in the data plane imports confluent_kafka.
+
+Why a border: librdkafka reports failures as error codes on futures, callbacks and messages;
+the rest of the code should see a small set of meaningful exceptions instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec  # type: ignore[attr-defined]
+
+from kvs2.errors import (
+    InvalidArgument,
+    KafkaUnavailable,
+    Kvs2Error,
+    PermissionDenied,
+    TopicNotFound,
+)
+from kvs2.storage import Record, TopicIdentity
+
+log = logging.getLogger(__name__)
+
+# Upper bound of what a single record adds to its key and value on the wire (record batch header,
+# record framing, varints). Values are checked against the limit minus key and this overhead.
+RECORD_OVERHEAD = 256
+# librdkafka's default `message.max.bytes`.
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
+
+_NOT_FOUND = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
+_TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
+_DENIED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError._AUTHENTICATION,
+}
+
+
+def map_error(err: KafkaError | None, doing: str) -> Kvs2Error:
+    """One librdkafka error → the kvs2 exception a caller can act on."""
+    if err is None:
+        return KafkaUnavailable(f"{doing}: Kafka reported an unknown failure")
+    code = err.code()
+    text = f"{doing}: {err.str()}"
+    if code in _NOT_FOUND:
+        return TopicNotFound(text)
+    if code in _TOO_LARGE:
+        return InvalidArgument(text)
+    if code in _DENIED:
+        return PermissionDenied(text)
+    return KafkaUnavailable(text)
+
+
+def _map_exception(exc: BaseException, doing: str) -> Kvs2Error:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return map_error(exc.args[0], doing)
+    return KafkaUnavailable(f"{doing}: {exc}")
+
+
+def client_config(bootstrap_servers: str, extra: Mapping[str, str]) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap_servers, **extra}
+
+
+# ----- admin -------------------------------------------------------------------------------------
+class Admin:
+    """Metadata look-ups the ingester and the writer need; each call is bounded by `timeout`."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._client = AdminClient(dict(config))
+
+    def describe(self, topic: str, timeout: float = 10.0) -> TopicIdentity:
+        futures = self._client.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+        try:
+            desc = futures[topic].result(timeout=timeout + 5)
+        except Exception as exc:
+            raise _map_exception(exc, f"describing topic {topic!r}") from exc
+        return TopicIdentity(topic=topic, topic_id=str(desc.topic_id), partitions=len(desc.partitions))
+
+    def end_offsets(self, topic: str, partitions: int, timeout: float = 10.0) -> dict[int, int]:
+        """The offset a consumer must reach to have read everything committed now, per partition."""
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(topic, p): latest for p in range(partitions)}
+        futures = self._client.list_offsets(
+            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
+        )
+        out: dict[int, int] = {}
+        try:
+            for tp, fut in futures.items():
+                out[tp.partition] = fut.result(timeout=timeout + 5).offset
+        except Exception as exc:
+            raise _map_exception(exc, f"listing end offsets of {topic!r}") from exc
+        return out
+
+    def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        futures = self._client.describe_configs([resource], request_timeout=timeout)
+        try:
+            configs = next(iter(futures.values())).result(timeout=timeout + 5)
+        except Exception as exc:
+            raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
+        return int(configs["max.message.bytes"].value)
+
+    def create_topic(
+        self,
+        topic: str,
+        partitions: int,
+        replication_factor: int,
+        config: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> bool:
+        """Create a compacted topic. Returns False when it already existed."""
+        settings = {"cleanup.policy": "compact", **(config or {})}
+        new = NewTopic(
+            topic, num_partitions=partitions, replication_factor=replication_factor, config=settings
+        )
+        futures = self._client.create_topics([new], request_timeout=timeout)
+        try:
+            futures[topic].result(timeout=timeout + 5)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return False
+            raise _map_exception(exc, f"creating topic {topic!r}") from exc
+        return True
+
+
+class OffsetGone(Kvs2Error):
+    """A stored offset is no longer in the log: the replica cannot be completed from there."""
+
+
+# ----- consumer ----------------------------------------------------------------------------------
+class ChangelogReader:
+    """Reads every partition of the topic from given offsets: `assign`, never a consumer group.
+
+    Why no group: every replica must hold every partition; a group would split them.
+    """
+
+    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+        self.topic = topic
+        self._consumer = Consumer(
+            {
+                **config,
+                # A group id is required by the client even though no group is ever joined.
+                "group.id": "kvs2-replica-assign-only",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                # A stored offset that Kafka no longer has means the replica cannot be completed from
+                # the log: report it (and rebuild) instead of silently jumping to the latest offset.
+                "auto.offset.reset": "error",
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 100,
+                "queued.max.messages.kbytes": 262144,
+            }
+        )
+
+    def assign(self, partitions: int, next_offsets: Mapping[int, int]) -> None:
+        self._consumer.assign(
+            [TopicPartition(self.topic, p, next_offsets.get(p, OFFSET_BEGINNING)) for p in range(partitions)]
+        )
+
+    def read(self, max_records: int, timeout: float) -> tuple[list[Record], dict[int, int]]:
+        """A batch of records, and the next offsets that reaching the end of a partition revealed.
+
+        End-of-partition events carry the partition's end offset: the only way to learn that the
+        consumer's position moved past a gap (compaction, transaction markers) with no record after it.
+        """
+        records: list[Record] = []
+        eof: dict[int, int] = {}
+        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout):
+            err = msg.error()
+            if err is not None:
+                code = err.code()
+                if code == KafkaError._PARTITION_EOF:
+                    eof[_int(msg.partition())] = _int(msg.offset())
+                elif code == KafkaError._AUTO_OFFSET_RESET:
+                    raise OffsetGone(f"topic {self.topic!r}: {err.str()}")
+                elif err.fatal():
+                    raise map_error(err, f"reading topic {self.topic!r}")
+                else:
+                    # Transient (a broker restarting, a leader moving): librdkafka retries by itself.
+                    log.warning("reading topic %r: %s (retrying)", self.topic, err.str())
+                continue
+            records.append(_record(msg))
+        return records, eof
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _int(value: int | None) -> int:
+    assert value is not None
+    return value
+
+
+def _record(msg: Message) -> Record:
+    key = msg.key()
+    value = msg.value()
+    return Record(
+        key=b"" if key is None else bytes(key),
+        value=None if value is None else bytes(value),
+        partition=_int(msg.partition()),
+        offset=_int(msg.offset()),
+    )
+
+
+# ----- producer ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WriteToken:
+    """Where Kafka stored a write: a replica has applied it once its next offset passes `offset`."""
+
+    partition: int
+    offset: int
+
+
+class Writer:
+    """An idempotent, acks=all producer whose delivery reports resolve thread-safe futures.
+
+    The `murmur2_random` partitioner is the Java client's: a Java or Kafka Connect producer puts a
+    key in the same partition as we do, so any Kafka producer can write to a store.
+    """
+
+    def __init__(self, config: Mapping[str, Any], topic: str, *, message_timeout: float) -> None:
+        self.topic = topic
+        settings: dict[str, Any] = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            "linger.ms": 1,
+            "message.timeout.ms": int(message_timeout * 1000),
+            **config,
+        }
+        self._producer = Producer(settings)
+        self._message_max_bytes = int(settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
+        self.topic_max_message_bytes: int | None = None
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="kvs2-producer-poll", daemon=True)
+        self._poller.start()
+
+    def max_record_bytes(self) -> int:
+        """The largest key+value the topic and the producer both accept."""
+        limit = self._message_max_bytes
+        if self.topic_max_message_bytes is not None:
+            limit = min(limit, self.topic_max_message_bytes)
+        return limit - RECORD_OVERHEAD
+
+    def write(self, key: bytes, value: bytes | None) -> Future[WriteToken]:
+        """Hand one record to the producer; the future resolves on Kafka's acknowledgement."""
+        fut: Future[WriteToken] = Future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if not fut.set_running_or_notify_cancel():
+                return  # the caller gave up (deadline); nobody is waiting for this report
+            if err is not None:
+                fut.set_exception(map_error(err, "writing to Kafka"))
+            else:
+                fut.set_result(WriteToken(_int(msg.partition()), _int(msg.offset())))
+
+        try:
+            self._producer.produce(self.topic, key=key, value=value, on_delivery=on_delivery)
+        except BufferError as exc:
+            raise KafkaUnavailable(
+                "the producer's queue is full: Kafka is not accepting writes fast enough"
+            ) from exc
+        except KafkaException as exc:
+            raise _map_exception(exc, "writing to Kafka") from exc
+        return fut
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Flush what is queued (bounded), stop the poll thread. Returns records left undelivered."""
+        left = int(self._producer.flush(timeout))
+        self._stop.set()
+        self._poller.join(timeout=2)
+        if left:
+            log.warning("%d writes were not acknowledged by Kafka before shutdown", left)
+        return left

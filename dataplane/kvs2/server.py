@@ -1,0 +1,211 @@
+"""The gRPC face of a replica: the Kvs2 servicer, health, reflection, and the process's lifecycle.
+
+The servicer only translates protobuf ⇄ `kvs2.core.Store` calls and `kvs2.errors` ⇄ status codes
+(`STATUS_OF`, the one table). Everything that knows Kafka or LMDB lives below the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from kvs2 import errors
+from kvs2._proto import kvs2_pb2 as pb
+from kvs2._proto import kvs2_pb2_grpc as pb_grpc
+from kvs2.config import ServeSettings
+from kvs2.core import Store
+from kvs2.ingest import Ingester, TopicSpec
+from kvs2.kafka_io import Admin, ChangelogReader, Writer, client_config
+from kvs2.progress import Progress
+from kvs2.storage import Entry, Replica
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Kvs2"].full_name  # "kvs2.Kvs2"
+
+# The one table from core errors to gRPC status codes; the most specific class wins (MRO order).
+STATUS_OF: dict[type[errors.Kvs2Error], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Kvs2Error: grpc.StatusCode.INTERNAL,
+}
+
+# Leave this much of the client's deadline to carry our answer back (UNAVAILABLE beats a bare timeout).
+_DEADLINE_MARGIN = 0.05
+
+T = TypeVar("T")
+
+
+def status_of(exc: errors.Kvs2Error) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+async def _translate(context: Context, call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except errors.Kvs2Error as exc:
+        await context.abort(status_of(exc), str(exc))
+        raise AssertionError("unreachable") from exc  # abort() raises
+
+
+def _read_status(entry: Entry | None) -> tuple[int, bytes, int]:
+    if entry is None:
+        return pb.NOT_FOUND, b"", 0
+    return pb.OK, entry.value, entry.revision
+
+
+class Kvs2Servicer(pb_grpc.Kvs2Servicer):
+    def __init__(self, store: Store, default_write_timeout: float) -> None:
+        self._store = store
+        self._default_write_timeout = default_write_timeout
+
+    def _write_timeout(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self._default_write_timeout
+        return max(0.0, min(remaining - _DEADLINE_MARGIN, self._default_write_timeout))
+
+    async def Get(  # noqa: N802 - the gRPC method name
+        self, request: pb.GetRequest, context: Context
+    ) -> pb.GetReply:
+        async def call() -> pb.GetReply:
+            status, data, revision = _read_status(self._store.get(request.key))
+            return pb.GetReply(status=status, data=data, revision=revision)  # type: ignore[arg-type]
+
+        return await _translate(context, call)
+
+    async def MultiGet(  # noqa: N802
+        self, request: pb.MultiGetRequest, context: Context
+    ) -> pb.MultiGetReply:
+        async def call() -> pb.MultiGetReply:
+            keys = list(request.keys)
+            parts = []
+            for key, entry in zip(keys, self._store.multi_get(keys), strict=True):
+                status, data, revision = _read_status(entry)
+                parts.append(
+                    pb.MultiGetResponsePart(key=key, status=status, data=data, revision=revision)  # type: ignore[arg-type]
+                )
+            return pb.MultiGetReply(parts=parts)
+
+        return await _translate(context, call)
+
+    async def Set(  # noqa: N802
+        self, request: pb.SetRequest, context: Context
+    ) -> pb.SetReply:
+        async def call() -> pb.SetReply:
+            token = await self._store.set(request.key, request.value, self._write_timeout(context))
+            return pb.SetReply(status=pb.PUBLISHED, partition=token.partition, offset=token.offset)
+
+        return await _translate(context, call)
+
+    async def Delete(  # noqa: N802
+        self, request: pb.DeleteRequest, context: Context
+    ) -> pb.DeleteReply:
+        async def call() -> pb.DeleteReply:
+            token = await self._store.delete(request.key, self._write_timeout(context))
+            return pb.DeleteReply(partition=token.partition, offset=token.offset)
+
+        return await _translate(context, call)
+
+
+# ----- the process ---------------------------------------------------------------------------------
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@contextlib.asynccontextmanager
+async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.aio.Server, int, Progress]]:
+    """Start everything a replica is; on exit shut it down in order (see `serve`). Yields the bound port."""
+    loop = asyncio.get_running_loop()
+    kafka = client_config(settings.bootstrap_servers, settings.kafka_config)
+    replica = Replica(settings.data_dir, map_size=settings.map_size)
+    progress = Progress(loop)
+    writer = Writer(kafka, settings.topic, message_timeout=settings.default_write_timeout)
+    store = Store(replica, writer, progress, settings.limits)
+
+    def set_limit(limit: int) -> None:
+        writer.topic_max_message_bytes = limit
+
+    ingester = Ingester(
+        replica,
+        Admin(kafka),
+        lambda: ChangelogReader(kafka, settings.topic),
+        settings.topic,
+        progress.publish,
+        on_topic_limit=set_limit,
+        create=TopicSpec(settings.partitions, settings.replication_factor) if settings.create_topic else None,
+    )
+
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, settings.default_write_timeout), server)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    health_tasks: set[asyncio.Task[None]] = set()
+
+    def on_serving(serving: bool) -> None:
+        states = health_pb2.HealthCheckResponse
+        status = states.SERVING if serving else states.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            task = loop.create_task(health_servicer.set(name, status))
+            health_tasks.add(task)
+            task.add_done_callback(health_tasks.discard)
+        log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
+
+    progress.on_serving_change(on_serving)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise errors.ConfigError(f"cannot listen on {settings.listen}")
+    await server.start()
+    ingester.start()
+    log.info(
+        "kvs2 replica of topic %r listening on %s (data in %s)",
+        settings.topic,
+        settings.listen,
+        settings.data_dir,
+    )
+    try:
+        yield server, port, progress
+    finally:
+        log.info("shutting down: finishing in-flight calls (up to %.0fs)", settings.shutdown_grace)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace)
+        writer.close(timeout=settings.shutdown_grace)
+        ingester.stop()
+        replica.close()
+        log.info("stopped")
+
+
+async def serve(settings: ServeSettings) -> None:
+    """Run a replica until SIGTERM or SIGINT: then stop accepting, finish in-flight calls, flush the
+    producer, stop the ingester and close LMDB."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_replica(settings):
+        await stop.wait()
