@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "operator":
             from kvs2_operator.main import run
 
-            return run(list(args.operator_args))
+            return int(run(list(args.operator_args)))
         return _client_command(args)
     except ConfigError as exc:
         print(f"kvs2: {exc}", file=sys.stderr)

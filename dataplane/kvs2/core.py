@@ -9,16 +9,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import Protocol
 
 from kvs2.config import Limits
 from kvs2.errors import InvalidArgument, Unavailable, WriteOutcomeUnknown
-from kvs2.kafka_io import Writer, WriteToken
+from kvs2.kafka_io import WriteToken
 from kvs2.progress import Progress
 from kvs2.storage import Entry, Replica
 
 
+class RecordWriter(Protocol):
+    """What the store needs of the Kafka producer (`kvs2.kafka_io.Writer`)."""
+
+    def max_record_bytes(self) -> int: ...
+
+    def write(self, key: bytes, value: bytes | None) -> Future[WriteToken]: ...
+
+
 class Store:
-    def __init__(self, replica: Replica, writer: Writer, progress: Progress, limits: Limits) -> None:
+    def __init__(self, replica: Replica, writer: RecordWriter, progress: Progress, limits: Limits) -> None:
         self._replica = replica
         self._writer = writer
         self._progress = progress

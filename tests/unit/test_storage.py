@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kvs2.storage import Record, Replica, TopicIdentity
+
+IDENT = TopicIdentity("t", "id-1", 3)
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> Replica:
+    r = Replica(tmp_path / "db", map_size=1 << 20)
+    r.reset(IDENT)
+    return r
+
+
+def test_apply_stores_values_revisions_and_offsets_together(replica: Replica) -> None:
+    replica.apply([Record(b"a", b"1", 0, 0), Record(b"b", b"", 1, 4)], {0: 1, 1: 5})
+    assert replica.get(b"a") is not None
+    assert (replica.get(b"a").value, replica.get(b"a").revision) == (b"1", 1)  # type: ignore[union-attr]
+    empty = replica.get(b"b")
+    assert empty is not None and empty.value == b"" and empty.revision == 5  # empty value is a value
+    assert replica.next_offsets() == {0: 1, 1: 5}
+
+
+def test_tombstone_deletes_and_later_write_wins(replica: Replica) -> None:
+    replica.apply([Record(b"k", b"1", 0, 0), Record(b"k", None, 0, 1)], {0: 2})
+    assert replica.get(b"k") is None
+    replica.apply([Record(b"k", b"2", 0, 2), Record(b"gone", None, 0, 3)], {0: 4})
+    entry = replica.get(b"k")
+    assert entry is not None and (entry.value, entry.revision) == (b"2", 3)
+
+
+def test_multi_get_keeps_order_and_duplicates(replica: Replica) -> None:
+    replica.apply([Record(b"a", b"1", 0, 0)], {0: 1})
+    got = replica.multi_get([b"a", b"missing", b"a"])
+    assert [None if e is None else e.value for e in got] == [b"1", None, b"1"]
+
+
+def test_unstorable_keys_are_counted_not_silently_dropped(replica: Replica) -> None:
+    too_long = b"x" * (replica.max_key_bytes + 1)
+    skipped = replica.apply([Record(too_long, b"v", 0, 0), Record(b"", b"v", 0, 1)], {0: 2})
+    assert skipped == 2
+    assert replica.skipped_records() == 2
+    assert replica.next_offsets() == {0: 2}
+
+
+def test_identity_survives_reopen_and_reset_wipes(tmp_path: Path) -> None:
+    r = Replica(tmp_path / "db", map_size=1 << 20)
+    assert r.identity() is None
+    r.reset(IDENT)
+    r.apply([Record(b"a", b"1", 0, 0)], {0: 1})
+    r.close()
+    r = Replica(tmp_path / "db", map_size=1 << 20)
+    assert r.identity() == IDENT
+    assert r.get(b"a") is not None
+    r.reset(TopicIdentity("t", "id-2", 3))
+    assert r.get(b"a") is None and r.next_offsets() == {}
+    r.invalidate()
+    assert r.identity() is None
+
+
+def test_map_grows_when_full(tmp_path: Path) -> None:
+    r = Replica(tmp_path / "db", map_size=64 * 1024)
+    r.reset(IDENT)
+    records = [Record(f"k{i}".encode(), b"v" * 1000, 0, i) for i in range(500)]
+    r.apply(records, {0: 500})
+    assert len(r.items()) == 500
