@@ -23,10 +23,10 @@ proto: venv
 	scripts/gen-proto.sh
 
 up: venv
-	$(PY) -m kvs2.devstack up
+	$(PY) -m tests.harness.devstack up
 
 down: venv
-	$(PY) -m kvs2.devstack down
+	$(PY) -m tests.harness.devstack down
 
 lint: venv
 	$(PY) -m ruff check .

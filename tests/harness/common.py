@@ -153,3 +153,20 @@ def stop_pid(pid: int, grace: float = 10.0) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def live_pid(pid_file: Path, cmdline_marker: bytes) -> int | None:
+    """The PID recorded in `pid_file` if that process is alive, not a zombie, and its command line
+    contains `cmdline_marker` — the guard against a recycled PID before `down` signals it."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    if cmdline_marker not in cmdline or "\nState:\tZ" in status:
+        return None
+    return pid
