@@ -1,0 +1,203 @@
+"""kopf wiring only: which events call `reconcile()`, how its errors become kopf's retry semantics,
+and the operator-wide settings. No business logic lives here.
+
+Why a resync loop instead of `@kopf.timer`: kopf puts a finalizer on every object a timer or daemon
+serves (by design, nolar/kopf#1074 and #896), so a timer would block the deletion of every store
+whenever the operator is down. The issue asks for a finalizer only when the deletion policy needs one,
+so periodic drift repair is one operator-level loop (like controller-runtime's resync period) that
+lists the stores and runs the same `reconcile()`; a per-store lock keeps it from interleaving with a
+handler. The delete handler is registered only for `topicDeletionPolicy: Delete` (its `when=` filter),
+which is what makes kopf add — and remove, when the policy changes — the finalizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from kvs2_operator.crd import ANNOTATION_PREFIX, FINALIZER, GROUP, PLURAL, VERSION
+from kvs2_operator.errors import OperatorError, Reason
+from kvs2_operator.kube import KubeApi, load_configuration
+from kvs2_operator.model import parse_ref, parse_store
+from kvs2_operator.reconcile import Deps, kafka_admin_config, list_stores, reconcile
+
+log = logging.getLogger(__name__)
+
+#: Longest delay between retries of a failing pass (Kafka down, API errors).
+MAX_RETRY_DELAY = 30.0
+#: Delay between retries when Kafka answered "no" (e.g. not enough brokers): a person is needed, or time.
+REJECTED_RETRY_DELAY = 60.0
+
+
+@dataclass
+class Options:
+    """Operator-wide options, set by main.py (or defaults when run with `kopf run`)."""
+
+    resync_interval: float = 30.0
+    namespaces: list[str] = field(default_factory=list)
+    kubeconfig: str | None = None
+
+
+def _options(memo: Any) -> Options:
+    options = getattr(memo, "options", None)
+    if options is None:
+        options = memo.options = Options()
+    assert isinstance(options, Options)
+    return options
+
+
+def _deps(memo: Any) -> Deps:
+    deps = getattr(memo, "deps", None)
+    if deps is None:
+        deps = memo.deps = Deps(kube=KubeApi(load_configuration(_options(memo).kubeconfig)))
+    assert isinstance(deps, Deps)
+    return deps
+
+
+def retry_delay(retry: int, error: OperatorError) -> float:
+    """Exponential backoff 1, 2, 4 … capped; slower when Kafka refused rather than failed to answer."""
+    if error.reason == Reason.KAFKA_REJECTED:
+        return REJECTED_RETRY_DELAY
+    return float(min(MAX_RETRY_DELAY, 2 ** min(retry, 8)))
+
+
+def raise_for(error: OperatorError | None, retry: int) -> None:
+    if error is None:
+        return
+    if error.permanent:
+        raise kopf.PermanentError(f"{error.reason}: {error.message}")
+    raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=retry_delay(retry, error))
+
+
+# --- operator-wide activities ------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Our own names for kopf's bookkeeping, and no kopf state in .status (the schema declares ours only).
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Watches that hang silently are the classic kopf failure: make the server end them, and the client
+    # give up if the server does not.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    # Our own Events tell each transition (status.py); kopf's are only wanted for its warnings/errors.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "kvs2-operator"
+    # One operator replica, no peering objects to install.
+    settings.peering.standalone = True
+    options = _options(memo)
+    deps = _deps(memo)
+    memo.resync_task = asyncio.create_task(resync_loop(deps, options), name="kvs2-resync")
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "resync_task", None)
+    if isinstance(task, asyncio.Task):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    deps = getattr(memo, "deps", None)
+    if isinstance(deps, Deps):
+        deps.kube.close()
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches use exactly the credentials the operator's own API calls use."""
+    cfg = _deps(memo).kube.configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme: str | None = parts[0] if len(parts) == 2 else None
+    token: str | None = parts[-1] if parts else None
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
+async def resync_loop(deps: Deps, options: Options) -> None:
+    """Every `resync_interval` seconds, one pass over every store: drift repair and status refresh."""
+    while True:
+        await asyncio.sleep(options.resync_interval)
+        try:
+            bodies = await list_stores(deps, options.namespaces or None)
+        except OperatorError as exc:
+            log.warning("resync: cannot list KeyValueStores: %s", exc)
+            continue
+        for body in bodies:
+            try:
+                outcome = await reconcile(body, deps)
+            except Exception:  # a bug in one store's pass must not stop the loop for the others
+                log.exception("resync of %s failed unexpectedly", parse_ref(body))
+                continue
+            if outcome is not None and outcome.error is not None:
+                log.info("resync %s: %s", parse_ref(body).name, outcome.error)
+
+
+# --- per-store handlers --------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def reconcile_store(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    outcome = await reconcile(dict(body), _deps(memo))
+    if outcome is not None:
+        raise_for(outcome.error, retry)
+
+
+def _deletes_topic(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("topicDeletionPolicy") == "Delete"
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_topic)
+async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """topicDeletionPolicy Delete: delete the topic the store owns (status.topic), then let it go.
+
+    Only status.topic is ever deleted — a topic the store never created or adopted (e.g. an
+    incompatible one it refused) is not the store's to delete.
+    """
+    deps = _deps(memo)
+    topic = (body.get("status") or {}).get("topic")
+    if not topic:
+        logger.info("no topic was ever owned by this store; nothing to delete")
+        return
+    try:
+        store = parse_store(dict(body))
+        admin = deps.topics.for_config(await kafka_admin_config(store, deps.kube))
+        deleted = await admin.delete(str(topic))
+    except OperatorError as exc:
+        if exc.permanent:
+            raise kopf.PermanentError(f"{exc.reason}: cannot delete topic {topic}: {exc.message}") from exc
+        raise kopf.TemporaryError(
+            f"{exc.reason}: topic {topic} not deleted yet: {exc.message}", delay=retry_delay(retry, exc)
+        ) from exc
+    message = f"topic {topic} deleted" if deleted else f"topic {topic} was already gone"
+    logger.info(message)
+    with contextlib.suppress(OperatorError):
+        await deps.kube.post_event(
+            {**body, "apiVersion": f"{GROUP}/{VERSION}", "kind": "KeyValueStore"},
+            type_="Normal",
+            reason=str(Reason.TOPIC_DELETED),
+            message=message,
+        )
+    deps.forget(parse_ref(dict(body)))

@@ -1,0 +1,310 @@
+"""The operator's Kafka border: describe, create, adopt, keep the config of, and delete a store's topic.
+
+Two layers, for testability:
+- pure decisions (`check_compatible`, `config_changes`) that say whether an existing topic may serve
+  a spec, and what config must change — unit-tested without Kafka;
+- `TopicAdmin`, which runs confluent_kafka's blocking AdminClient calls in a worker thread
+  (`asyncio.to_thread`) and maps `KafkaException` to this package's errors — here and nowhere else.
+
+Partition count and replication factor are never changed by the operator. A different partition
+count would move keys between partitions and break per-key order (revisions, compare-and-set); a
+replication-factor change is a partition reassignment, a job for Kafka's own tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported, not in __all__
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from kvs2_operator.errors import (
+    KafkaRejectedError,
+    KafkaUnavailableError,
+    NotSupportedError,
+    TopicIncompatibleError,
+)
+from kvs2_operator.model import TopicSpec
+
+log = logging.getLogger(__name__)
+
+#: Seconds one admin request may take before the broker counts as unavailable.
+REQUEST_TIMEOUT = 10.0
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError._WAIT_COORD,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_CONTROLLER,
+    }
+)
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """What Kafka says about a topic."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnsureResult:
+    created: bool
+    state: TopicState
+    changed_config: Mapping[str, str]
+
+
+class AdminLike(Protocol):
+    """The part of confluent_kafka's AdminClient the operator uses (a fake implements it in tests)."""
+
+    def create_topics(self, new_topics: list[Any], **kwargs: Any) -> dict[str, Future[Any]]: ...
+    def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Future[Any]]: ...
+    def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Future[Any]]: ...
+    def incremental_alter_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Future[Any]]: ...
+    def delete_topics(self, topics: list[str], **kwargs: Any) -> dict[str, Future[Any]]: ...
+
+
+# --- pure decisions -------------------------------------------------------------------------------------
+
+
+def check_compatible(desired: TopicSpec, actual: TopicState, *, owned: bool) -> None:
+    """Raise if `actual` cannot serve `desired`.
+
+    `owned`: the store already created or adopted this topic (status.topic names it). Then a mismatch
+    means the *spec* changed → NotSupported. Otherwise the topic belongs to someone else and does not
+    fit → TopicIncompatible. Either way Kafka is left untouched.
+    """
+    problems: list[str] = []
+    if actual.partitions != desired.partitions:
+        problems.append(
+            f"it has {actual.partitions} partitions and spec.kafka.topic.partitions is {desired.partitions}; "
+            "changing the partition count would move keys between partitions and break per-key order"
+        )
+    if actual.replication_factor != desired.replication_factor:
+        problems.append(
+            f"its replication factor is {actual.replication_factor} and spec.kafka.topic.replicationFactor "
+            f"is {desired.replication_factor}; the operator does not reassign replicas (use Kafka's "
+            "partition reassignment, then set the spec to match)"
+        )
+    if owned and problems:
+        raise NotSupportedError(
+            f"topic {desired.name}: {'; '.join(problems)}. Kafka was left unchanged; set the spec back to "
+            "match the topic, or create a new store"
+        )
+    policy = actual.config.get("cleanup.policy", "")
+    if not owned and policy != "compact":
+        problems.append(
+            f"its cleanup.policy is {policy or 'unknown'!r}, a store needs 'compact' (deletion-based "
+            "retention would drop keys)"
+        )
+    if problems:
+        raise TopicIncompatibleError(
+            f"topic {desired.name} already exists and cannot be adopted: {'; '.join(problems)}. "
+            "Kafka was left unchanged"
+        )
+
+
+def config_changes(desired: TopicSpec, actual: TopicState) -> dict[str, str]:
+    """The topic configs whose value differs from what the store wants (only keys the store manages)."""
+    return {k: v for k, v in desired.desired_config().items() if actual.config.get(k) != v}
+
+
+# --- the border -----------------------------------------------------------------------------------------
+
+
+def _map_error(exc: BaseException, action: str) -> Exception:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        err: KafkaError = exc.args[0]
+        text = f"{action}: {err.str()} ({err.name()})"
+        if err.code() in _UNAVAILABLE_CODES or err.retriable():
+            return KafkaUnavailableError(f"Kafka unavailable — {text}")
+        return KafkaRejectedError(f"Kafka refused — {text}")
+    if isinstance(exc, TimeoutError):
+        return KafkaUnavailableError(f"Kafka unavailable — {action}: no answer in {REQUEST_TIMEOUT:.0f}s")
+    return KafkaRejectedError(f"{action}: {exc}")
+
+
+def _error_code(exc: BaseException) -> Any:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].code()
+    return None
+
+
+def default_admin_factory(config: Mapping[str, str]) -> AdminLike:
+    settings: dict[str, Any] = {
+        "socket.connection.setup.timeout.ms": 5000,
+        "reconnect.backoff.max.ms": 2000,
+        "log.connection.close": False,
+        **config,
+    }
+    try:
+        admin: AdminLike = AdminClient(settings)
+    except KafkaException as exc:
+        raise _map_error(exc, "configuring the Kafka admin client") from exc
+    return admin
+
+
+class TopicAdmin:
+    """Topic operations for one Kafka cluster (one AdminClient, reused across passes)."""
+
+    def __init__(
+        self,
+        config: Mapping[str, str],
+        *,
+        admin_factory: Callable[[Mapping[str, str]], AdminLike] = default_admin_factory,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self._config = dict(config)
+        self._factory = admin_factory
+        self._admin: AdminLike | None = None
+        self.timeout = timeout
+
+    def _client(self) -> AdminLike:
+        if self._admin is None:
+            self._admin = self._factory(self._config)
+        return self._admin
+
+    def _wait(self, future: Future[Any]) -> Any:
+        # The request carries its own timeout; the extra margin only guards against a lost callback.
+        return future.result(timeout=self.timeout + 5)
+
+    # Each *_sync runs in a worker thread.
+
+    def _describe_sync(self, name: str) -> TopicState | None:
+        admin = self._client()
+        try:
+            description = self._wait(
+                admin.describe_topics(TopicCollection([name]), request_timeout=self.timeout)[name]
+            )
+        except Exception as exc:
+            if _error_code(exc) in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+                return None
+            raise _map_error(exc, f"describing topic {name}") from exc
+        partitions = list(description.partitions)
+        resource = ConfigResource(ResourceType.TOPIC, name)
+        try:
+            entries = self._wait(admin.describe_configs([resource], request_timeout=self.timeout)[resource])
+        except Exception as exc:
+            if _error_code(exc) in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+                return None  # deleted between the two calls
+            raise _map_error(exc, f"reading the config of topic {name}") from exc
+        return TopicState(
+            name=name,
+            partitions=len(partitions),
+            replication_factor=max((len(p.replicas) for p in partitions), default=0),
+            config={key: entry.value for key, entry in entries.items() if entry.value is not None},
+        )
+
+    def _create_sync(self, spec: TopicSpec) -> bool:
+        topic = NewTopic(
+            spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=spec.replication_factor,
+            config=spec.desired_config(),
+        )
+        try:
+            self._wait(self._client().create_topics([topic], request_timeout=self.timeout)[spec.name])
+        except Exception as exc:
+            if _error_code(exc) == KafkaError.TOPIC_ALREADY_EXISTS:
+                return False  # someone (or an earlier, timed-out attempt of ours) was faster
+            raise _map_error(exc, f"creating topic {spec.name}") from exc
+        return True
+
+    def _alter_sync(self, name: str, changes: Mapping[str, str]) -> None:
+        entries = [
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+            for key, value in sorted(changes.items())
+        ]
+        resource = ConfigResource(ResourceType.TOPIC, name, incremental_configs=entries)
+        try:
+            self._wait(
+                self._client().incremental_alter_configs([resource], request_timeout=self.timeout)[resource]
+            )
+        except Exception as exc:
+            raise _map_error(exc, f"updating the config of topic {name}") from exc
+
+    def _delete_sync(self, name: str) -> bool:
+        try:
+            self._wait(self._client().delete_topics([name], request_timeout=self.timeout)[name])
+        except Exception as exc:
+            if _error_code(exc) in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+                return False
+            raise _map_error(exc, f"deleting topic {name}") from exc
+        return True
+
+    # The async API.
+
+    async def describe(self, name: str) -> TopicState | None:
+        return await asyncio.to_thread(self._describe_sync, name)
+
+    async def delete(self, name: str) -> bool:
+        return await asyncio.to_thread(self._delete_sync, name)
+
+    async def ensure(self, spec: TopicSpec, *, owned: bool) -> EnsureResult:
+        """Create the topic, or adopt a compatible existing one and bring its managed config in line."""
+        state = await self.describe(spec.name)
+        created = False
+        if state is None:
+            created = await asyncio.to_thread(self._create_sync, spec)
+            state = await self.describe(spec.name)
+            if state is None:
+                raise KafkaUnavailableError(
+                    f"topic {spec.name} was created but is not visible yet; metadata still propagating"
+                )
+            if created:
+                log.info(
+                    "created topic %s (%d partitions, rf %d)",
+                    spec.name,
+                    spec.partitions,
+                    spec.replication_factor,
+                )
+        check_compatible(spec, state, owned=owned or created)
+        changes = config_changes(spec, state)
+        if changes:
+            await asyncio.to_thread(self._alter_sync, spec.name, changes)
+            log.info("topic %s: config set %s", spec.name, changes)
+            state = TopicState(
+                state.name, state.partitions, state.replication_factor, {**state.config, **changes}
+            )
+        return EnsureResult(created=created, state=state, changed_config=changes)
+
+
+class TopicAdmins:
+    """One `TopicAdmin` per distinct client config (cluster + credentials), reused across passes."""
+
+    def __init__(
+        self, admin_factory: Callable[[Mapping[str, str]], AdminLike] = default_admin_factory
+    ) -> None:
+        self._factory = admin_factory
+        self._admins: dict[frozenset[tuple[str, str]], TopicAdmin] = {}
+
+    def for_config(self, config: Mapping[str, str]) -> TopicAdmin:
+        key = frozenset(config.items())
+        admin = self._admins.get(key)
+        if admin is None:
+            if len(self._admins) >= 64:  # bootstrap servers or credentials churn: do not grow forever
+                self._admins.clear()
+            admin = self._admins[key] = TopicAdmin(config, admin_factory=self._factory)
+        return admin

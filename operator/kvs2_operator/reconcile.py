@@ -1,0 +1,294 @@
+"""The one level-based reconciliation pass: validate → ensure topic → apply children → observe → status.
+
+Create, resume, spec update and the periodic resync all call `reconcile()` with the object as it is
+now; the pass derives everything from that, so running it twice is harmless and running it after any
+failure heals what can be healed. The pass never raises for expected trouble: it returns an `Outcome`
+with the status it wrote and the first error, and the caller decides (handlers.py turns the error into
+kopf.PermanentError / kopf.TemporaryError; the resync loop just logs it).
+
+Order matters in one place: the status is written at the end of EVERY pass, including failing ones,
+so `Ready=False, reason=KafkaUnavailable` is visible while kopf retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvs2_operator import render
+from kvs2_operator.crd import GROUP, KIND, VERSION, pdb_name, statefulset_name
+from kvs2_operator.errors import (
+    CredentialsUnavailableError,
+    OperatorError,
+    Reason,
+    ResourceConflictError,
+    SpecError,
+)
+from kvs2_operator.kafka_admin import TopicAdmins
+from kvs2_operator.kube import KubeApi, Ref
+from kvs2_operator.model import Store, StoreRef, parse_ref, parse_store
+from kvs2_operator.status import (
+    WORKLOAD_READY,
+    Condition,
+    build_status,
+    publish,
+    topic_condition,
+    workload_condition,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Deps:
+    """What a pass needs from the outside world, created once per operator process."""
+
+    kube: KubeApi
+    topics: TopicAdmins = field(default_factory=TopicAdmins)
+    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+
+    def lock_for(self, ref: StoreRef) -> asyncio.Lock:
+        """Passes of one store never interleave (kopf's handler and the resync loop may both fire)."""
+        return self._locks.setdefault((ref.namespace, ref.name), asyncio.Lock())
+
+    def forget(self, ref: StoreRef) -> None:
+        self._locks.pop((ref.namespace, ref.name), None)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Mapping[str, Any]
+    error: OperatorError | None
+
+
+def store_ref(namespace: str | None, name: str | None = None) -> Ref:
+    return Ref(f"{GROUP}/{VERSION}", KIND, namespace, name)
+
+
+async def kafka_admin_config(store: Store, kube: KubeApi) -> dict[str, str]:
+    """The operator's own AdminClient settings: bootstrap servers plus SASL credentials from the Secret.
+
+    spec.kafka.clientConfig is NOT used here: it is for the data plane and may name files (CA bundles)
+    that exist only inside its pods.
+    """
+    kafka = store.spec.kafka
+    config = {"bootstrap.servers": kafka.bootstrap_servers}
+    auth = kafka.authentication
+    if auth is None:
+        return config
+    secret = await kube.get(Ref("v1", "Secret", store.namespace, auth.secret_name))
+    if secret is None:
+        raise CredentialsUnavailableError(
+            f"Secret {store.namespace}/{auth.secret_name} (spec.kafka.authentication.secretName) not found"
+        )
+    data = secret.get("data") or {}
+    values: dict[str, str] = {}
+    for key in (auth.username_key, auth.password_key):
+        if key not in data:
+            raise CredentialsUnavailableError(
+                f"Secret {store.namespace}/{auth.secret_name} has no key {key!r}"
+            )
+        values[key] = base64.b64decode(data[key]).decode()
+    config.update(
+        {
+            "security.protocol": auth.security_protocol,
+            "sasl.mechanism": auth.mechanism,
+            "sasl.username": values[auth.username_key],
+            "sasl.password": values[auth.password_key],
+        }
+    )
+    return config
+
+
+async def _ensure_topic(store: Store, deps: Deps, previous: Mapping[str, Any]) -> Condition:
+    topic = store.spec.kafka.topic
+    admin = deps.topics.for_config(await kafka_admin_config(store, deps.kube))
+    owned = previous.get("topic") == topic.name
+    result = await admin.ensure(topic, owned=owned)
+    if result.created:
+        reason = Reason.TOPIC_CREATED
+    else:
+        reason = Reason.TOPIC_ADOPTED
+        for cond in previous.get("conditions") or ():
+            if cond.get("type") == "TopicReady" and cond.get("status") == "True" and owned:
+                reason = Reason(cond.get("reason", Reason.TOPIC_ADOPTED))
+    state = result.state
+    return topic_condition(
+        True,
+        reason,
+        f"topic {state.name}: {state.partitions} partitions, replication factor {state.replication_factor}, "
+        f"cleanup.policy={state.config.get('cleanup.policy', 'compact')}, "
+        f"min.insync.replicas={state.config.get('min.insync.replicas', '?')}",
+    )
+
+
+async def _check_not_foreign(kube: KubeApi, obj: Mapping[str, Any], store: Store) -> None:
+    """Refuse to take over an object with the child's name that another controller owns."""
+    existing = await kube.get(Ref.of(obj))
+    if existing is None:
+        return
+    for owner in existing.get("metadata", {}).get("ownerReferences") or ():
+        if owner.get("controller") and owner.get("uid") != store.ref.uid:
+            raise ResourceConflictError(
+                f"{obj['kind']} {store.namespace}/{obj['metadata']['name']} exists and is controlled by "
+                f"{owner.get('kind')} {owner.get('name')}; delete or rename it, or rename this store"
+            )
+
+
+async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
+    """Server-side apply of every child; returns the StatefulSet as the API server stored it."""
+    statefulset: dict[str, Any] = {}
+    for obj in render.render_children(store):
+        await _check_not_foreign(deps.kube, obj, store)
+        applied = await deps.kube.apply(obj)
+        if obj["kind"] == "StatefulSet":
+            statefulset = applied
+    if render.render_pdb(store) is None:
+        pdb_ref = Ref("policy/v1", "PodDisruptionBudget", store.namespace, pdb_name(store.name))
+        existing = await deps.kube.get(pdb_ref)
+        owners = (existing or {}).get("metadata", {}).get("ownerReferences") or ()
+        if any(o.get("uid") == store.ref.uid for o in owners):
+            await deps.kube.delete(Ref.of(existing or {}))
+    return statefulset
+
+
+async def _observe_statefulset(store_ns: str, store_name: str, kube: KubeApi) -> dict[str, Any] | None:
+    return await kube.get(Ref("apps/v1", "StatefulSet", store_ns, statefulset_name(store_name)))
+
+
+def _replica_counts(statefulset: Mapping[str, Any] | None) -> dict[str, int]:
+    status = (statefulset or {}).get("status") or {}
+    return {
+        "replicas": int(status.get("replicas", 0) or 0),
+        "readyReplicas": int(status.get("readyReplicas", 0) or 0),
+    }
+
+
+async def reconcile(body: Mapping[str, Any], deps: Deps) -> Outcome | None:
+    """One pass over the store `body` names. Returns None when the store is gone or being deleted.
+
+    The object is re-read under the store's lock: kopf's body and a resync listing may both be a few
+    events old, and a pass that starts from a stale status would re-post Events it already posted.
+    """
+    ref = parse_ref(body)
+    async with deps.lock_for(ref):
+        try:
+            fresh = await deps.kube.get(store_ref(ref.namespace, ref.name))
+        except OperatorError as exc:
+            return Outcome(status=body.get("status") or {}, error=exc)
+        if fresh is None or fresh.get("metadata", {}).get("deletionTimestamp"):
+            deps.forget(ref)
+            return None
+        fresh = dict(_with_identity(fresh))
+        return await _reconcile(fresh, parse_ref(fresh), deps)
+
+
+async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outcome:
+    previous: Mapping[str, Any] = body.get("status") or {}
+    extra: dict[str, Any] = {"selector": render.selector_string(ref.name)}
+    errors: list[OperatorError] = []
+
+    try:
+        store = parse_store(body)
+    except SpecError as exc:
+        errors.append(exc)
+        topic_cond = topic_condition(False, exc.reason, exc.message)
+        workload_cond = Condition(
+            WORKLOAD_READY, None, exc.reason, "not reconciled while the spec is invalid"
+        )
+        extra.update(_replica_counts(await _safe_observe(ref, deps, errors)))
+        return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
+
+    extra["endpoint"] = render.endpoint(store)
+    topic_name = store.spec.kafka.topic.name
+    owned = previous.get("topic") == topic_name
+
+    # 1. The topic.
+    try:
+        topic_cond = await _ensure_topic(store, deps, previous)
+        topic_usable = True
+        extra["topic"] = topic_name
+    except OperatorError as exc:
+        errors.append(exc)
+        topic_cond = topic_condition(False, exc.reason, exc.message)
+        # A topic the store already owns is still there, unchanged: keep its workload reconciled.
+        topic_usable = owned
+
+    # 2. The children, and what the StatefulSet controller reports about them.
+    statefulset: dict[str, Any] | None = None
+    if topic_usable:
+        try:
+            statefulset = await _apply_children(store, deps)
+            workload_cond = workload_condition(statefulset, store.spec.replicas)
+        except OperatorError as exc:
+            errors.append(exc)
+            workload_cond = Condition(WORKLOAD_READY, False, exc.reason, exc.message)
+            statefulset = await _safe_observe(ref, deps, errors)
+    else:
+        workload_cond = Condition(
+            WORKLOAD_READY,
+            False,
+            Reason.WAITING_FOR_TOPIC,
+            f"the workload is created once topic {topic_name} is ready",
+        )
+        statefulset = await _safe_observe(ref, deps, errors)
+    extra.update(_replica_counts(statefulset))
+
+    return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
+
+
+async def _safe_observe(ref: StoreRef, deps: Deps, errors: list[OperatorError]) -> dict[str, Any] | None:
+    try:
+        return await _observe_statefulset(ref.namespace, ref.name, deps.kube)
+    except OperatorError as exc:
+        errors.append(exc)
+        return None
+
+
+async def _finish(
+    body: Mapping[str, Any],
+    ref: StoreRef,
+    deps: Deps,
+    previous: Mapping[str, Any],
+    topic_cond: Condition,
+    workload_cond: Condition,
+    extra: Mapping[str, Any],
+    errors: list[OperatorError],
+) -> Outcome:
+    new_status = build_status(
+        previous, generation=ref.generation, topic=topic_cond, workload=workload_cond, extra=extra
+    )
+    try:
+        written = await publish(deps.kube, _with_identity(body), previous, new_status)
+        if written:
+            log.info(
+                "%s/%s: status written (Ready=%s %s)",
+                ref.namespace,
+                ref.name,
+                new_status["conditions"][0]["status"],
+                new_status["conditions"][0]["reason"],
+            )
+    except OperatorError as exc:
+        errors.append(exc)
+    # Permanent errors first: they tell the caller not to retry blindly.
+    errors.sort(key=lambda e: not e.permanent)
+    return Outcome(status=new_status, error=errors[0] if errors else None)
+
+
+def _with_identity(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """List items may lack apiVersion/kind; Refs and Events need them."""
+    return {**body, "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND}
+
+
+async def list_stores(deps: Deps, namespaces: list[str] | None) -> list[dict[str, Any]]:
+    """Every KeyValueStore the operator serves (all namespaces, or the given ones)."""
+    stores: list[dict[str, Any]] = []
+    targets: list[str | None] = list(namespaces) if namespaces else [None]
+    for namespace in targets:
+        for item in await deps.kube.list(store_ref(namespace)):
+            stores.append(dict(_with_identity(item)))
+    return stores

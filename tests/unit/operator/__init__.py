@@ -1,0 +1,1 @@
+"""Unit tests of the kvs2 operator (no cluster, no Kafka)."""

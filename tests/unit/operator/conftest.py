@@ -1,0 +1,24 @@
+"""Shared builders for operator unit tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+BASE_BODY: dict[str, Any] = {
+    "apiVersion": "kvs2.io/v1alpha1",
+    "kind": "KeyValueStore",
+    "metadata": {"name": "orders", "namespace": "shop", "uid": "uid-1", "generation": 1},
+    "spec": {
+        "replicas": 3,
+        "image": "kvs2:test",
+        "kafka": {"bootstrapServers": "kafka-0:9092,kafka-1:9092", "topic": {"partitions": 6, "replicationFactor": 3}},
+    },
+}
+
+
+@pytest.fixture
+def body() -> dict[str, Any]:
+    return copy.deepcopy(BASE_BODY)
