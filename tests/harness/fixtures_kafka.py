@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +58,19 @@ def topic_name(request: pytest.FixtureRequest) -> str:
     """`t-<test name>-<random>`: legal for Kafka ([a-zA-Z0-9._-], at most 249 chars) and unique."""
     base = re.sub(r"[^a-zA-Z0-9._-]+", "_", request.node.name).strip("_")[:80]
     return f"t-{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that used a broker gets a report section naming that broker's log and its tail."""
+    report = yield
+    if report.failed:
+        funcargs = getattr(item, "funcargs", {})
+        for name in ("kafka", "private_kafka"):
+            broker = funcargs.get(name)
+            if isinstance(broker, KafkaBroker):
+                text = f"log: {broker.log_path}\n--- last lines ---\n{broker.log_tail(20)}"
+                report.sections.append((f"Kafka broker `{name}` ({broker.bootstrap_servers})", text))
+    return report

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -265,6 +266,19 @@ def admin_round_trip(bootstrap: str, timeout: float = 2.0) -> bool:
     return all(p.leader >= 0 for t in metadata.topics.values() for p in t.partitions.values())
 
 
+def _check_bindable(port: int) -> None:
+    """Fail with a clear message, not a JVM stack trace, when a port is taken (say, by a stale broker)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise KafkaHarnessError(
+                f"{LOOPBACK}:{port} is already in use ({exc.strerror}); a broker left by an earlier "
+                "`python -m tests.harness.kafka up` stops with `... down --state-dir <its state dir>`"
+            ) from exc
+
+
 class KafkaBroker:
     """A single-node KRaft broker+controller on 127.0.0.1 whose data and log live in `workdir`.
 
@@ -316,6 +330,12 @@ class KafkaBroker:
     def alive(self) -> bool:
         return self._process is not None and self._process.alive()
 
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log yet)"
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self, timeout: float = 120) -> KafkaBroker:
@@ -325,6 +345,8 @@ class KafkaBroker:
         lib = ensure_kafka(self.version)
         java = java_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for port in (self.port, self.controller_port):
+            _check_bindable(port)
         self._save_ports()
         properties = self._write_config()
         classpath = f"{lib}/*"
@@ -351,11 +373,10 @@ class KafkaBroker:
         try:
             wait_until(self._ready, timeout=timeout, interval=0.3, what=f"Kafka at {self.bootstrap_servers}")
         except (TimeoutError, KafkaHarnessError) as exc:
-            process = self._process
             self.kill()
             raise KafkaHarnessError(
                 f"Kafka did not come up on {self.bootstrap_servers}: {exc}\n"
-                f"log: {self.log_path}\n--- last lines ---\n{process.log_tail(60)}"
+                f"log: {self.log_path}\n--- last lines ---\n{self.log_tail(60)}"
             ) from exc
         progress(f"Kafka ready on {self.bootstrap_servers} in {time.monotonic() - started:.1f}s")
         return self

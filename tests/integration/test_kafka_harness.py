@@ -3,6 +3,7 @@ survives graceful and crash restarts, and the `up`/`down` CLI manages exactly on
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,13 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # confluent_kafka.admin re-exports it untyped
 
 from tests.harness.common import free_port, repo_root, wait_until
-from tests.harness.kafka import KafkaBroker, admin_round_trip, create_topic, delete_topic
+from tests.harness.kafka import (
+    KafkaBroker,
+    KafkaHarnessError,
+    admin_round_trip,
+    create_topic,
+    delete_topic,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +194,13 @@ def _is_zombie(pid: int) -> bool:
         return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return True
+
+
+def test_start_on_a_taken_port_fails_clearly(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        broker = KafkaBroker(tmp_path / "kafka", port=squatter.getsockname()[1])
+        with pytest.raises(KafkaHarnessError, match="already in use"):
+            broker.start(timeout=30)
+        assert not broker.alive()
