@@ -14,7 +14,10 @@ BASE_BODY: dict[str, Any] = {
     "spec": {
         "replicas": 3,
         "image": "kvs2:test",
-        "kafka": {"bootstrapServers": "kafka-0:9092,kafka-1:9092", "topic": {"partitions": 6, "replicationFactor": 3}},
+        "kafka": {
+            "bootstrapServers": "kafka-0:9092,kafka-1:9092",
+            "topic": {"partitions": 6, "replicationFactor": 3},
+        },
     },
 }
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from kvs2_operator.errors import Reason, SpecError
 from kvs2_operator.model import default_topic_name, parse_store
 
@@ -82,13 +81,13 @@ def test_invalid_specs_are_refused_with_the_field_named(
 
 def test_too_long_default_topic_name_says_how_to_fix_it(body: dict[str, Any]) -> None:
     body["metadata"]["name"] = "x" * 250
-    with pytest.raises(SpecError, match="set spec.kafka.topic.name"):
+    with pytest.raises(SpecError, match=r"set spec\.kafka\.topic\.name"):
         parse_store(body)
 
 
 def test_missing_kafka_is_invalid(body: dict[str, Any]) -> None:
     del body["spec"]["kafka"]
-    with pytest.raises(SpecError, match="spec.kafka is required"):
+    with pytest.raises(SpecError, match=r"spec\.kafka is required"):
         parse_store(body)
 
 
@@ -96,7 +95,11 @@ def test_authentication_defaults(body: dict[str, Any]) -> None:
     body["spec"]["kafka"]["authentication"] = {"secretName": "creds"}
     auth = parse_store(body).spec.kafka.authentication
     assert auth is not None
-    assert (auth.secret_name, auth.mechanism, auth.security_protocol) == ("creds", "SCRAM-SHA-512", "SASL_SSL")
+    assert (auth.secret_name, auth.mechanism, auth.security_protocol) == (
+        "creds",
+        "SCRAM-SHA-512",
+        "SASL_SSL",
+    )
     assert (auth.username_key, auth.password_key) == ("username", "password")
 
 

@@ -1,0 +1,189 @@
+"""Fakes of the operator's two borders (Kafka AdminClient, Kubernetes API) for unit tests.
+
+They model only what the operator observes: topics with partitions, replicas and configs; objects by
+(kind, namespace, name) with a status. Integration tests run the same code against the real thing.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from kvs2_operator.errors import KubernetesApiError
+from kvs2_operator.kube import Ref
+
+
+def _done(value: Any = None, error: BaseException | None = None) -> Future[Any]:
+    future: Future[Any] = Future()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+    return future
+
+
+def kafka_error(code: int) -> KafkaException:
+    return KafkaException(KafkaError(code))
+
+
+@dataclass
+class FakeTopic:
+    partitions: int
+    rf: int
+    config: dict[str, str]
+
+
+@dataclass
+class FakeAdmin:
+    """Quacks like confluent_kafka's AdminClient for the calls the operator makes."""
+
+    topics: dict[str, FakeTopic] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    down: bool = False
+
+    def _fail(self) -> KafkaException | None:
+        return kafka_error(KafkaError._TRANSPORT) if self.down else None
+
+    def create_topics(self, new_topics: list[Any], **_: Any) -> dict[str, Future[Any]]:
+        result = {}
+        for topic in new_topics:
+            self.calls.append(f"create {topic.topic}")
+            if (err := self._fail()) is not None:
+                result[topic.topic] = _done(error=err)
+            elif topic.topic in self.topics:
+                result[topic.topic] = _done(error=kafka_error(KafkaError.TOPIC_ALREADY_EXISTS))
+            else:
+                self.topics[topic.topic] = FakeTopic(
+                    topic.num_partitions, topic.replication_factor, dict(topic.config)
+                )
+                result[topic.topic] = _done()
+        return result
+
+    def describe_topics(self, topics: Any, **_: Any) -> dict[str, Future[Any]]:
+        result = {}
+        for name in topics.topic_names:
+            self.calls.append(f"describe {name}")
+            if (err := self._fail()) is not None:
+                result[name] = _done(error=err)
+            elif name not in self.topics:
+                result[name] = _done(error=kafka_error(KafkaError.UNKNOWN_TOPIC_OR_PART))
+            else:
+                t = self.topics[name]
+                parts = [SimpleNamespace(replicas=list(range(t.rf))) for _ in range(t.partitions)]
+                result[name] = _done(SimpleNamespace(partitions=parts))
+        return result
+
+    def describe_configs(self, resources: list[Any], **_: Any) -> dict[Any, Future[Any]]:
+        result = {}
+        for res in resources:
+            if (err := self._fail()) is not None:
+                result[res] = _done(error=err)
+            elif res.name not in self.topics:
+                result[res] = _done(error=kafka_error(KafkaError.UNKNOWN_TOPIC_OR_PART))
+            else:
+                entries = {k: SimpleNamespace(value=v) for k, v in self.topics[res.name].config.items()}
+                result[res] = _done(entries)
+        return result
+
+    def incremental_alter_configs(self, resources: list[Any], **_: Any) -> dict[Any, Future[Any]]:
+        result = {}
+        for res in resources:
+            self.calls.append(f"alter {res.name}")
+            if (err := self._fail()) is not None:
+                result[res] = _done(error=err)
+                continue
+            for entry in res.incremental_configs:
+                self.topics[res.name].config[entry.name] = entry.value
+            result[res] = _done()
+        return result
+
+    def delete_topics(self, topics: list[str], **_: Any) -> dict[str, Future[Any]]:
+        result = {}
+        for name in topics:
+            self.calls.append(f"delete {name}")
+            if (err := self._fail()) is not None:
+                result[name] = _done(error=err)
+            elif self.topics.pop(name, None) is None:
+                result[name] = _done(error=kafka_error(KafkaError.UNKNOWN_TOPIC_OR_PART))
+            else:
+                result[name] = _done()
+        return result
+
+    def mutating_calls(self) -> list[str]:
+        return [c for c in self.calls if not c.startswith("describe")]
+
+
+class FakeKube:
+    """Objects keyed by (kind, namespace, name); apply merges like a forced server-side apply would."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.status_writes = 0
+        self.down = False
+        self._uid = itertools.count(1)
+
+    def _check(self) -> None:
+        if self.down:
+            raise KubernetesApiError("Kubernetes API unreachable (fake)")
+
+    @staticmethod
+    def _key(ref: Ref) -> tuple[str, str | None, str]:
+        return (ref.kind, ref.namespace, ref.name or "")
+
+    def put(self, obj: Mapping[str, Any]) -> None:
+        self.objects[self._key(Ref.of(obj))] = copy.deepcopy(dict(obj))
+
+    async def get(self, ref: Ref) -> dict[str, Any] | None:
+        self._check()
+        obj = self.objects.get(self._key(ref))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def list(self, ref: Ref, label_selector: str | None = None) -> list[dict[str, Any]]:
+        self._check()
+        return [
+            copy.deepcopy(o)
+            for (kind, ns, _), o in self.objects.items()
+            if kind == ref.kind and (ref.namespace is None or ns == ref.namespace)
+        ]
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        self._check()
+        key = self._key(Ref.of(obj))
+        existing = self.objects.get(key)
+        stored = copy.deepcopy(dict(obj))
+        meta = stored["metadata"]
+        if existing is None:
+            meta["uid"] = f"child-{next(self._uid)}"
+            meta["generation"] = 1
+        else:
+            meta["uid"] = existing["metadata"]["uid"]
+            changed = existing.get("spec") != stored.get("spec")
+            meta["generation"] = existing["metadata"]["generation"] + (1 if changed else 0)
+            stored["status"] = existing.get("status", {})
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    async def delete(self, ref: Ref) -> bool:
+        self._check()
+        return self.objects.pop(self._key(ref), None) is not None
+
+    async def patch_status(self, ref: Ref, status_body: Mapping[str, Any]) -> dict[str, Any]:
+        self._check()
+        obj = self.objects[self._key(ref)]
+        obj["status"] = {**obj.get("status", {}), **copy.deepcopy(dict(status_body))}
+        self.status_writes += 1
+        return copy.deepcopy(obj)
+
+    async def create(self, ref: Ref, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._check()
+        return dict(body)
+
+    async def post_event(self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
+        self.events.append({"type": type_, "reason": reason, "message": message})
