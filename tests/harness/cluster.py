@@ -21,6 +21,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -599,12 +600,12 @@ def _start_operator(cluster: Cluster, kubeconfig: Path, bootstrap: str) -> None:
         progress(f"operator already running (pid {pid}), log: {cluster.logs / 'operator.log'}")
         return
     kvs2 = repo_root() / ".venv" / "bin" / "kvs2"
-    probe = (
-        subprocess.run([str(kvs2), "operator", "--help"], capture_output=True, text=True, check=False)
+    usage = (
+        subprocess.run([str(kvs2), "--help"], capture_output=True, text=True, check=False).stdout
         if kvs2.is_file()
-        else None
+        else ""
     )
-    if probe is None or probe.returncode != 0:
+    if not re.search(r"\boperator\b", usage):
         progress(f"operator NOT started: `{kvs2} operator` is not available yet")
         return
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), KVS2_KAFKA_BOOTSTRAP=bootstrap)
