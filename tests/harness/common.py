@@ -41,7 +41,8 @@ def state_root() -> Path:
 
 
 def progress(message: str) -> None:
-    """Progress for slow cold-cache work, on stderr so pytest's `-s`-less capture still shows it live."""
+    """Progress for slow cold-cache work, on the real stderr. Under pytest's capture it shows only where
+    the caller suspends capturing (the fixtures do, while they install and start things)."""
     print(f"[kvs2-harness] {message}", file=sys.__stderr__, flush=True)
 
 
@@ -138,6 +139,15 @@ class ManagedProcess:
         return "\n".join(text[-lines:])
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: an exited process that init has not reaped yet counts as stopped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def stop_pid(pid: int, grace: float = 10.0) -> None:
     """Stop a process recorded in a PID file by an earlier `up` (its own session/process group)."""
     try:
@@ -146,9 +156,7 @@ def stop_pid(pid: int, grace: float = 10.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):

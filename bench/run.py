@@ -1,0 +1,396 @@
+"""`make bench`: measure a kvs2 replica on this machine and append the figures to bench/RESULTS.md.
+
+What is measured (each with the settings printed beside it):
+  replay     records/s a fresh replica applies from a pre-filled topic (start → SERVING, from its log)
+  Get        ghz, unary Get of one existing key
+  MultiGet   ghz, 100 keys per call → keys/s
+  Set        ghz, unary Set (acks=all, idempotent)
+  peers      etcd serializable Range (etcd's own benchmark tool) and redis GET (redis-benchmark), same box
+The server under test is pinned to CPU 0 and every load generator to CPU 1 (2-core machine).
+Nothing here is a pass/fail test: targets live in RESULTS.md, not in assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer, libversion
+
+from tests.harness.common import ManagedProcess, free_port, progress, wait_until
+from tests.harness.gobuild import ETCD_VERSION, TOOLS, ensure_tool
+from tests.harness.kafka import KAFKA_VERSION, KafkaBroker, create_topic
+from tests.harness.replica import ReplicaProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+
+ETCD_PROTO = ROOT / "bench" / "peers" / "etcd_range.proto"
+
+
+@dataclass
+class Figure:
+    name: str
+    value: str
+    detail: str
+
+
+def _pin(pid: int, cpu: str) -> None:
+    subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], check=False, capture_output=True)
+
+
+@dataclass
+class Load:
+    """One ghz run: requests/s, latency percentiles (ms) and the share of OK answers."""
+
+    rps: float
+    p50: float
+    p99: float
+    ok: str
+
+    def latency(self) -> str:
+        return f"p50 {self.p50:.2f} ms, p99 {self.p99:.2f} ms"
+
+
+def _ghz(
+    target: str,
+    call: str,
+    data: Mapping[str, object],
+    concurrency: int,
+    duration: str,
+    proto: Path = ROOT / "proto" / "kvs2.proto",
+) -> Load:
+    ghz = ensure_tool("ghz")
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            str(ghz),
+            "--insecure",
+            "--proto",
+            str(proto),
+            "--call",
+            call,
+            "-d",
+            json.dumps(data),
+            "-c",
+            str(concurrency),
+            "--connections",
+            "4",
+            "-z",
+            duration,
+            "--format",
+            "json",
+            target,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    latencies = {e["percentage"]: float(e["latency"]) / 1e6 for e in result.get("latencyDistribution") or []}
+    codes: dict[str, int] = result.get("statusCodeDistribution") or {}
+    return Load(
+        rps=float(result["rps"]),
+        p50=latencies.get(50, float("nan")),
+        p99=latencies.get(99, float("nan")),
+        ok=f"{codes.get('OK', 0)}/{sum(codes.values())} OK",
+    )
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _prefill(bootstrap: str, topic: str, records: int, keys: int, value_size: int) -> float:
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+        }
+    )
+    value = b"v" * value_size
+    started = time.monotonic()
+    for i in range(records):
+        while True:
+            try:
+                producer.produce(topic, key=f"key-{i % keys:07d}".encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 50_000 == 0:
+            producer.poll(0)
+            progress(f"prefill: {i}/{records} records")
+    assert producer.flush(120) == 0
+    return records / (time.monotonic() - started)
+
+
+def _log_time(line: str) -> dt.datetime:
+    return dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def _replay_seconds(log: str) -> float:
+    start = next(line for line in log.splitlines() if "building replica" in line)
+    done = next(line for line in log.splitlines() if "caught up" in line)
+    return (_log_time(done) - _log_time(start)).total_seconds()
+
+
+def bench_kvs2(work: Path, records: int, duration: str) -> tuple[list[Figure], dict[str, str]]:
+    figures: list[Figure] = []
+    broker = KafkaBroker(work / "kafka").start()
+    try:
+        topic = "bench"
+        partitions = 6
+        create_topic(broker.bootstrap_servers, topic, partitions, config={"cleanup.policy": "compact"})
+        distinct = min(records, 100_000)
+        rate = _prefill(broker.bootstrap_servers, topic, records, distinct, 100)
+        progress(f"prefill done at {rate:,.0f} records/s (confluent-kafka producer)")
+
+        replica = ReplicaProcess(broker.bootstrap_servers, topic, work / "replica", work / "replica.log")
+        replica.start()
+        assert replica.process is not None
+        _pin(replica.process.pid, SERVER_CPU)
+        replica.wait_serving(timeout=600)
+        seconds = _replay_seconds(replica.log_text())
+        figures.append(
+            Figure(
+                "replay into LMDB",
+                f"{records / seconds:,.0f} records/s",
+                f"{records:,} records, {distinct:,} distinct keys, 100-byte values, {partitions} partitions,"
+                f" {seconds:.1f}s from first fetch to caught up",
+            )
+        )
+        one_key = {"key": _b64(b"key-0000001")}
+        load = _ghz(replica.target, "kvs2.Kvs2.Get", one_key, 32, duration)
+        figures.append(
+            Figure(
+                "Get",
+                f"{load.rps:,.0f} req/s",
+                f"{load.latency()}; ghz -c 32, 4 conns, {duration}; {load.ok}",
+            )
+        )
+        keys = {"keys": [_b64(f"key-{i * 97 % distinct:07d}".encode()) for i in range(100)]}
+        load = _ghz(replica.target, "kvs2.Kvs2.MultiGet", keys, 16, duration)
+        figures.append(
+            Figure(
+                "MultiGet(100 keys)",
+                f"{load.rps * 100:,.0f} keys/s ({load.rps:,.0f} req/s)",
+                f"{load.latency()}; ghz -c 16, 4 conns, {duration}; {load.ok}",
+            )
+        )
+        load = _ghz(
+            replica.target,
+            "kvs2.Kvs2.Set",
+            {"key": _b64(b"bench-set"), "value": _b64(b"v" * 100)},
+            64,
+            duration,
+        )
+        figures.append(
+            Figure(
+                "Set",
+                f"{load.rps:,.0f} req/s",
+                f"{load.latency()}; ghz -c 64, 4 conns, {duration}; acks=all, idempotent; {load.ok}",
+            )
+        )
+        replica.stop()
+    finally:
+        broker.stop()
+    return figures, {"ghz": TOOLS["ghz"].version}
+
+
+def bench_etcd(work: Path, duration: str) -> Figure:
+    etcd = ensure_tool("etcd")
+    client_port, peer_port = free_port(), free_port()
+    endpoint = f"127.0.0.1:{client_port}"
+    proc = ManagedProcess(
+        "etcd",
+        [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            str(etcd),
+            "--data-dir",
+            str(work / "etcd"),
+            "--listen-client-urls",
+            f"http://{endpoint}",
+            "--advertise-client-urls",
+            f"http://{endpoint}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster",
+            f"default=http://127.0.0.1:{peer_port}",
+        ],
+        work / "etcd.log",
+    ).start()
+    try:
+
+        def put() -> bool:
+            body = json.dumps({"key": _b64(b"key-0000001"), "value": _b64(b"v" * 100)}).encode()
+            try:
+                urllib.request.urlopen(f"http://{endpoint}/v3/kv/put", body, timeout=1).read()
+            except OSError:
+                return False
+            return True
+
+        wait_until(put, timeout=30, what="etcd to accept a put")
+        request = {"key": _b64(b"key-0000001"), "serializable": True}
+        load = _ghz(endpoint, "etcdserverpb.KV.Range", request, 32, duration, proto=ETCD_PROTO)
+        return Figure(
+            "peer: etcd serializable Range",
+            f"{load.rps:,.0f} req/s",
+            f"etcd {ETCD_VERSION}, one key; {load.latency()}; ghz -c 32, 4 conns, {duration}; {load.ok}",
+        )
+    finally:
+        proc.stop()
+
+
+def bench_redis(duration_s: int) -> Figure | None:
+    if shutil.which("redis-server") is None:
+        progress("installing redis-server (Debian package) for the peer comparison")
+        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=False, capture_output=True)
+    if shutil.which("redis-server") is None:
+        return None
+    port = free_port()
+    proc = ManagedProcess(
+        "redis",
+        [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ],
+        Path("/tmp") / f"kvs2-bench-redis-{port}.log",
+    ).start()
+    try:
+        wait_until(
+            lambda: (
+                subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0
+            ),
+            timeout=10,
+            what="redis",
+        )
+        subprocess.run(
+            ["redis-cli", "-p", str(port), "set", "key:__rand_int__", "v"], check=True, capture_output=True
+        )
+        out = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                LOAD_CPU,
+                "redis-benchmark",
+                "-p",
+                str(port),
+                "-t",
+                "get",
+                "-c",
+                "32",
+                "-n",
+                str(50_000 * duration_s // 10),
+                "-q",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        line = [x for x in out.stdout.replace("\r", "\n").splitlines() if "requests per second" in x][-1]
+        rps = line.split(":")[1].split("requests")[0].strip()
+        version = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True
+        ).stdout.split()[2]
+        return Figure(
+            "peer: redis GET",
+            f"{float(rps):,.0f} req/s",
+            f"redis {version}, redis-benchmark -c 32, no pipelining",
+        )
+    finally:
+        proc.stop()
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB, {platform.platform()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=1_000_000, help="records to pre-fill for replay")
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each load run")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
+    args = parser.parse_args(argv)
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    figures, _ = bench_kvs2(args.work, args.records, f"{args.seconds}s")
+    try:
+        figures.append(bench_etcd(args.work, f"{args.seconds}s"))
+    except Exception as exc:  # a peer that cannot run must not lose the kvs2 figures
+        figures.append(Figure("peer: etcd serializable Range", "not measured", f"{exc}"))
+    try:
+        redis = bench_redis(args.seconds)
+        figures.append(redis or Figure("peer: redis GET", "not measured", "redis-server not installable"))
+    except Exception as exc:
+        figures.append(Figure("peer: redis GET", "not measured", f"{exc}"))
+    versions = (
+        f"Python {platform.python_version()}, grpcio {metadata.version('grpcio')}, "
+        f"confluent-kafka {metadata.version('confluent-kafka')} (librdkafka {libversion()[0]}), "
+        f"lmdb {metadata.version('lmdb')}, "
+        f"Apache Kafka {KAFKA_VERSION} (KRaft, one node, same machine), ghz {TOOLS['ghz'].version}"
+    )
+    rows = "\n".join(f"| {f.name} | {f.value} | {f.detail} |" for f in figures)
+    section = f"""
+## {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+- machine: {machine()}
+- versions: {versions}
+- settings: one replica (`kvs2 serve`, a single Python process) pinned to CPU {SERVER_CPU}; load generators
+  pinned to CPU {LOAD_CPU}; Kafka unpinned on the same machine.
+
+| what | result | settings |
+|---|---|---|
+{rows}
+"""
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nAppended by `make bench` (bench/run.py); newest last.\n")
+    with RESULTS.open("a") as fh:
+        fh.write(section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
