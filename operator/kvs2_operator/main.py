@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> int:
+    if argv[:1] == ["--"]:  # `kvs2 operator -- --namespace x`: the outer parser passes the separator on
+        argv = argv[1:]
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

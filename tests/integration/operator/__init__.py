@@ -1,0 +1,1 @@
+"""The operator against a real control plane (etcd, kube-apiserver, controller-manager, scheduler) and real Kafka."""
