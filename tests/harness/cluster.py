@@ -318,6 +318,10 @@ class Cluster:
     def kubeconfig(self) -> Path:
         return self.workdir / "admin.kubeconfig"
 
+    def env(self) -> dict[str, str]:
+        """The environment for a client subprocess (an operator, a script) that should use this cluster."""
+        return dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+
     def binary(self, name: str) -> Path:
         if name not in self._binaries:
             self._binaries[name] = ensure_tool(name)
@@ -573,7 +577,7 @@ def _stack_up() -> int:
     else:
         progress(f"no {crd} yet: CRD not installed")
 
-    _start_operator(cluster, kubeconfig, bootstrap)
+    _start_operator(cluster, kubeconfig)
 
     kubectl = cluster.binary("kubectl")
     print(
@@ -586,7 +590,7 @@ Local Kubernetes control plane is up (no nodes: Pods stay Pending).
 
   export KUBECONFIG={kubeconfig}
   export PATH={kubectl.parent}:$PATH
-  kubectl get kvs
+  kubectl get kvs      # a KeyValueStore's spec.kafka.bootstrapServers: {bootstrap}
 
 Stop it with: make cluster-down
 """
@@ -594,7 +598,7 @@ Stop it with: make cluster-down
     return 0
 
 
-def _start_operator(cluster: Cluster, kubeconfig: Path, bootstrap: str) -> None:
+def _start_operator(cluster: Cluster, kubeconfig: Path) -> None:
     pid_dir = cluster.pid_dir
     if (pid := _recorded(pid_dir, "operator")) is not None:
         progress(f"operator already running (pid {pid}), log: {cluster.logs / 'operator.log'}")
@@ -608,7 +612,7 @@ def _start_operator(cluster: Cluster, kubeconfig: Path, bootstrap: str) -> None:
     if not re.search(r"\boperator\b", usage):
         progress(f"operator NOT started: `{kvs2} operator` is not available yet")
         return
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig), KVS2_KAFKA_BOOTSTRAP=bootstrap)
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     proc = ManagedProcess(
         name="operator",
         argv=[str(kvs2), "operator"],

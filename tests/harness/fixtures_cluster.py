@@ -22,7 +22,7 @@ import pytest
 
 from tests.harness.cluster import COMPONENTS, Cluster
 from tests.harness.common import progress
-from tests.harness.gobuild import ensure_tool
+from tests.harness.gobuild import GoBuildError, ensure_tool
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -32,8 +32,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         capture = session.config.pluginmanager.getplugin("capturemanager")
         # Uncaptured, so a person sees a cold build's progress live instead of a silent pause.
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            for tool in (*COMPONENTS, "kubectl"):
-                ensure_tool(tool)  # no-op when cached
+            try:
+                for tool in (*COMPONENTS, "kubectl"):
+                    ensure_tool(tool)  # no-op when cached
+            except GoBuildError as exc:
+                pytest.exit(f"cannot build the control-plane binaries the selected tests need: {exc}", 3)
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,7 @@ TOOLSETS: dict[str, GoToolSet] = {
         GoToolSet(
             name="ghz",
             module="github.com/bojand/ghz",
-            version="v0.93.0",
+            version="v0.121.0",
             packages=("github.com/bojand/ghz/cmd/ghz",),
             binaries=("ghz",),
         ),
