@@ -110,3 +110,65 @@ def test_deployment_becomes_replicaset_and_pending_pods(cluster: Cluster, namesp
         ),
         what="garbage collection of the ReplicaSet and Pods",
     )
+
+
+STATEFULSET = """
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+spec:
+  serviceName: db
+  replicas: 2
+  selector:
+    matchLabels: {app: db}
+  template:
+    metadata:
+      labels: {app: db}
+    spec:
+      containers:
+        - name: db
+          image: registry.invalid/never-pulled:1
+  volumeClaimTemplates:
+    - metadata:
+        name: data
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources:
+          requests: {storage: 1Gi}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: db
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels: {app: db}
+"""
+
+
+def test_statefulset_and_pdb_controllers_act(cluster: Cluster, namespace: str) -> None:
+    """The kinds the operator creates: StatefulSet (ordered, with PVCs) and a PDB the disruption controller
+    tracks. With no nodes pod 0 never becomes Ready, so OrderedReady must stop there."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=STATEFULSET)
+
+    def first_pod_and_claim() -> bool:
+        pods = [p["metadata"]["name"] for p in _get(cluster, "-n", namespace, "pods")["items"]]
+        claims = [c["metadata"]["name"] for c in _get(cluster, "-n", namespace, "pvc")["items"]]
+        return pods == ["db-0"] and claims == ["data-db-0"]
+
+    _eventually(first_pod_and_claim, what="the statefulset controller to create db-0 and its claim data-db-0")
+
+    def pdb_observed() -> dict[str, Any] | None:
+        status: dict[str, Any] = _get(cluster, "-n", namespace, "pdb", "db").get("status", {})
+        return status if status.get("observedGeneration") == 1 and status.get("expectedPods") == 2 else None
+
+    status = _eventually(pdb_observed, what="the disruption controller to observe the PDB")
+    assert status["currentHealthy"] == 0  # nothing can run without nodes
+    assert status["disruptionsAllowed"] == 0
+
+    time.sleep(2.0)  # OrderedReady: db-1 must not appear while db-0 is not Ready
+    assert [p["metadata"]["name"] for p in _get(cluster, "-n", namespace, "pods")["items"]] == ["db-0"]
+    sts = _get(cluster, "-n", namespace, "statefulset", "db")
+    assert sts["status"].get("readyReplicas", 0) == 0
