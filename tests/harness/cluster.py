@@ -304,6 +304,7 @@ class Cluster:
 
     def __init__(self, workdir: Path, ports: ClusterPorts | None = None) -> None:
         self.workdir = Path(workdir).resolve()
+        self._free_ports = ports is None
         self.ports = ports or ClusterPorts.free()
         self.pki = Pki(self.workdir / "pki")
         self.logs = self.workdir / "logs"
@@ -336,6 +337,24 @@ class Cluster:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki.ensure()
+        attempts = 3 if self._free_ports else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_all(timeout)
+                break
+            except ClusterError as exc:
+                # A free port can be taken between choosing it and binding it; only then is a retry honest.
+                if attempt == attempts or "address already in use" not in str(exc):
+                    raise
+                progress(f"control plane start lost a port race ({exc.args[0].splitlines()[0]}); retrying")
+                self.ports = ClusterPorts.free()
+                shutil.rmtree(self.workdir / "etcd-data", ignore_errors=True)
+        progress(
+            f"control plane ready at {self.api_url} in {time.monotonic() - started:.1f}s ({self.workdir})"
+        )
+        return self
+
+    def _start_all(self, timeout: float) -> None:
         write_kubeconfig(self.kubeconfig, self.api_url, self.pki, "admin")
         for user in ("kube-controller-manager", "kube-scheduler"):
             write_kubeconfig(self.workdir / f"{user}.kubeconfig", self.api_url, self.pki, user)
@@ -354,10 +373,6 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
-        progress(
-            f"control plane ready at {self.api_url} in {time.monotonic() - started:.1f}s ({self.workdir})"
-        )
-        return self
 
     def _start(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name=name, argv=argv, log_path=self.logs / f"{name}.log", cwd=self.workdir)
