@@ -39,6 +39,17 @@ class TopicNotFound(FailedPrecondition):
     """The configured topic does not exist in Kafka."""
 
 
+class DeadlineExceeded(Kvs2Error):
+    """A read could not be made as fresh as asked (token, linearizable, staleness) within its deadline."""
+
+
+class HistoryUnavailable(Kvs2Error):
+    """A watch asked to start before the change history this replica still holds.
+
+    Why its own type: the remedy is specific — read a snapshot with Range, then watch from its positions.
+    """
+
+
 class PermissionDenied(Kvs2Error):
     """Kafka refused the operation for lack of authorization."""
 

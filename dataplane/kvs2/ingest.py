@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 from kvs2.errors import Kvs2Error, TopicNotFound
 from kvs2.kafka_io import Admin, ChangelogReader, OffsetGone
+from kvs2.progress import Snapshot
 from kvs2.storage import Replica, TopicIdentity
 
 log = logging.getLogger(__name__)
 
-ProgressSink = Callable[[Mapping[int, int], bool], None]
+ProgressSink = Callable[[Snapshot], None]
 
 
 @dataclass(frozen=True)
@@ -84,16 +85,16 @@ class Ingester:
                 delay = 0.5
             except _Rebuild as why:
                 log.warning("replica is stale (%s): discarding it and rebuilding from the topic", why)
-                self._on_progress({}, False)
+                self._on_progress(Snapshot())
                 self._replica.invalidate()
             except Kvs2Error as exc:
                 self._report_problem(str(exc))
-                self._on_progress(self._replica.next_offsets(), False)
+                self._on_progress(Snapshot(applied=self._replica.next_offsets()))
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
             except Exception:  # a bug: log it loudly, keep the process honest (NOT_SERVING), retry
                 log.exception("ingester failed unexpectedly; retrying")
-                self._on_progress(self._replica.next_offsets(), False)
+                self._on_progress(Snapshot(applied=self._replica.next_offsets()))
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -154,8 +155,21 @@ class Ingester:
         serving = _caught_up(offsets, targets)
         if serving:
             log.info("replica is caught up with topic %r: serving", self._topic)
-        self._on_progress(offsets, serving)
+
+        def publish() -> None:
+            self._on_progress(
+                Snapshot(
+                    applied=dict(offsets),
+                    serving=serving,
+                    high_watermarks=reader.high_watermarks(identity.partitions),
+                    partitions=identity.partitions,
+                    topic_id=identity.topic_id,
+                )
+            )
+
+        publish()
         next_check = time.monotonic() + self._identity_check_interval
+        next_publish = 0.0
         while not self._stop.is_set():
             records, eof = reader.read(self._batch_size, timeout=0.2)
             advanced: dict[int, int] = {}
@@ -170,7 +184,11 @@ class Ingester:
                 if not serving and _caught_up(offsets, targets):
                     serving = True
                     log.info("replica is caught up with topic %r: serving", self._topic)
-                self._on_progress(offsets, serving)
+                publish()
+                next_publish = time.monotonic() + 0.5
+            elif time.monotonic() >= next_publish:
+                publish()  # idle: refresh Kafka's end offsets as the consumer sees them (staleness bounds)
+                next_publish = time.monotonic() + 0.5
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._identity_check_interval
                 self._check_identity(identity)

@@ -201,6 +201,18 @@ class ChangelogReader:
             records.append(_record(msg))
         return records, eof
 
+    def high_watermarks(self, partitions: int) -> dict[int, int]:
+        """Kafka's end offsets from the consumer's last fetch responses: free, slightly behind."""
+        out: dict[int, int] = {}
+        for p in range(partitions):
+            try:
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                out[p] = high
+        return out
+
     def close(self) -> None:
         self._consumer.close()
 

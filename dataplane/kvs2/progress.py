@@ -1,9 +1,10 @@
 """What the replica has applied, shared between the ingester thread and the asyncio server.
 
-The ingester (a thread) publishes next offsets and whether the replica is caught up; the server's
-event loop holds the current picture, flips gRPC health, and wakes coroutines waiting for an
-offset to be applied (read-your-writes). Why through the loop: asyncio futures may only be touched
-from their loop's thread, and the ingester must never block on a slow reader.
+The ingester (a thread) publishes a `Snapshot`: next offsets, Kafka's end offsets as last reported to
+the consumer, whether the replica is caught up, and which topic it follows. The server's event loop
+holds the latest snapshot, flips gRPC health, and wakes coroutines waiting for a condition on it
+(read-your-writes, linearizable reads, watches). Why through the loop: asyncio futures may only be
+touched from their loop's thread, and the ingester must never block on a slow reader.
 """
 
 from __future__ import annotations
@@ -14,57 +15,81 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 
-@dataclass
-class _Waiter:
-    partition: int
-    offset: int
-    future: asyncio.Future[None]
+@dataclass(frozen=True)
+class Snapshot:
+    applied: Mapping[int, int] = field(default_factory=dict)
+    serving: bool = False
+    # Kafka's end offset per partition, as the consumer last saw it (no extra round trip).
+    high_watermarks: Mapping[int, int] = field(default_factory=dict)
+    partitions: int = 0
+    topic_id: str = ""
+
+    def has_applied(self, partition: int, offset: int) -> bool:
+        return self.applied.get(partition, 0) > offset
+
+    def lag(self, partition: int) -> int:
+        return max(0, self.high_watermarks.get(partition, 0) - self.applied.get(partition, 0))
+
+
+Condition = Callable[[Snapshot], bool]
 
 
 @dataclass
 class Progress:
     loop: asyncio.AbstractEventLoop
-    applied: dict[int, int] = field(default_factory=dict)
-    serving: bool = False
-    _waiters: list[_Waiter] = field(default_factory=list)
+    now: Snapshot = field(default_factory=Snapshot)
+    _waiters: list[tuple[Condition, asyncio.Future[None]]] = field(default_factory=list)
     _on_serving: list[Callable[[bool], None]] = field(default_factory=list)
 
+    @property
+    def serving(self) -> bool:
+        return self.now.serving
+
+    @property
+    def applied(self) -> Mapping[int, int]:
+        return self.now.applied
+
     # ----- the ingester's side (any thread) ---------------------------------------------------------
-    def publish(self, next_offsets: Mapping[int, int], serving: bool) -> None:
-        snapshot = dict(next_offsets)
+    def publish(self, snapshot: Snapshot) -> None:
         # RuntimeError: the loop is closed, the process is shutting down.
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._update, snapshot, serving)
+            self.loop.call_soon_threadsafe(self.update, snapshot)
 
     # ----- the loop's side ---------------------------------------------------------------------------
     def on_serving_change(self, callback: Callable[[bool], None]) -> None:
         self._on_serving.append(callback)
         callback(self.serving)
 
-    def _update(self, next_offsets: dict[int, int], serving: bool) -> None:
-        self.applied = next_offsets
-        if serving != self.serving:
-            self.serving = serving
+    def update(self, snapshot: Snapshot) -> None:
+        was_serving = self.now.serving
+        self.now = snapshot
+        if snapshot.serving != was_serving:
             for callback in self._on_serving:
-                callback(serving)
+                callback(snapshot.serving)
         if self._waiters:
-            still: list[_Waiter] = []
-            for w in self._waiters:
-                if w.future.done():
+            still: list[tuple[Condition, asyncio.Future[None]]] = []
+            for condition, future in self._waiters:
+                if future.done():
                     continue
-                if self.applied.get(w.partition, 0) > w.offset:
-                    w.future.set_result(None)
+                if condition(snapshot):
+                    future.set_result(None)
                 else:
-                    still.append(w)
+                    still.append((condition, future))
             self._waiters = still
 
-    def has_applied(self, partition: int, offset: int) -> bool:
-        return self.applied.get(partition, 0) > offset
+    async def wait_for(self, condition: Condition, timeout: float | None) -> None:
+        """Return once `condition` holds for the latest snapshot; TimeoutError after `timeout`."""
+        if condition(self.now):
+            return
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._waiters.append((condition, future))
+        await asyncio.wait_for(future, timeout)
+
+    async def wait_update(self, timeout: float) -> None:
+        """Return at the next published snapshot, or after `timeout` — whichever comes first."""
+        current = self.now
+        with contextlib.suppress(TimeoutError):
+            await self.wait_for(lambda s: s is not current, timeout)
 
     async def wait_applied(self, partition: int, offset: int, timeout: float | None) -> None:
-        """Return once the record at (partition, offset) is applied; TimeoutError after `timeout`."""
-        if self.has_applied(partition, offset):
-            return
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self._waiters.append(_Waiter(partition, offset, fut))
-        await asyncio.wait_for(fut, timeout)
+        await self.wait_for(lambda s: s.has_applied(partition, offset), timeout)

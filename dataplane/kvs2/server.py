@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import grpc
@@ -22,11 +22,13 @@ from kvs2 import errors
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.config import ServeSettings
-from kvs2.core import Store
+from kvs2.consistency import ReadOptions
+from kvs2.core import KeyRange, Store
 from kvs2.ingest import Ingester, TopicSpec
-from kvs2.kafka_io import Admin, ChangelogReader, Writer, client_config
+from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
 from kvs2.progress import Progress
 from kvs2.storage import Entry, Replica
+from kvs2.watch import Progressed, watch
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Kvs2"].full_name  # "kvs2.Kvs2"
 # The one table from core errors to gRPC status codes; the most specific class wins (MRO order).
 STATUS_OF: dict[type[errors.Kvs2Error], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.HistoryUnavailable: grpc.StatusCode.OUT_OF_RANGE,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
@@ -66,64 +70,118 @@ async def _translate(context: Context, call: Callable[[], Awaitable[T]]) -> T:
         raise AssertionError("unreachable") from exc  # abort() raises
 
 
-def _read_status(entry: Entry | None) -> tuple[int, bytes, int]:
+def _read_status(entry: Entry | None) -> tuple[pb.ReadStatus.ValueType, bytes, int]:
     if entry is None:
         return pb.NOT_FOUND, b"", 0
     return pb.OK, entry.value, entry.revision
 
 
-class Kvs2Servicer(pb_grpc.Kvs2Servicer):
-    def __init__(self, store: Store, default_write_timeout: float) -> None:
-        self._store = store
-        self._default_write_timeout = default_write_timeout
+def _read_options(msg: pb.ReadOptions) -> ReadOptions:
+    return ReadOptions(
+        linearizable=msg.consistency == pb.ReadOptions.LINEARIZABLE,
+        after=tuple(WriteToken(p.partition, p.offset) for p in msg.after),
+        max_lag_records=msg.max_lag_records,
+    )
 
-    def _write_timeout(self, context: Context) -> float:
+
+def _positions(offsets: Mapping[int, int]) -> list[pb.Position]:
+    return [pb.Position(partition=p, offset=o) for p, o in sorted(offsets.items())]
+
+
+class Kvs2Servicer(pb_grpc.Kvs2Servicer):
+    def __init__(self, store: Store, default_timeout: float) -> None:
+        self._store = store
+        self._default_timeout = default_timeout
+
+    def _timeout(self, context: Context) -> float:
+        """Time left: the client's deadline less a margin to carry our answer back, else the default."""
         remaining = context.time_remaining()
         if remaining is None:
-            return self._default_write_timeout
-        return max(0.0, min(remaining - _DEADLINE_MARGIN, self._default_write_timeout))
+            return self._default_timeout
+        return max(0.0, min(remaining - _DEADLINE_MARGIN, self._default_timeout))
 
-    async def Get(  # noqa: N802 - the gRPC method name
-        self, request: pb.GetRequest, context: Context
-    ) -> pb.GetReply:
+    async def Get(self, request: pb.GetRequest, context: Context) -> pb.GetReply:  # noqa: N802 - gRPC name
         async def call() -> pb.GetReply:
-            status, data, revision = _read_status(self._store.get(request.key))
-            return pb.GetReply(status=status, data=data, revision=revision)  # type: ignore[arg-type]
+            entry = await self._store.get(request.key, _read_options(request.read), self._timeout(context))
+            status, data, revision = _read_status(entry)
+            return pb.GetReply(status=status, data=data, revision=revision)
 
         return await _translate(context, call)
 
-    async def MultiGet(  # noqa: N802
-        self, request: pb.MultiGetRequest, context: Context
-    ) -> pb.MultiGetReply:
+    async def MultiGet(self, request: pb.MultiGetRequest, context: Context) -> pb.MultiGetReply:  # noqa: N802
         async def call() -> pb.MultiGetReply:
             keys = list(request.keys)
+            entries = await self._store.multi_get(keys, _read_options(request.read), self._timeout(context))
             parts = []
-            for key, entry in zip(keys, self._store.multi_get(keys), strict=True):
+            for key, entry in zip(keys, entries, strict=True):
                 status, data, revision = _read_status(entry)
-                parts.append(
-                    pb.MultiGetResponsePart(key=key, status=status, data=data, revision=revision)  # type: ignore[arg-type]
-                )
+                parts.append(pb.MultiGetResponsePart(key=key, status=status, data=data, revision=revision))
             return pb.MultiGetReply(parts=parts)
 
         return await _translate(context, call)
 
-    async def Set(  # noqa: N802
-        self, request: pb.SetRequest, context: Context
-    ) -> pb.SetReply:
+    async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetReply:  # noqa: N802
         async def call() -> pb.SetReply:
-            token = await self._store.set(request.key, request.value, self._write_timeout(context))
+            token = await self._store.set(request.key, request.value, self._timeout(context))
             return pb.SetReply(status=pb.PUBLISHED, partition=token.partition, offset=token.offset)
 
         return await _translate(context, call)
 
-    async def Delete(  # noqa: N802
-        self, request: pb.DeleteRequest, context: Context
-    ) -> pb.DeleteReply:
+    async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteReply:  # noqa: N802
         async def call() -> pb.DeleteReply:
-            token = await self._store.delete(request.key, self._write_timeout(context))
+            token = await self._store.delete(request.key, self._timeout(context))
             return pb.DeleteReply(partition=token.partition, offset=token.offset)
 
         return await _translate(context, call)
+
+    async def Range(self, request: pb.RangeRequest, context: Context) -> pb.RangeReply:  # noqa: N802
+        async def call() -> pb.RangeReply:
+            result = await self._store.range(
+                KeyRange.of(request.start, request.end, request.prefix),
+                limit=request.limit,
+                keys_only=request.keys_only,
+                count_only=request.count_only,
+                page_token=request.page_token,
+                options=_read_options(request.read),
+                timeout=self._timeout(context),
+            )
+            items = [
+                pb.KeyValue(key=k) if e is None else pb.KeyValue(key=k, value=e.value, revision=e.revision)
+                for k, e in result.items
+            ]
+            return pb.RangeReply(
+                items=items,
+                count=result.count,
+                next_page_token=result.next_page_token,
+                applied=_positions(result.applied),
+            )
+
+        return await _translate(context, call)
+
+    async def Watch(  # noqa: N802
+        self, request: pb.WatchRequest, context: Context
+    ) -> AsyncIterator[pb.WatchEvent]:
+        try:
+            selector = (
+                KeyRange(request.key, request.key + b"\x00")
+                if request.key
+                else KeyRange.of(request.start, request.end, request.prefix)
+            )
+            start = {p.partition: p.offset for p in getattr(request, "from")}
+            interval = (request.progress_interval_ms or 1000) / 1000
+            async for item in watch(self._store, selector, start or None, interval):
+                if isinstance(item, Progressed):
+                    yield pb.WatchEvent(type=pb.WatchEvent.PROGRESS, applied=_positions(item.applied))
+                else:
+                    yield pb.WatchEvent(
+                        type=pb.WatchEvent.PUT if item.value is not None else pb.WatchEvent.DELETE,
+                        key=item.key,
+                        value=item.value or b"",
+                        revision=item.offset + 1 if item.value is not None else 0,
+                        position=pb.Position(partition=item.partition, offset=item.offset),
+                    )
+        except errors.Kvs2Error as exc:
+            await context.abort(status_of(exc), str(exc))
 
 
 # ----- the process ---------------------------------------------------------------------------------
@@ -142,14 +200,21 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
     replica = Replica(settings.data_dir, map_size=settings.map_size)
     progress = Progress(loop)
     writer = Writer(kafka, settings.topic, message_timeout=settings.default_write_timeout)
-    store = Store(replica, writer, progress, settings.limits)
+    admin = Admin(kafka)
+    store = Store(
+        replica,
+        writer,
+        progress,
+        settings.limits,
+        end_offsets=lambda: admin.end_offsets(settings.topic, progress.now.partitions),
+    )
 
     def set_limit(limit: int) -> None:
         writer.topic_max_message_bytes = limit
 
     ingester = Ingester(
         replica,
-        Admin(kafka),
+        admin,
         lambda: ChangelogReader(kafka, settings.topic),
         settings.topic,
         progress.publish,

@@ -7,6 +7,10 @@ ends — no record is applied twice and none is skipped.
 Layout (named databases):
   data    key → 8-byte big-endian revision ‖ value
   offsets 4-byte big-endian partition → 8-byte big-endian next offset to read
+  changes partition ‖ offset (4+8 bytes) → op (1 byte) ‖ key length (4 bytes) ‖ key ‖ value:
+          the recent change history that Watch serves, trimmed to `history` offsets per partition
+  history partition → the first offset from which `changes` is complete (a gap in the offsets —
+          compaction — or trimming moves it forward)
   meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped"
 A key's revision is the Kafka offset of its last write plus one, so 0 never names a write and can
 stand for "absent" (what compare-and-set's "must not exist" needs).
@@ -26,10 +30,14 @@ import lmdb
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = b"2"
 _REV = struct.Struct(">Q")
 _PART = struct.Struct(">I")
 _OFFSET = struct.Struct(">q")
+_CHANGE_KEY = struct.Struct(">Iq")
+_CHANGE_HEAD = struct.Struct(">BI")
+_PUT, _DELETE = 0, 1
+DEFAULT_HISTORY = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,25 @@ class Record:
     value: bytes | None
     partition: int
     offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One applied record, as Watch reports it. `value is None` is a delete."""
+
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A Range page and the next offsets it reflects, read in one transaction."""
+
+    items: list[tuple[bytes, Entry | None]]
+    next_key: bytes | None
+    applied: dict[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +126,16 @@ class _ResizeGate:
 class Replica:
     """The LMDB environment. Exactly one thread (the ingester) writes; any thread reads."""
 
-    def __init__(self, path: Path, *, map_size: int = 1 << 34, sync: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, map_size: int = 1 << 34, sync: bool = True, history: int = DEFAULT_HISTORY
+    ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.history = history
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
-            max_dbs=4,
+            max_dbs=8,
             subdir=True,
             sync=sync,
             metasync=sync,
@@ -114,6 +144,8 @@ class Replica:
         self._data = self._env.open_db(b"data")
         self._offsets = self._env.open_db(b"offsets")
         self._meta = self._env.open_db(b"meta")
+        self._changes = self._env.open_db(b"changes")
+        self._history = self._env.open_db(b"history")
         self._gate = _ResizeGate()
         self.max_key_bytes: int = self._env.max_key_size()
 
@@ -131,9 +163,67 @@ class Replica:
 
     def next_offsets(self) -> dict[int, int]:
         with self._gate.reading(), self._env.begin(db=self._offsets) as txn:
-            return {
-                _PART.unpack(k)[0]: _OFFSET.unpack(v)[0] for k, v in txn.cursor(db=self._offsets).iternext()
-            }
+            return self._offsets_in(txn)
+
+    def _offsets_in(self, txn: lmdb.Transaction) -> dict[int, int]:
+        return {_PART.unpack(k)[0]: _OFFSET.unpack(v)[0] for k, v in txn.cursor(db=self._offsets).iternext()}
+
+    def scan(self, start: bytes, end: bytes | None, limit: int, *, keys_only: bool = False) -> Page:
+        """Up to `limit` keys in [start, end) (end None: to the last key) and the offsets they reflect."""
+        items: list[tuple[bytes, Entry | None]] = []
+        next_key: bytes | None = None
+        with self._gate.reading(), self._env.begin(db=self._data, buffers=False) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(start) if start else cursor.first()
+            while found:
+                key = cursor.key()
+                if end is not None and key >= end:
+                    break
+                if len(items) == limit:
+                    next_key = key
+                    break
+                items.append((key, None if keys_only else _decode(cursor.value())))
+                found = cursor.next()
+            applied = self._offsets_in(txn)
+        return Page(items, next_key, applied)
+
+    def count(self, start: bytes, end: bytes | None) -> tuple[int, dict[int, int]]:
+        """How many keys are in [start, end), and the offsets that count reflects."""
+        n = 0
+        with self._gate.reading(), self._env.begin(db=self._data, buffers=False) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(start) if start else cursor.first()
+            while found:
+                if end is not None and cursor.key() >= end:
+                    break
+                n += 1
+                found = cursor.next()
+            applied = self._offsets_in(txn)
+        return n, applied
+
+    def history_start(self) -> dict[int, int]:
+        """Per partition, the first offset from which the change history is complete."""
+        with self._gate.reading(), self._env.begin(db=self._history) as txn:
+            return {_PART.unpack(k)[0]: _OFFSET.unpack(v)[0] for k, v in txn.cursor().iternext()}
+
+    def changes(self, partition: int, since: int, until: int, limit: int = 10_000) -> list[Change]:
+        """Changes of `partition` with since <= offset < until, in offset order (at most `limit`)."""
+        out: list[Change] = []
+        with self._gate.reading(), self._env.begin(db=self._changes, buffers=False) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(_CHANGE_KEY.pack(partition, since))
+            while found and len(out) < limit:
+                p, offset = _CHANGE_KEY.unpack(cursor.key())
+                if p != partition or offset >= until:
+                    break
+                raw = cursor.value()
+                op, key_len = _CHANGE_HEAD.unpack_from(raw)
+                head = _CHANGE_HEAD.size
+                key = raw[head : head + key_len]
+                value = None if op == _DELETE else raw[head + key_len :]
+                out.append(Change(p, offset, key, value))
+                found = cursor.next()
+        return out
 
     def identity(self) -> TopicIdentity | None:
         with self._gate.reading(), self._env.begin(db=self._meta) as txn:
@@ -159,16 +249,16 @@ class Replica:
     def invalidate(self) -> None:
         """Empty the replica and forget what it was built from: it no longer reflects any topic."""
         with self._env.begin(write=True) as txn:
-            txn.drop(self._data, delete=False)
-            txn.drop(self._offsets, delete=False)
-            txn.drop(self._meta, delete=False)
+            self._drop_all(txn)
+
+    def _drop_all(self, txn: lmdb.Transaction) -> None:
+        for db in (self._data, self._offsets, self._meta, self._changes, self._history):
+            txn.drop(db, delete=False)
 
     def reset(self, identity: TopicIdentity) -> None:
         """Empty the replica and record what it is now built from, in one transaction."""
         with self._env.begin(write=True) as txn:
-            txn.drop(self._data, delete=False)
-            txn.drop(self._offsets, delete=False)
-            txn.drop(self._meta, delete=False)
+            self._drop_all(txn)
             txn.put(b"topic", identity.topic.encode(), db=self._meta)
             txn.put(b"topic_id", identity.topic_id.encode(), db=self._meta)
             txn.put(b"partitions", str(identity.partitions).encode(), db=self._meta)
@@ -193,7 +283,17 @@ class Replica:
         max_key = self.max_key_bytes
         with self._env.begin(write=True) as txn:
             data = txn.cursor(db=self._data)
+            changes = txn.cursor(db=self._changes)
+            expected = self._offsets_in(txn)
+            history = self._history_in(txn)
             for rec in records:
+                if rec.offset != expected.get(rec.partition, rec.offset):
+                    # A gap: records were compacted away before we read them, so a watcher resuming
+                    # from before here would miss changes. History is complete only from here on.
+                    history[rec.partition] = rec.offset
+                elif rec.partition not in expected and rec.partition not in history:
+                    history[rec.partition] = rec.offset
+                expected[rec.partition] = rec.offset + 1
                 key = rec.key
                 if not key or len(key) > max_key:
                     skipped += 1
@@ -206,18 +306,40 @@ class Replica:
                         max_key,
                     )
                     continue
+                change_key = _CHANGE_KEY.pack(rec.partition, rec.offset)
                 if rec.value is None:
                     if data.set_key(key):
                         data.delete()
+                    changes.put(change_key, _CHANGE_HEAD.pack(_DELETE, len(key)) + key)
                 else:
                     data.put(key, _REV.pack(rec.offset + 1) + rec.value)
+                    changes.put(change_key, _CHANGE_HEAD.pack(_PUT, len(key)) + key + rec.value)
             for partition, offset in next_offsets.items():
                 txn.put(_PART.pack(partition), _OFFSET.pack(offset), db=self._offsets)
+                self._trim(changes, history, partition, offset)
+            for partition, offset in history.items():
+                txn.put(_PART.pack(partition), _OFFSET.pack(offset), db=self._history)
             if skipped:
                 raw = txn.get(b"skipped", db=self._meta)
                 total = (0 if raw is None else int(bytes(raw))) + skipped
                 txn.put(b"skipped", str(total).encode(), db=self._meta)
         return skipped
+
+    def _history_in(self, txn: lmdb.Transaction) -> dict[int, int]:
+        return {_PART.unpack(k)[0]: _OFFSET.unpack(v)[0] for k, v in txn.cursor(db=self._history).iternext()}
+
+    def _trim(self, changes: lmdb.Cursor, history: dict[int, int], partition: int, next_offset: int) -> None:
+        """Keep the last `self.history` offsets of the partition's change history."""
+        keep_from = next_offset - self.history
+        if keep_from <= history.get(partition, 0):
+            return
+        changes.set_range(_CHANGE_KEY.pack(partition, 0))
+        while key := changes.key():  # empty once the cursor runs off the end
+            p, offset = _CHANGE_KEY.unpack(key)
+            if p != partition or offset >= keep_from:
+                break
+            changes.delete()  # moves to the next entry
+        history[partition] = keep_from
 
     def _grow(self) -> None:
         with self._gate.exclusive():

@@ -1,75 +1,16 @@
-"""The servicer over a real gRPC server on loopback, with a real LMDB replica and a fake producer:
-status codes, messages and reply shapes, without Kafka."""
+"""The servicer over a real gRPC server on loopback (the `rig` in conftest.py): status codes,
+messages and reply shapes of the seed RPCs and Delete, without Kafka."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import pytest
 from kvs2._proto import kvs2_pb2 as pb
-from kvs2._proto import kvs2_pb2_grpc as pb_grpc
-from kvs2.config import Limits
-from kvs2.core import Store
-from kvs2.errors import KafkaUnavailable
-from kvs2.kafka_io import WriteToken
-from kvs2.progress import Progress
-from kvs2.server import Kvs2Servicer
-from kvs2.storage import Record, Replica, TopicIdentity
+from kvs2.progress import Snapshot
 
-
-@dataclass
-class FakeWriter:
-    """Acknowledges writes by applying them to the replica, like a one-partition Kafka would."""
-
-    replica: Replica
-    limit: int = 1000
-    hang: bool = False
-    fail: bool = False
-    offset: int = 0
-    pending: list[Future[WriteToken]] = field(default_factory=list)
-
-    def max_record_bytes(self) -> int:
-        return self.limit
-
-    def write(self, key: bytes, value: bytes | None) -> Future[WriteToken]:
-        fut: Future[WriteToken] = Future()
-        self.pending.append(fut)
-        if self.fail:
-            fut.set_exception(KafkaUnavailable("writing to Kafka: all brokers are down"))
-        elif not self.hang:
-            self.replica.apply([Record(key, value, 0, self.offset)], {0: self.offset + 1})
-            fut.set_result(WriteToken(0, self.offset))
-            self.offset += 1
-        return fut
-
-
-@dataclass
-class Rig:
-    stub: pb_grpc.Kvs2Stub
-    writer: FakeWriter
-    progress: Progress
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    replica = Replica(tmp_path / "db", map_size=1 << 22)
-    replica.reset(TopicIdentity("t", "id", 1))
-    writer = FakeWriter(replica)
-    progress = Progress(asyncio.get_running_loop(), serving=True)
-    store = Store(replica, writer, progress, Limits(max_multiget_keys=3))
-    server = grpc.aio.server()
-    pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, default_write_timeout=5), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield Rig(pb_grpc.Kvs2Stub(channel), writer, progress)
-    await server.stop(None)
-    replica.close()
+from tests.unit.conftest import Rig
 
 
 async def test_set_get_multiget_delete(rig: Rig) -> None:
@@ -135,7 +76,7 @@ async def test_unacknowledged_write_is_unavailable_within_the_deadline(rig: Rig)
 
 
 async def test_reads_refused_until_caught_up(rig: Rig) -> None:
-    rig.progress.serving = False
+    rig.progress.update(Snapshot())
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await rig.stub.Get(pb.GetRequest(key=b"a"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -67,3 +67,42 @@ def test_map_grows_when_full(tmp_path: Path) -> None:
     records = [Record(f"k{i}".encode(), b"v" * 1000, 0, i) for i in range(500)]
     r.apply(records, {0: 500})
     assert len(r.items()) == 500
+
+
+def test_scan_pages_and_count_reflect_offsets(replica: Replica) -> None:
+    replica.apply([Record(k, b"v" + k, 0, i) for i, k in enumerate([b"a", b"b", b"c", b"d"])], {0: 4})
+    page = replica.scan(b"b", None, 2)
+    assert [k for k, _ in page.items] == [b"b", b"c"]
+    assert page.next_key == b"d"
+    assert page.applied == {0: 4}
+    last = replica.scan(b"d", b"z", 2, keys_only=True)
+    assert last.items == [(b"d", None)]
+    assert last.next_key is None
+    assert replica.count(b"", b"c") == (2, {0: 4})
+
+
+def test_change_history_in_order_with_deletes(replica: Replica) -> None:
+    replica.apply(
+        [Record(b"a", b"1", 0, 0), Record(b"a", None, 0, 1), Record(b"b", b"2", 1, 0)], {0: 2, 1: 1}
+    )
+    changes = replica.changes(0, 0, 10)
+    assert [(c.offset, c.key, c.value) for c in changes] == [(0, b"a", b"1"), (1, b"a", None)]
+    assert [c.key for c in replica.changes(1, 0, 10)] == [b"b"]
+    assert replica.changes(0, 1, 2)[0].value is None
+    assert replica.history_start() == {0: 0, 1: 0}
+
+
+def test_a_gap_in_offsets_moves_history_start(replica: Replica) -> None:
+    replica.apply([Record(b"a", b"1", 0, 0)], {0: 1})
+    replica.apply([Record(b"a", b"2", 0, 5)], {0: 6})  # offsets 1..4 were compacted away
+    assert replica.history_start() == {0: 5}
+    replica.apply([Record(b"x", b"1", 2, 7)], {2: 8})  # first record seen of partition 2 is at 7
+    assert replica.history_start()[2] == 7
+
+
+def test_history_is_trimmed(tmp_path: Path) -> None:
+    r = Replica(tmp_path / "db", map_size=1 << 22, history=10)
+    r.reset(IDENT)
+    r.apply([Record(f"k{i}".encode(), b"v", 0, i) for i in range(25)], {0: 25})
+    assert r.history_start() == {0: 15}
+    assert [c.offset for c in r.changes(0, 0, 100)] == list(range(15, 25))

@@ -54,6 +54,86 @@ NOT_FOUND: ReadStatus.ValueType  # 1
 Global___ReadStatus: _TypeAlias = ReadStatus  # noqa: Y015
 
 @_typing.final
+class Position(_message.Message):
+    """Added: a place in the topic. As a token: "the write at this offset of this partition"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    partition: _builtins.int
+    offset: _builtins.int
+    def __init__(
+        self,
+        *,
+        partition: _builtins.int = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Position: _TypeAlias = Position  # noqa: Y015
+
+@_typing.final
+class ReadOptions(_message.Message):
+    """Added: how fresh a read must be. The default (all fields unset) is EVENTUAL: the local replica
+    as it is now. Every wait is bounded by the call's deadline (DEADLINE_EXCEEDED when it runs out).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Consistency:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ConsistencyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ReadOptions._Consistency.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        EVENTUAL: ReadOptions._Consistency.ValueType  # 0
+        LINEARIZABLE: ReadOptions._Consistency.ValueType  # 1
+        """Kafka's end offsets of the keys' partitions are looked up when the read arrives, and the read
+        waits until this replica has applied everything before them.
+        """
+
+    class Consistency(_Consistency, metaclass=_ConsistencyEnumTypeWrapper): ...
+    EVENTUAL: ReadOptions.Consistency.ValueType  # 0
+    LINEARIZABLE: ReadOptions.Consistency.ValueType  # 1
+    """Kafka's end offsets of the keys' partitions are looked up when the read arrives, and the read
+    waits until this replica has applied everything before them.
+    """
+
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    MAX_LAG_RECORDS_FIELD_NUMBER: _builtins.int
+    consistency: Global___ReadOptions.Consistency.ValueType
+    max_lag_records: _builtins.int
+    """Bounded staleness: wait until this replica is at most this many records behind Kafka's end
+    offsets as last reported to it, on the partitions the read touches. 0 = no bound.
+    """
+    @_builtins.property
+    def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
+        """Read-your-writes: wait until each of these writes (the partition/offset a Set or Delete
+        returned) is applied here. Works on any replica.
+        """
+
+    def __init__(
+        self,
+        *,
+        consistency: Global___ReadOptions.Consistency.ValueType = ...,
+        after: _abc.Iterable[Global___Position] | None = ...,
+        max_lag_records: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "consistency", b"consistency", "max_lag_records", b"max_lag_records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadOptions: _TypeAlias = ReadOptions  # noqa: Y015
+
+@_typing.final
 class SetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -109,15 +189,21 @@ class GetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
+    @_builtins.property
+    def read(self) -> Global___ReadOptions:
+        """Added."""
+
     def __init__(
         self,
         *,
         key: _builtins.bytes = ...,
+        read: Global___ReadOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "read", b"read"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -156,16 +242,22 @@ class MultiGetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEYS_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def read(self) -> Global___ReadOptions:
+        """Added."""
+
     def __init__(
         self,
         *,
         keys: _abc.Iterable[_builtins.bytes] | None = ...,
+        read: Global___ReadOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "read", b"read"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -261,3 +353,206 @@ class DeleteReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteReply: _TypeAlias = DeleteReply  # noqa: Y015
+
+@_typing.final
+class RangeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    KEYS_ONLY_FIELD_NUMBER: _builtins.int
+    COUNT_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    start: _builtins.bytes
+    """[start, end): start inclusive (empty: the first key), end exclusive (empty: past the last key)."""
+    end: _builtins.bytes
+    prefix: _builtins.bytes
+    """Instead of start/end: every key that begins with these bytes."""
+    limit: _builtins.int
+    """Keys per page; 0 means 1000. At most 10000."""
+    keys_only: _builtins.bool
+    count_only: _builtins.bool
+    """Only count the keys of the whole range (from page_token if given); no items are returned."""
+    page_token: _builtins.bytes
+    """Continue after the previous page: its RangeReply.next_page_token."""
+    @_builtins.property
+    def read(self) -> Global___ReadOptions: ...
+    def __init__(
+        self,
+        *,
+        start: _builtins.bytes = ...,
+        end: _builtins.bytes = ...,
+        prefix: _builtins.bytes = ...,
+        limit: _builtins.int = ...,
+        keys_only: _builtins.bool = ...,
+        count_only: _builtins.bool = ...,
+        page_token: _builtins.bytes = ...,
+        read: Global___ReadOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_only", b"count_only", "end", b"end", "keys_only", b"keys_only", "limit", b"limit", "page_token", b"page_token", "prefix", b"prefix", "read", b"read", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RangeRequest: _TypeAlias = RangeRequest  # noqa: Y015
+
+@_typing.final
+class KeyValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    value: _builtins.bytes
+    revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        value: _builtins.bytes = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "revision", b"revision", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyValue: _TypeAlias = KeyValue  # noqa: Y015
+
+@_typing.final
+class RangeReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """count_only: the number of keys in the range; otherwise the number of items in this page."""
+    next_page_token: _builtins.bytes
+    """Empty when the range is exhausted."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]: ...
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
+        """The replica's next offset per partition in the same snapshot as this page: the page reflects
+        exactly the records before these positions. Watch from here to follow on without a gap.
+        """
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___KeyValue] | None = ...,
+        count: _builtins.int = ...,
+        next_page_token: _builtins.bytes = ...,
+        applied: _abc.Iterable[Global___Position] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "count", b"count", "items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RangeReply: _TypeAlias = RangeReply  # noqa: Y015
+
+@_typing.final
+class WatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    PROGRESS_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    """What to watch: one key, a prefix, or [start, end) (empty end: to the last key). All empty:
+    every key.
+    """
+    prefix: _builtins.bytes
+    start: _builtins.bytes
+    end: _builtins.bytes
+    progress_interval_ms: _builtins.int
+    """How often to send a PROGRESS event while nothing matches; 0 means 1000 ms."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        prefix: _builtins.bytes = ...,
+        start: _builtins.bytes = ...,
+        end: _builtins.bytes = ...,
+        progress_interval_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "from", b"from", "key", b"key", "prefix", b"prefix", "progress_interval_ms", b"progress_interval_ms", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WatchEvent._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PUT: WatchEvent._Type.ValueType  # 0
+        DELETE: WatchEvent._Type.ValueType  # 1
+        PROGRESS: WatchEvent._Type.ValueType  # 2
+        """Nothing new matched; `applied` says how far the watch has read."""
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper): ...
+    PUT: WatchEvent.Type.ValueType  # 0
+    DELETE: WatchEvent.Type.ValueType  # 1
+    PROGRESS: WatchEvent.Type.ValueType  # 2
+    """Nothing new matched; `applied` says how far the watch has read."""
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    type: Global___WatchEvent.Type.ValueType
+    key: _builtins.bytes
+    value: _builtins.bytes
+    revision: _builtins.int
+    @_builtins.property
+    def position(self) -> Global___Position:
+        """Where the change was written."""
+
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
+        """PROGRESS events only: the next offset per partition the watch has covered. A client's resume
+        token is the last PROGRESS `applied`, advanced to `position.offset + 1` by each later event of
+        that partition; sent back as WatchRequest.from it continues without loss or repetition.
+        """
+
+    def __init__(
+        self,
+        *,
+        type: Global___WatchEvent.Type.ValueType = ...,
+        key: _builtins.bytes = ...,
+        value: _builtins.bytes = ...,
+        revision: _builtins.int = ...,
+        position: Global___Position | None = ...,
+        applied: _abc.Iterable[Global___Position] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "key", b"key", "position", b"position", "revision", b"revision", "type", b"type", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015

@@ -54,6 +54,16 @@ class Kvs2Stub:
                 request_serializer=kvs2__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=kvs2__pb2.DeleteReply.FromString,
                 _registered_method=True)
+        self.Range = channel.unary_unary(
+                '/kvs2.Kvs2/Range',
+                request_serializer=kvs2__pb2.RangeRequest.SerializeToString,
+                response_deserializer=kvs2__pb2.RangeReply.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/kvs2.Kvs2/Watch',
+                request_serializer=kvs2__pb2.WatchRequest.SerializeToString,
+                response_deserializer=kvs2__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class Kvs2Servicer:
@@ -84,6 +94,20 @@ class Kvs2Servicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Range(self, request, context):
+        """Added: keys in [start, end) or under a prefix, one consistent snapshot per page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Added: changes to a key, a prefix or a range, in apply order, resumable from positions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_Kvs2Servicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +130,16 @@ def add_Kvs2Servicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=kvs2__pb2.DeleteRequest.FromString,
                     response_serializer=kvs2__pb2.DeleteReply.SerializeToString,
+            ),
+            'Range': grpc.unary_unary_rpc_method_handler(
+                    servicer.Range,
+                    request_deserializer=kvs2__pb2.RangeRequest.FromString,
+                    response_serializer=kvs2__pb2.RangeReply.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=kvs2__pb2.WatchRequest.FromString,
+                    response_serializer=kvs2__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +250,60 @@ class Kvs2:
             '/kvs2.Kvs2/Delete',
             kvs2__pb2.DeleteRequest.SerializeToString,
             kvs2__pb2.DeleteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Range(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvs2.Kvs2/Range',
+            kvs2__pb2.RangeRequest.SerializeToString,
+            kvs2__pb2.RangeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvs2.Kvs2/Watch',
+            kvs2__pb2.WatchRequest.SerializeToString,
+            kvs2__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

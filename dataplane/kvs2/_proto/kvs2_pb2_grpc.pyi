@@ -42,6 +42,10 @@ class Kvs2Stub:
     Set: _grpc.UnaryUnaryMultiCallable[_kvs2_pb2.SetRequest, _kvs2_pb2.SetReply]
     Delete: _grpc.UnaryUnaryMultiCallable[_kvs2_pb2.DeleteRequest, _kvs2_pb2.DeleteReply]
     """Added: removes a key by writing a tombstone (a record with a null value)."""
+    Range: _grpc.UnaryUnaryMultiCallable[_kvs2_pb2.RangeRequest, _kvs2_pb2.RangeReply]
+    """Added: keys in [start, end) or under a prefix, one consistent snapshot per page."""
+    Watch: _grpc.UnaryStreamMultiCallable[_kvs2_pb2.WatchRequest, _kvs2_pb2.WatchEvent]
+    """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
 
 @_typing.type_check_only
 class Kvs2AsyncStub(Kvs2Stub):
@@ -51,6 +55,10 @@ class Kvs2AsyncStub(Kvs2Stub):
     Set: _aio.UnaryUnaryMultiCallable[_kvs2_pb2.SetRequest, _kvs2_pb2.SetReply]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_kvs2_pb2.DeleteRequest, _kvs2_pb2.DeleteReply]  # type: ignore[assignment]
     """Added: removes a key by writing a tombstone (a record with a null value)."""
+    Range: _aio.UnaryUnaryMultiCallable[_kvs2_pb2.RangeRequest, _kvs2_pb2.RangeReply]  # type: ignore[assignment]
+    """Added: keys in [start, end) or under a prefix, one consistent snapshot per page."""
+    Watch: _aio.UnaryStreamMultiCallable[_kvs2_pb2.WatchRequest, _kvs2_pb2.WatchEvent]  # type: ignore[assignment]
+    """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
 
 class Kvs2Servicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,5 +89,21 @@ class Kvs2Servicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kvs2_pb2.DeleteReply, _abc.Awaitable[_kvs2_pb2.DeleteReply]]:
         """Added: removes a key by writing a tombstone (a record with a null value)."""
+
+    @_abc_1.abstractmethod
+    def Range(
+        self,
+        request: _kvs2_pb2.RangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kvs2_pb2.RangeReply, _abc.Awaitable[_kvs2_pb2.RangeReply]]:
+        """Added: keys in [start, end) or under a prefix, one consistent snapshot per page."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _kvs2_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kvs2_pb2.WatchEvent], _abc.AsyncIterator[_kvs2_pb2.WatchEvent]]:
+        """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
 
 def add_Kvs2Servicer_to_server(servicer: Kvs2Servicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
