@@ -157,6 +157,9 @@ def default_admin_factory(config: Mapping[str, str]) -> AdminLike:
         "socket.connection.setup.timeout.ms": 5000,
         "reconnect.backoff.max.ms": 2000,
         "log.connection.close": False,
+        # Only critical librdkafka logs on stderr: a down broker would otherwise log a refused
+        # connection every second. Failures still surface, mapped, in the status message and our log.
+        "log_level": 2,
         **config,
     }
     try:

@@ -1,1 +1,1 @@
-"""The operator against a real control plane (etcd, kube-apiserver, controller-manager, scheduler) and real Kafka."""
+"""The operator against a real control plane (etcd, apiserver, controller-manager, scheduler) and Kafka."""

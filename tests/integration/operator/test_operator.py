@@ -1,4 +1,4 @@
-"""`kvs2 operator` against the real API server, controller-manager and Kafka (no kubelet: pods stay Pending)."""
+"""`kvs2 operator` against the real API server, controller-manager and Kafka (no kubelet yet)."""
 
 from __future__ import annotations
 
@@ -221,7 +221,11 @@ def test_delete_with_retain_keeps_the_topic(
         ("service", "keep-peers"),
         ("pdb", "keep"),
     ):
-        stores.wait(f"{kind}/{name} garbage-collected", lambda k=kind, n=name: stores.get(k, n) is None)
+
+        def collected(k: str = kind, n: str = name) -> bool:
+            return stores.get(k, n) is None
+
+        stores.wait(f"{kind}/{name} garbage-collected", collected)
     assert describe_topic(kafka.bootstrap_servers, f"{stores.namespace}.keep") is not None
 
 
