@@ -33,10 +33,7 @@ def crd(cluster: Cluster) -> Path:
     return CRD_PATH
 
 
-@pytest.fixture
-def operator(
-    cluster: Cluster, crd: Path, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[ManagedProcess]:
+def start_operator(namespace: str, kubeconfig: Path, log_path: Path) -> ManagedProcess:
     proc = ManagedProcess(
         name="operator",
         argv=[
@@ -49,19 +46,32 @@ def operator(
             "--resync-interval",
             str(RESYNC_SECONDS),
             "--kubeconfig",
-            str(cluster.kubeconfig),
+            str(kubeconfig),
         ],
-        log_path=tmp_path / "operator.log",
+        log_path=log_path,
         cwd=repo_root(),
     ).start()
     progress(f"operator pid {proc.pid} for namespace {namespace}, log {proc.log_path}")
+    return proc
+
+
+def stop_operator(proc: ManagedProcess, request: pytest.FixtureRequest) -> None:
+    code = proc.stop(grace=15.0)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"--- operator log (exit {code}) ---\n{proc.log_tail(120)}")
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, crd: Path, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ManagedProcess]:
+    """`kvs2 operator` with the admin's credentials, serving only the test's namespace."""
+    proc = start_operator(namespace, cluster.kubeconfig, tmp_path / "operator.log")
     try:
         yield proc
     finally:
-        code = proc.stop(grace=15.0)
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(f"--- operator log (exit {code}) ---\n{proc.log_tail(120)}")
+        stop_operator(proc, request)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

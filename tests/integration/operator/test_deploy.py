@@ -1,0 +1,100 @@
+"""deploy/ is `kubectl apply`-ready, and the operator works with exactly the RBAC it ships."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.harness.cluster import Cluster
+from tests.harness.common import repo_root
+from tests.harness.kafka import KafkaBroker
+
+from .conftest import Stores, describe_topic, start_operator, stop_operator, store_manifest
+
+DEPLOY = repo_root() / "deploy"
+
+
+@pytest.fixture
+def rbac(cluster: Cluster, crd: Path) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(DEPLOY / "10-rbac.yaml"))
+
+
+def test_every_manifest_is_accepted_by_the_api_server(cluster: Cluster, rbac: None) -> None:
+    """Server-side dry run: schema, defaults and admission, without starting an operator pod."""
+    result = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(DEPLOY))
+    applied = result.stdout
+    for what in (
+        "namespace/kvs2-system",
+        "serviceaccount/kvs2-operator",
+        "clusterrole.rbac.authorization.k8s.io/kvs2-operator",
+        "clusterrolebinding.rbac.authorization.k8s.io/kvs2-operator",
+        "deployment.apps/kvs2-operator",
+        "customresourcedefinition.apiextensions.k8s.io/keyvaluestores.kvs2.io",
+    ):
+        assert f"{what} serverside-applied (server dry run)" in applied, applied
+    example = cluster.kubectl(
+        "apply", "--server-side", "--dry-run=server", "-n", "default", "-f", str(DEPLOY / "examples")
+    )
+    assert "keyvaluestore.kvs2.io/example serverside-applied (server dry run)" in example.stdout, (
+        example.stdout
+    )
+
+
+def test_operator_works_with_only_its_service_account(
+    cluster: Cluster,
+    rbac: None,
+    stores: Stores,
+    kafka: KafkaBroker,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    token = cluster.kubectl(
+        "-n", "kvs2-system", "create", "token", "kvs2-operator", "--duration=1h"
+    ).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": admin["clusters"],
+                "users": [{"name": "kvs2-operator", "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "sa",
+                        "context": {"cluster": admin["clusters"][0]["name"], "user": "kvs2-operator"},
+                    }
+                ],
+                "current-context": "sa",
+            }
+        )
+    )
+    kubeconfig.chmod(0o600)
+    # Sanity: the token really is the service account, not an admin.
+    denied = cluster.kubectl("--kubeconfig", str(kubeconfig), "get", "pods", "-A", check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
+
+    proc = start_operator(stores.namespace, kubeconfig, tmp_path / "operator.log")
+    try:
+        stores.apply(store_manifest("scoped", kafka.bootstrap_servers, topicDeletionPolicy="Delete"))
+        stores.wait_condition("scoped", "TopicReady", "True", "TopicCreated")
+        stores.wait_condition("scoped", "WorkloadReady", "False", "ReplicasNotReady")
+        for kind, name in (("statefulset", "scoped"), ("service", "scoped"), ("pdb", "scoped")):
+            assert stores.get(kind, name) is not None, f"{kind}/{name}"
+        assert {"TopicCreated", "ReplicasNotReady"} <= {e["reason"] for e in stores.events("scoped")}
+        stores.wait(
+            "the finalizer",
+            lambda: (
+                "kvs2.io/topic-deletion"
+                in ((stores.get("kvs", "scoped") or {})["metadata"].get("finalizers") or [])
+            ),
+        )
+        stores.kubectl("delete", "kvs", "scoped", "--timeout=60s")
+        assert describe_topic(kafka.bootstrap_servers, f"{stores.namespace}.scoped") is None
+        log = proc.log_tail(400)
+        assert "403" not in log and "Forbidden" not in log, log
+    finally:
+        stop_operator(proc, request)
