@@ -1,6 +1,10 @@
 """kopf wiring only: which events call `reconcile()`, how its errors become kopf's retry semantics,
 and the operator-wide settings. No business logic lives here.
 
+Children (StatefulSet, Services, PDB) are watched too: a change to one of them triggers an immediate,
+coalesced pass for its store — drift is repaired and readiness reported within a second; the resync
+loop remains the safety net (missed events, Kafka-side drift, an operator restart).
+
 Why a resync loop instead of `@kopf.timer`: kopf puts a finalizer on every object a timer or daemon
 serves (by design, nolar/kopf#1074 and #896), so a timer would block the deletion of every store
 whenever the operator is down. The issue asks for a finalizer only when the deletion policy needs one,
@@ -20,7 +24,16 @@ from typing import Any
 
 import kopf
 
-from kvs2_operator.crd import ANNOTATION_PREFIX, FINALIZER, GROUP, PLURAL, VERSION
+from kvs2_operator.crd import (
+    ANNOTATION_PREFIX,
+    FIELD_MANAGER,
+    FINALIZER,
+    GROUP,
+    KIND,
+    LABEL_MANAGED_BY,
+    PLURAL,
+    VERSION,
+)
 from kvs2_operator.errors import OperatorError, Reason
 from kvs2_operator.kube import KubeApi, load_configuration
 from kvs2_operator.model import parse_ref, parse_store
@@ -32,6 +45,8 @@ log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 30.0
 #: Delay between retries when Kafka answered "no" (e.g. not enough brokers): a person is needed, or time.
 REJECTED_RETRY_DELAY = 60.0
+#: A burst of child events (a rollout, a GC sweep) within this window costs one pass, not one per event.
+NUDGE_COALESCE_SECONDS = 0.5
 
 
 @dataclass
@@ -98,6 +113,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.standalone = True
     options = _options(memo)
     deps = _deps(memo)
+    _nudges(memo)  # created here, in the operator-wide memo that kopf copies (shallowly) per object
     memo.resync_task = asyncio.create_task(resync_loop(deps, options), name="kvs2-resync")
 
 
@@ -108,6 +124,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    for pending in list(_nudges(memo).tasks):
+        pending.cancel()
     deps = getattr(memo, "deps", None)
     if isinstance(deps, Deps):
         deps.kube.close()
@@ -163,6 +181,72 @@ async def reconcile_store(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any
     outcome = await reconcile(dict(body), _deps(memo))
     if outcome is not None:
         raise_for(outcome.error, retry)
+
+
+# --- children: drift and readiness without waiting for the resync -------------------------------------
+
+_CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
+
+
+@dataclass
+class _Nudges:
+    """Coalesced, immediate passes for stores whose children changed (kept in memo)."""
+
+    pending: set[tuple[str, str]] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _nudges(memo: Any) -> _Nudges:
+    nudges = getattr(memo, "nudges", None)
+    if nudges is None:
+        nudges = memo.nudges = _Nudges()
+    assert isinstance(nudges, _Nudges)
+    return nudges
+
+
+async def _nudged_pass(deps: Deps, nudges: _Nudges, key: tuple[str, str]) -> None:
+    await asyncio.sleep(NUDGE_COALESCE_SECONDS)
+    nudges.pending.discard(key)
+    namespace, name = key
+    try:
+        outcome = await reconcile({"metadata": {"namespace": namespace, "name": name}}, deps)
+    except Exception:
+        log.exception("pass for %s/%s after a child changed failed unexpectedly", namespace, name)
+        return
+    if outcome is not None and outcome.error is not None:
+        log.info("pass for %s/%s after a child changed: %s", namespace, name, outcome.error)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels=_CHILD_LABELS)
+@kopf.on.event("v1", "services", labels=_CHILD_LABELS)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=_CHILD_LABELS)
+async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A child was modified or deleted: its store gets a pass now, not at the next resync.
+
+    This is what makes a deleted Service come back within a second and what moves WorkloadReady as
+    soon as the StatefulSet controller reports ready replicas. The pass re-reads the store; if it is
+    gone or being deleted the pass does nothing, so garbage collection is never fought.
+    """
+    namespace = body.get("metadata", {}).get("namespace")
+    owners = body.get("metadata", {}).get("ownerReferences") or ()
+    store = next(
+        (
+            o.get("name")
+            for o in owners
+            if o.get("kind") == KIND and str(o.get("apiVersion", "")).startswith(GROUP)
+        ),
+        None,
+    )
+    if not namespace or not store:
+        return
+    nudges = _nudges(memo)
+    key = (str(namespace), str(store))
+    if key in nudges.pending:
+        return
+    nudges.pending.add(key)
+    task = asyncio.create_task(_nudged_pass(_deps(memo), nudges, key), name=f"kvs2-nudge-{namespace}/{store}")
+    nudges.tasks.add(task)
+    task.add_done_callback(nudges.tasks.discard)
 
 
 def _deletes_topic(spec: kopf.Spec, **_: Any) -> bool:

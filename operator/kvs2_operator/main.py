@@ -54,6 +54,10 @@ def run(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_level == "INFO":
+        # kopf logs every successful handler call per object at INFO (one line per child event);
+        # the operator logs its own status transitions, and kopf's failures are WARNING/ERROR anyway.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.resync_interval <= 0:
         print("kvs2 operator: --resync-interval must be positive", file=sys.stderr)
         return 2

@@ -33,7 +33,9 @@ def crd(cluster: Cluster) -> Path:
     return CRD_PATH
 
 
-def start_operator(namespace: str, kubeconfig: Path, log_path: Path) -> ManagedProcess:
+def start_operator(
+    namespace: str, kubeconfig: Path, log_path: Path, resync: float = RESYNC_SECONDS
+) -> ManagedProcess:
     proc = ManagedProcess(
         name="operator",
         argv=[
@@ -44,7 +46,7 @@ def start_operator(namespace: str, kubeconfig: Path, log_path: Path) -> ManagedP
             "--namespace",
             namespace,
             "--resync-interval",
-            str(RESYNC_SECONDS),
+            str(resync),
             "--kubeconfig",
             str(kubeconfig),
         ],

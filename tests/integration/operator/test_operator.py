@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
+import pytest
+
+from tests.harness.cluster import Cluster
 from tests.harness.common import ManagedProcess
 from tests.harness.kafka import KafkaBroker
 
-from .conftest import Stores, describe_topic, store_manifest
+from .conftest import Stores, describe_topic, start_operator, stop_operator, store_manifest
 
 
 def _ready_topic(stores: Stores, name: str) -> None:
@@ -266,3 +270,37 @@ def test_switching_to_retain_removes_the_finalizer(
         "no finalizer",
         lambda: not (stores.get("kvs", "undecided") or {})["metadata"].get("finalizers"),
     )
+
+
+def test_child_events_repair_drift_without_waiting_for_the_resync(
+    cluster: Cluster,
+    crd: Path,
+    stores: Stores,
+    kafka: KafkaBroker,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """With the resync loop 10 minutes away, only the watch on children can bring a Service back."""
+    proc = start_operator(stores.namespace, cluster.kubeconfig, tmp_path / "operator.log", resync=600)
+    try:
+        stores.apply(store_manifest("watched", kafka.bootstrap_servers))
+        first = stores.wait("the client Service", lambda: stores.get("service", "watched"))
+        stores.kubectl("delete", "service", "watched")
+        deleted_at = time.monotonic()
+        stores.wait(
+            "the client Service back",
+            lambda: (
+                (svc := stores.get("service", "watched"))
+                and svc["metadata"]["uid"] != first["metadata"]["uid"]
+            ),
+            timeout=15,
+        )
+        assert time.monotonic() - deleted_at < 15
+        stores.kubectl("scale", "statefulset/watched", "--replicas=7")
+        stores.wait(
+            "replicas restored",
+            lambda: (stores.get("statefulset", "watched") or {})["spec"]["replicas"] == 2,
+            timeout=15,
+        )
+    finally:
+        stop_operator(proc, request)
