@@ -1,5 +1,5 @@
 """`kvs2`: run a replica (`serve`), the operator (`operator`), or talk to a replica (`get`, `set`,
-`del`, `mget`, `health`).
+`del`, `mget`, `scan`, `watch`, `health`).
 
 Keys and values on the command line are UTF-8 text. `--json` prints machine-readable output; a value
 that is not UTF-8 is given as base64 under `value_b64`.
@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from kvs2 import __version__
-from kvs2.client import Client, Value
+from kvs2.client import Client, Value, Written
 from kvs2.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_MULTIGET_KEYS,
@@ -103,52 +103,136 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 # ----- client commands ------------------------------------------------------------------------------
+def _text(raw: bytes) -> dict[str, str]:
+    """JSON for bytes: `{"value": text}` when UTF-8, else `{"value_b64": base64}`."""
+    try:
+        return {"value": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"value_b64": base64.b64encode(raw).decode()}
+
+
 def _show(value: Value | None, key: bytes, as_json: bool) -> dict[str, Any] | str:
     if not as_json:
         return "(not found)" if value is None else value.data.decode("utf-8", errors="replace")
     out: dict[str, Any] = {"key": key.decode("utf-8", errors="replace")}
     if value is None:
-        out["status"] = "NOT_FOUND"
-        return out
-    out["status"] = "OK"
-    out["revision"] = value.revision
-    try:
-        out["value"] = value.data.decode("utf-8")
-    except UnicodeDecodeError:
-        out["value_b64"] = base64.b64encode(value.data).decode()
-    return out
+        return {**out, "status": "NOT_FOUND"}
+    return {**out, "status": "OK", "revision": value.revision, **_text(value.data)}
 
 
 def _emit(obj: object, as_json: bool) -> None:
-    print(json.dumps(obj) if as_json else obj)
+    print(json.dumps(obj) if as_json else obj, flush=True)
+
+
+def _tokens(raw: Sequence[str]) -> list[Written]:
+    """`--after P:O` (repeatable): the partition:offset a write printed."""
+    out = []
+    for item in raw:
+        partition, sep, offset = item.partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise ConfigError(f"--after takes PARTITION:OFFSET, got {item!r}")
+        out.append(Written(int(partition), int(offset)))
+    return out
+
+
+def _cmd_get(client: Client, args: argparse.Namespace) -> int:
+    key = args.key.encode()
+    value = client.get(key, consistency=args.consistency, after=_tokens(args.after), max_lag=args.max_lag)
+    _emit(_show(value, key, args.json), args.json)
+    return 0 if value is not None else 1
+
+
+def _cmd_mget(client: Client, args: argparse.Namespace) -> int:
+    keys = [k.encode() for k in args.keys]
+    parts = client.multi_get(
+        keys, consistency=args.consistency, after=_tokens(args.after), max_lag=args.max_lag
+    )
+    if args.json:
+        _emit([_show(v, k, True) for k, v in parts], True)
+    else:
+        for k, v in parts:
+            print(f"{k.decode(errors='replace')}\t{_show(v, k, False)}")
+    return 0
+
+
+def _cmd_write(client: Client, args: argparse.Namespace) -> int:
+    key = args.key.encode()
+    w = client.set(key, args.value.encode()) if args.command == "set" else client.delete(key)
+    result = {"status": "PUBLISHED", "partition": w.partition, "offset": w.offset}
+    _emit(result if args.json else f"PUBLISHED partition={w.partition} offset={w.offset}", args.json)
+    return 0
+
+
+def _cmd_scan(client: Client, args: argparse.Namespace) -> int:
+    start, end, prefix = args.start.encode(), args.end.encode(), args.prefix.encode()
+    if args.count:
+        n = client.count(start, end, prefix=prefix)
+        _emit({"count": n} if args.json else n, args.json)
+        return 0
+    token, shown = b"", 0
+    while args.limit == 0 or shown < args.limit:
+        page_size = 0 if args.limit == 0 else min(1000, args.limit - shown)
+        page = client.range(
+            start, end, prefix=prefix, limit=page_size, keys_only=args.keys_only, page_token=token,
+            consistency=args.consistency,
+        )  # fmt: skip
+        for item in page.items:
+            if args.json:
+                fields = {} if item.value is None else {"revision": item.revision, **_text(item.value)}
+                _emit({"key": item.key.decode("utf-8", errors="replace"), **fields}, True)
+            elif item.value is None:
+                print(item.key.decode(errors="replace"))
+            else:
+                print(f"{item.key.decode(errors='replace')}\t{item.value.decode(errors='replace')}")
+        shown += len(page.items)
+        token = page.next_page_token
+        if not token:
+            break
+    return 0
+
+
+def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    start = {t.partition: t.offset for t in _tokens(args.from_)}
+    events = client.watch(
+        key=args.key.encode(), prefix=args.prefix.encode(), from_=start or None,
+        progress_interval_ms=args.progress_ms,
+    )  # fmt: skip
+    for event in events:
+        if event.kind == "progress":
+            if args.json and args.progress:
+                _emit({"type": "PROGRESS", "applied": {str(p): o for p, o in event.applied.items()}}, True)
+            continue
+        key = event.key.decode("utf-8", errors="replace")
+        if args.json:
+            value = {} if event.value is None else _text(event.value)
+            position = {"partition": event.partition, "offset": event.offset}
+            _emit({"type": event.kind.upper(), "key": key, **value, **position}, True)
+        else:
+            shown = "" if event.value is None else "\t" + event.value.decode(errors="replace")
+            print(f"{event.kind.upper()}\t{key}{shown}", flush=True)
+    return 0
+
+
+def _cmd_health(client: Client, args: argparse.Namespace) -> int:
+    status = client.health(args.service)
+    _emit({"status": status} if args.json else status, args.json)
+    return 0 if status == "SERVING" else 1
+
+
+_COMMANDS = {
+    "get": _cmd_get,
+    "mget": _cmd_mget,
+    "set": _cmd_write,
+    "del": _cmd_write,
+    "scan": _cmd_scan,
+    "watch": _cmd_watch,
+    "health": _cmd_health,
+}
 
 
 def _client_command(args: argparse.Namespace) -> int:
     with Client(args.target, timeout=args.timeout) as client:
-        if args.command == "get":
-            key = args.key.encode()
-            value = client.get(key)
-            _emit(_show(value, key, args.json), args.json)
-            return 0 if value is not None else 1
-        if args.command == "mget":
-            parts = client.multi_get([k.encode() for k in args.keys])
-            if args.json:
-                _emit([_show(v, k, True) for k, v in parts], True)
-            else:
-                for k, v in parts:
-                    print(f"{k.decode(errors='replace')}\t{_show(v, k, False)}")
-            return 0
-        if args.command in ("set", "del"):
-            key = args.key.encode()
-            w = client.set(key, args.value.encode()) if args.command == "set" else client.delete(key)
-            result = {"status": "PUBLISHED", "partition": w.partition, "offset": w.offset}
-            _emit(result if args.json else f"PUBLISHED partition={w.partition} offset={w.offset}", args.json)
-            return 0
-        if args.command == "health":
-            status = client.health(args.service)
-            _emit({"status": status} if args.json else status, args.json)
-            return 0 if status == "SERVING" else 1
-    raise AssertionError(args.command)
+        return _COMMANDS[args.command](client, args)
 
 
 def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -158,15 +242,35 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     common.add_argument("--timeout", type=float, default=10.0, help="deadline per call (seconds)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("get", parents=[common], help="read a key")
+    reads = argparse.ArgumentParser(add_help=False)
+    reads.add_argument("--consistency", choices=["eventual", "linearizable"], default="eventual")
+    reads.add_argument(
+        "--after", action="append", default=[], metavar="P:O", help="read-your-writes token (repeatable)"
+    )
+    reads.add_argument("--max-lag", type=int, default=0, help="at most this many records behind Kafka")
+    p = sub.add_parser("get", parents=[common, reads], help="read a key")
     p.add_argument("key")
     p = sub.add_parser("set", parents=[common], help="write a key")
     p.add_argument("key")
     p.add_argument("value")
     p = sub.add_parser("del", parents=[common], help="delete a key")
     p.add_argument("key")
-    p = sub.add_parser("mget", parents=[common], help="read several keys at once")
+    p = sub.add_parser("mget", parents=[common, reads], help="read several keys at once")
     p.add_argument("keys", nargs="+")
+    p = sub.add_parser("scan", parents=[common], help="list keys in a range or under a prefix")
+    p.add_argument("--prefix", default="")
+    p.add_argument("--start", default="", help="first key (inclusive)")
+    p.add_argument("--end", default="", help="end key (exclusive)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many keys (0: all)")
+    p.add_argument("--keys-only", action="store_true")
+    p.add_argument("--count", action="store_true", help="only count the keys")
+    p.add_argument("--consistency", choices=["eventual", "linearizable"], default="eventual")
+    p = sub.add_parser("watch", parents=[common], help="follow changes to a key or a prefix")
+    p.add_argument("--key", default="")
+    p.add_argument("--prefix", default="")
+    p.add_argument("--from", dest="from_", action="append", default=[], metavar="P:O", help="resume position")
+    p.add_argument("--progress-ms", type=int, default=1000)
+    p.add_argument("--progress", action="store_true", help="with --json, also print PROGRESS events")
     p = sub.add_parser("health", parents=[common], help="the replica's gRPC health status")
     p.add_argument("--service", default="")
 

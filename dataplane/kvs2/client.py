@@ -1,20 +1,36 @@
-"""A small synchronous client over the generated stubs, used by the CLI and the tests.
+"""Typed Python clients for kvs2: `Client` (blocking) and `AsyncClient` (asyncio).
 
-Why a wrapper at all: it owns the channel, applies a default deadline to every call, and returns
-plain Python values instead of protobuf messages.
+They own the channel, give every call a deadline, return plain Python values, and carry the
+consistency machinery for you:
+  - `read_your_writes=True` remembers the position of every write this client made and sends them
+    as tokens with each read, so a read through *any* replica sees this client's own writes;
+  - `consistency="linearizable"` and `max_lag=` map to the request's ReadOptions;
+  - reads are retried on UNAVAILABLE (a replica restarting or still catching up) with backoff;
+    writes are never retried automatically (an unacknowledged write may still be applied);
+  - `watch()` follows a key, prefix or range and reconnects after a disconnect from the positions it
+    has covered, so the caller sees no gap and no repeat.
+Both classes share the request builders and reply parsers below; only the calls differ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Literal, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
+
+Consistency = Literal["eventual", "linearizable"]
+T = TypeVar("T")
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+_CONSISTENCY = {"eventual": pb.ReadOptions.EVENTUAL, "linearizable": pb.ReadOptions.LINEARIZABLE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,14 +41,129 @@ class Value:
 
 @dataclass(frozen=True, slots=True)
 class Written:
+    """Where a write landed; pass it as `after=[written]` to read it from any replica."""
+
     partition: int
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class Item:
+    key: bytes
+    value: bytes | None  # None with keys_only
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Item]
+    next_page_token: bytes
+    applied: dict[int, int]  # the replica's next offset per partition this page reflects
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: Literal["put", "delete", "progress"]
+    key: bytes = b""
+    value: bytes | None = None
+    revision: int = 0
+    partition: int = -1
+    offset: int = -1
+    applied: dict[int, int] = field(default_factory=dict)
+
+
+# ----- shared: requests and replies ----------------------------------------------------------------
+@dataclass
+class _Session:
+    """Positions of this client's own writes: the highest offset written per partition."""
+
+    read_your_writes: bool
+    written: dict[int, int] = field(default_factory=dict)
+
+    def note(self, w: Written) -> Written:
+        if w.offset > self.written.get(w.partition, -1):
+            self.written[w.partition] = w.offset
+        return w
+
+    def options(self, consistency: Consistency, after: Iterable[Written], max_lag: int) -> pb.ReadOptions:
+        tokens = {(w.partition, w.offset) for w in after}
+        if self.read_your_writes:
+            tokens.update(self.written.items())
+        return pb.ReadOptions(
+            consistency=pb.ReadOptions.LINEARIZABLE
+            if consistency == "linearizable"
+            else pb.ReadOptions.EVENTUAL,
+            after=[pb.Position(partition=p, offset=o) for p, o in sorted(tokens)],
+            max_lag_records=max_lag,
+        )
+
+
+def _value(status: int, data: bytes, revision: int) -> Value | None:
+    return Value(data, revision) if status == pb.OK else None
+
+
+def _page(reply: pb.RangeReply, keys_only: bool) -> Page:
+    items = [Item(i.key, None if keys_only else i.value, i.revision) for i in reply.items]
+    return Page(items, reply.next_page_token, {p.partition: p.offset for p in reply.applied})
+
+
+def _range_request(
+    start: bytes, end: bytes, prefix: bytes, limit: int, keys_only: bool, count_only: bool, page_token: bytes
+) -> pb.RangeRequest:
+    return pb.RangeRequest(
+        start=start,
+        end=end,
+        prefix=prefix,
+        limit=limit,
+        keys_only=keys_only,
+        count_only=count_only,
+        page_token=page_token,
+    )
+
+
+def watch_request(
+    key: bytes, prefix: bytes, start: bytes, end: bytes, positions: Mapping[int, int], interval_ms: int
+) -> pb.WatchRequest:
+    request = pb.WatchRequest(key=key, prefix=prefix, start=start, end=end, progress_interval_ms=interval_ms)
+    # `from` is a Python keyword, hence getattr.
+    getattr(request, "from").extend(pb.Position(partition=p, offset=o) for p, o in sorted(positions.items()))
+    return request
+
+
+def _event(msg: pb.WatchEvent, positions: dict[int, int]) -> Event:
+    """Convert one event and advance the resume positions past it."""
+    if msg.type == pb.WatchEvent.PROGRESS:
+        applied = {p.partition: p.offset for p in msg.applied}
+        positions.update(applied)
+        return Event("progress", applied=applied)
+    positions[msg.position.partition] = msg.position.offset + 1
+    return Event(
+        "put" if msg.type == pb.WatchEvent.PUT else "delete",
+        key=msg.key,
+        value=msg.value if msg.type == pb.WatchEvent.PUT else None,
+        revision=msg.revision,
+        partition=msg.position.partition,
+        offset=msg.position.offset,
+    )
+
+
+def _retryable(exc: grpc.RpcError) -> bool:
+    return isinstance(exc, grpc.Call) and exc.code() in _RETRYABLE
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(0.1 * 2.0**attempt, 2.0))
+
+
+# ----- blocking client -------------------------------------------------------------------------------
 class Client:
-    def __init__(self, target: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, target: str, *, timeout: float = 10.0, read_your_writes: bool = False, retries: int = 3
+    ) -> None:
         self.target = target
         self.timeout = timeout
+        self.retries = retries
+        self._session = _Session(read_your_writes)
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.Kvs2Stub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -48,21 +179,109 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def get(self, key: bytes) -> Value | None:
-        reply = self._stub.Get(pb.GetRequest(key=key), timeout=self.timeout)
-        return Value(reply.data, reply.revision) if reply.status == pb.OK else None
+    def _read(self, call: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if attempt == self.retries or not _retryable(exc):
+                    raise
+                time.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")
 
-    def multi_get(self, keys: Sequence[bytes]) -> list[tuple[bytes, Value | None]]:
-        reply = self._stub.MultiGet(pb.MultiGetRequest(keys=list(keys)), timeout=self.timeout)
-        return [(p.key, Value(p.data, p.revision) if p.status == pb.OK else None) for p in reply.parts]
+    def get(
+        self,
+        key: bytes,
+        *,
+        consistency: Consistency = "eventual",
+        after: Iterable[Written] = (),
+        max_lag: int = 0,
+    ) -> Value | None:
+        request = pb.GetRequest(key=key, read=self._session.options(consistency, after, max_lag))
+        reply = self._read(lambda: self._stub.Get(request, timeout=self.timeout))
+        return _value(reply.status, reply.data, reply.revision)
+
+    def multi_get(
+        self,
+        keys: Sequence[bytes],
+        *,
+        consistency: Consistency = "eventual",
+        after: Iterable[Written] = (),
+        max_lag: int = 0,
+    ) -> list[tuple[bytes, Value | None]]:
+        request = pb.MultiGetRequest(keys=list(keys), read=self._session.options(consistency, after, max_lag))
+        reply = self._read(lambda: self._stub.MultiGet(request, timeout=self.timeout))
+        return [(p.key, _value(p.status, p.data, p.revision)) for p in reply.parts]
 
     def set(self, key: bytes, value: bytes) -> Written:
         reply = self._stub.Set(pb.SetRequest(key=key, value=value), timeout=self.timeout)
-        return Written(reply.partition, reply.offset)
+        return self._session.note(Written(reply.partition, reply.offset))
 
     def delete(self, key: bytes) -> Written:
         reply = self._stub.Delete(pb.DeleteRequest(key=key), timeout=self.timeout)
-        return Written(reply.partition, reply.offset)
+        return self._session.note(Written(reply.partition, reply.offset))
+
+    def range(
+        self,
+        start: bytes = b"",
+        end: bytes = b"",
+        *,
+        prefix: bytes = b"",
+        limit: int = 0,
+        keys_only: bool = False,
+        page_token: bytes = b"",
+        consistency: Consistency = "eventual",
+        after: Iterable[Written] = (),
+    ) -> Page:
+        """One page; continue with `page_token=page.next_page_token` until it is empty."""
+        request = _range_request(start, end, prefix, limit, keys_only, False, page_token)
+        request.read.CopyFrom(self._session.options(consistency, after, 0))
+        reply = self._read(lambda: self._stub.Range(request, timeout=self.timeout))
+        return _page(reply, keys_only)
+
+    def scan(
+        self, start: bytes = b"", end: bytes = b"", *, prefix: bytes = b"", limit: int = 0
+    ) -> Iterator[Item]:
+        """Every key in the range, page after page (each page its own snapshot)."""
+        token = b""
+        while True:
+            page = self.range(start, end, prefix=prefix, limit=limit, page_token=token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def count(self, start: bytes = b"", end: bytes = b"", *, prefix: bytes = b"") -> int:
+        request = _range_request(start, end, prefix, 0, False, True, b"")
+        reply = self._read(lambda: self._stub.Range(request, timeout=self.timeout))
+        return int(reply.count)
+
+    def watch(
+        self,
+        *,
+        key: bytes = b"",
+        prefix: bytes = b"",
+        start: bytes = b"",
+        end: bytes = b"",
+        from_: Mapping[int, int] | None = None,
+        progress_interval_ms: int = 1000,
+        reconnect: bool = True,
+    ) -> Iterator[Event]:
+        """Changes in apply order, forever; after a disconnect it resumes where it stopped."""
+        positions: dict[int, int] = dict(from_ or {})
+        attempt = 0
+        while True:
+            request = watch_request(key, prefix, start, end, positions, progress_interval_ms)
+            try:
+                for msg in self._stub.Watch(request):
+                    attempt = 0
+                    yield _event(msg, positions)
+                return
+            except grpc.RpcError as exc:
+                if not reconnect or not _retryable(exc):
+                    raise
+                time.sleep(_backoff(attempt))
+                attempt += 1
 
     def health(self, service: str = "") -> str:
         """ "SERVING", "NOT_SERVING", … or "UNREACHABLE" when the server does not answer."""
@@ -71,3 +290,112 @@ class Client:
         except grpc.RpcError:
             return "UNREACHABLE"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+# ----- asyncio client --------------------------------------------------------------------------------
+class AsyncClient:
+    def __init__(
+        self, target: str, *, timeout: float = 10.0, read_your_writes: bool = False, retries: int = 3
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self._session = _Session(read_your_writes)
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.Kvs2Stub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return await call()
+            except grpc.RpcError as exc:
+                if attempt == self.retries or not _retryable(exc):
+                    raise
+                await asyncio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")
+
+    async def get(
+        self,
+        key: bytes,
+        *,
+        consistency: Consistency = "eventual",
+        after: Iterable[Written] = (),
+        max_lag: int = 0,
+    ) -> Value | None:
+        request = pb.GetRequest(key=key, read=self._session.options(consistency, after, max_lag))
+        reply = await self._read(lambda: self._stub.Get(request, timeout=self.timeout))
+        return _value(reply.status, reply.data, reply.revision)
+
+    async def multi_get(
+        self,
+        keys: Sequence[bytes],
+        *,
+        consistency: Consistency = "eventual",
+        after: Iterable[Written] = (),
+        max_lag: int = 0,
+    ) -> list[tuple[bytes, Value | None]]:
+        request = pb.MultiGetRequest(keys=list(keys), read=self._session.options(consistency, after, max_lag))
+        reply = await self._read(lambda: self._stub.MultiGet(request, timeout=self.timeout))
+        return [(p.key, _value(p.status, p.data, p.revision)) for p in reply.parts]
+
+    async def set(self, key: bytes, value: bytes) -> Written:
+        reply = await self._stub.Set(pb.SetRequest(key=key, value=value), timeout=self.timeout)
+        return self._session.note(Written(reply.partition, reply.offset))
+
+    async def delete(self, key: bytes) -> Written:
+        reply = await self._stub.Delete(pb.DeleteRequest(key=key), timeout=self.timeout)
+        return self._session.note(Written(reply.partition, reply.offset))
+
+    async def range(
+        self,
+        start: bytes = b"",
+        end: bytes = b"",
+        *,
+        prefix: bytes = b"",
+        limit: int = 0,
+        keys_only: bool = False,
+        page_token: bytes = b"",
+        consistency: Consistency = "eventual",
+        after: Iterable[Written] = (),
+    ) -> Page:
+        request = _range_request(start, end, prefix, limit, keys_only, False, page_token)
+        request.read.CopyFrom(self._session.options(consistency, after, 0))
+        reply = await self._read(lambda: self._stub.Range(request, timeout=self.timeout))
+        return _page(reply, keys_only)
+
+    async def watch(
+        self,
+        *,
+        key: bytes = b"",
+        prefix: bytes = b"",
+        start: bytes = b"",
+        end: bytes = b"",
+        from_: Mapping[int, int] | None = None,
+        progress_interval_ms: int = 1000,
+        reconnect: bool = True,
+    ) -> AsyncIterator[Event]:
+        positions: dict[int, int] = dict(from_ or {})
+        attempt = 0
+        while True:
+            request = watch_request(key, prefix, start, end, positions, progress_interval_ms)
+            try:
+                async for msg in self._stub.Watch(request):
+                    attempt = 0
+                    yield _event(msg, positions)
+                return
+            except grpc.RpcError as exc:
+                if not reconnect or not _retryable(exc):
+                    raise
+                await asyncio.sleep(_backoff(attempt))
+                attempt += 1

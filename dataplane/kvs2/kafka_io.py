@@ -184,7 +184,15 @@ class ChangelogReader:
         """
         records: list[Record] = []
         eof: dict[int, int] = {}
-        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout):
+        # consume(n, timeout) waits for n messages or the whole timeout, which would hold a trickle of
+        # writes back by `timeout`. So: take what is queued; if nothing is, wait for the first message
+        # only, then take what queued up behind it.
+        batch = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not batch:
+            batch = self._consumer.consume(num_messages=1, timeout=timeout)
+            if batch:
+                batch += self._consumer.consume(num_messages=max_records - 1, timeout=0)
+        for msg in batch:
             err = msg.error()
             if err is not None:
                 code = err.code()
