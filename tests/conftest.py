@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.harness.fixtures_kafka",
     "tests.harness.fixtures_cluster",
+    "tests.harness.fixtures_kubelet",
 ]
