@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 30.0
 #: Delay between retries when Kafka answered "no" (e.g. not enough brokers): a person is needed, or time.
 REJECTED_RETRY_DELAY = 60.0
+#: Stores reconciled at the same time by one resync sweep.
+RESYNC_CONCURRENCY = 8
 #: A burst of child events (a rollout, a GC sweep) within this window costs one pass, not one per event.
 NUDGE_COALESCE_SECONDS = 0.5
 
@@ -153,7 +155,23 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 
 async def resync_loop(deps: Deps, options: Options) -> None:
-    """Every `resync_interval` seconds, one pass over every store: drift repair and status refresh."""
+    """Every `resync_interval` seconds, one pass over every store: drift repair and status refresh.
+
+    Passes run concurrently (bounded): a store whose Kafka is down spends a request timeout per pass,
+    and must not delay the passes of stores on healthy clusters.
+    """
+    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+    async def one(body: dict[str, Any]) -> None:
+        async with limit:
+            try:
+                outcome = await reconcile(body, deps)
+            except Exception:  # a bug in one store's pass must not stop the loop for the others
+                log.exception("resync of %s failed unexpectedly", parse_ref(body))
+                return
+        if outcome is not None and outcome.error is not None:
+            log.info("resync %s/%s: %s", parse_ref(body).namespace, parse_ref(body).name, outcome.error)
+
     while True:
         await asyncio.sleep(options.resync_interval)
         try:
@@ -161,26 +179,7 @@ async def resync_loop(deps: Deps, options: Options) -> None:
         except OperatorError as exc:
             log.warning("resync: cannot list KeyValueStores: %s", exc)
             continue
-        for body in bodies:
-            try:
-                outcome = await reconcile(body, deps)
-            except Exception:  # a bug in one store's pass must not stop the loop for the others
-                log.exception("resync of %s failed unexpectedly", parse_ref(body))
-                continue
-            if outcome is not None and outcome.error is not None:
-                log.info("resync %s: %s", parse_ref(body).name, outcome.error)
-
-
-# --- per-store handlers --------------------------------------------------------------------------------
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-async def reconcile_store(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
-    outcome = await reconcile(dict(body), _deps(memo))
-    if outcome is not None:
-        raise_for(outcome.error, retry)
+        await asyncio.gather(*(one(body) for body in bodies))
 
 
 # --- children: drift and readiness without waiting for the resync -------------------------------------
