@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import lmdb
 
@@ -46,9 +47,11 @@ class Entry:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed Kafka record. `value is None` is a tombstone (a delete)."""
+class Record(NamedTuple):
+    """One consumed Kafka record. `value is None` is a tombstone (a delete).
+
+    A NamedTuple rather than a dataclass: replay builds one per record, and this is twice as cheap.
+    """
 
     key: bytes
     value: bytes | None
