@@ -267,3 +267,43 @@ def test_kafka_down_during_set_is_unavailable_within_the_deadline(
         elapsed = time.monotonic() - started
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert elapsed < 3.5
+
+
+def test_reflection_and_health_work_with_standard_tools(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """grpcurl discovers the API by reflection alone; grpc-health-probe (what Kubernetes-style probes
+    use) sees SERVING for both "" and kvs2.Kvs2."""
+    from tests.harness.gobuild import ensure_tool
+
+    replica = start_replica(kafka.bootstrap_servers, topic, "a")
+    grpcurl = str(ensure_tool("grpcurl"))
+    listed = subprocess.run(
+        [grpcurl, "-plaintext", replica.target, "list"], capture_output=True, text=True, timeout=30
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert {"kvs2.Kvs2", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    put = subprocess.run(
+        [
+            grpcurl,
+            "-plaintext",
+            "-d",
+            '{"key": "cmVmbA==", "value": "b2s="}',
+            replica.target,
+            "kvs2.Kvs2/Set",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert put.returncode == 0, put.stderr
+    probe = str(ensure_tool("grpc-health-probe"))
+    for service in ("", "kvs2.Kvs2"):
+        checked = subprocess.run(
+            [probe, f"-addr={replica.target}", f"-service={service}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "SERVING" in checked.stdout + checked.stderr
