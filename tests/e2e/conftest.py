@@ -4,16 +4,22 @@ themselves (the last object seen and the relevant logs) when they time out."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.harness.cluster import Cluster
+from tests.harness.common import repo_root
 from tests.harness.kubelet import KubeletProcess
+from tests.protogen import generate
 
 pytestmark = pytest.mark.e2e
 
@@ -82,3 +88,100 @@ def container_status(pod: dict[str, Any] | None, name: str) -> dict[str, Any]:
 @pytest.fixture
 def kube(cluster: Cluster, kubelet: KubeletProcess, namespace: str) -> Kube:
     return Kube(cluster, kubelet, namespace)
+
+
+# ------------------------------------------------------------------------------------------- stores
+
+SEED_PROTO = repo_root() / "tests" / "fixtures" / "seed" / "kvs2.proto"
+SEED_CLIENT = Path(__file__).with_name("seed_client.py")
+DEPLOY = repo_root() / "deploy"
+OPERATOR_NAMESPACE = "kvs2-system"
+
+
+@pytest.fixture(scope="session")
+def seed_code(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Python code generated from the seed's kvs2.proto alone."""
+    out = tmp_path_factory.mktemp("seedgen")
+    generate(SEED_PROTO, out)
+    return out
+
+
+def seed(seed_code: Path, *ops: list[Any]) -> list[Any]:
+    """Run operations with the seed-proto client in an isolated interpreter (see seed_client.py)."""
+    result = subprocess.run(
+        [sys.executable, "-I", str(SEED_CLIENT), str(seed_code)],
+        input=json.dumps(list(ops)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: list[Any] = json.loads(result.stdout)
+    return loaded
+
+
+def store_manifest(name: str, bootstrap: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "kvs2.io/v1alpha1",
+        "kind": "KeyValueStore",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "image": "kvs2:e2e",  # ignored by the process kubelet; the command is `kvs2 serve`
+            "shutdownGraceSeconds": 3,
+            "kafka": {"bootstrapServers": bootstrap, "topic": {"partitions": 3, "replicationFactor": 1}},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def store_condition(store: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in (store or {}).get("status", {}).get("conditions") or ():
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def store_pods(kube: Kube, name: str) -> list[dict[str, Any]]:
+    pods = kube.items("pods", f"app.kubernetes.io/instance={name}")
+    return sorted(pods, key=lambda p: int(p["metadata"]["name"].rsplit("-", 1)[1]))
+
+
+def target(pod: dict[str, Any]) -> str:
+    return f"{pod['status']['podIP']}:50051"
+
+
+@dataclass
+class OperatorPod:
+    """The operator as `kubectl apply -f deploy/` installs it: a pod of its Deployment, under its RBAC."""
+
+    kube: Kube
+
+    def name(self) -> str:
+        pods = self.kube.items("pods", "app.kubernetes.io/name=kvs2-operator")
+        return str(pods[0]["metadata"]["name"]) if pods else "(none)"
+
+    def log(self, lines: int = 60) -> str:
+        return self.kube.kubelet.container_log(OPERATOR_NAMESPACE, self.name(), "operator", lines)
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        """Until kopf's liveness endpoint answers on the pod's IP: the operator really runs (a crash-looping
+        pod can look Ready for a moment, its Deployment having no readiness probe)."""
+
+        def healthy() -> bool:
+            pods = self.kube.items("pods", "app.kubernetes.io/name=kvs2-operator")
+            if len(pods) != 1 or not pods[0]["status"].get("podIP"):
+                return False
+            try:
+                url = f"http://{pods[0]['status']['podIP']}:8080/healthz"
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    return int(resp.status) == 200
+            except OSError:
+                return False
+
+        try:
+            self.kube.wait("the operator's /healthz", healthy, timeout=timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- operator log ---\n{self.log()}") from exc

@@ -11,6 +11,10 @@ Lease heartbeat), watches the pods the real kube-scheduler binds to them, and fo
 - runs each container's `command` + `args` (the image is ignored: there is no image) with its env —
   `$(VAR)` expansion, fieldRef / secretKeyRef / configMapKeyRef / envFrom — and with every mount path
   rewritten to the volume's directory (kubelet_env.py says why), the repo's `.venv/bin` first on PATH,
+- hands a pod that mounts a service-account token its in-cluster credentials as `KUBECONFIG` (a
+  kubeconfig with that token and the cluster's CA), because the fixed in-cluster paths
+  (/var/run/secrets/kubernetes.io/serviceaccount) cannot be provided without a mount namespace; the
+  operator in a pod thus runs with exactly its ServiceAccount's RBAC,
 - probes it for real (gRPC health, TCP, HTTP, exec) and reports phase, conditions, container states,
   restart counts and readiness in the pod's status,
 - restarts exited containers per restartPolicy with a back-off (immediately, then 1s, 2s, 4s … 60s),
@@ -27,7 +31,9 @@ pod's processes and marks the nodes NotReady. `KubeletProcess` starts and stops 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -46,7 +52,7 @@ from typing import Any
 
 from tests.harness.common import ManagedProcess, progress, repo_root, wait_until
 from tests.harness.kubelet_api import Api, ApiError, ns_path
-from tests.harness.kubelet_env import ConfigError, container_env, expand, rewrite_paths
+from tests.harness.kubelet_env import ConfigError, container_env, expand, field_ref, rewrite_paths
 from tests.harness.kubelet_probe import ProbeState, run_probe
 
 log = logging.getLogger("process-kubelet")
@@ -365,6 +371,7 @@ class PodWorker(threading.Thread):
         self.failed_init = False
         self.volumes: dict[str, str] | None = None
         self.volume_message = ""
+        self.sa_token: str | None = None
         self.start_time = (pod.get("status") or {}).get("startTime") or rfc3339()
         self.transitions: dict[str, tuple[str, str]] = {}
         self.last_status: dict[str, Any] | None = None
@@ -588,13 +595,38 @@ class PodWorker(threading.Thread):
 
     def _base_env(self, pod: Mapping[str, Any]) -> dict[str, str]:
         venv_bin = repo_root() / ".venv" / "bin"
-        return {
+        env = {
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
             "HOME": str(self.dir / "home"),
             "HOSTNAME": str(pod["spec"].get("hostname") or self.pod_name),
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.sa_token is not None:
+            env["KUBECONFIG"] = str(self._write_kubeconfig(self.sa_token))
+        return env
+
+    def _write_kubeconfig(self, token: str) -> Path:
+        """In-cluster credentials in the one form a process can find without /var/run/secrets."""
+        cluster: dict[str, Any] = {"server": self.api.host}
+        if self.api.ca_file:
+            cluster["certificate-authority-data"] = base64.b64encode(
+                Path(self.api.ca_file).read_bytes()
+            ).decode()
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "in-cluster", "cluster": cluster}],
+            "users": [{"name": "service-account", "user": {"token": token}}],
+            "contexts": [
+                {"name": "in-cluster", "context": {"cluster": "in-cluster", "user": "service-account"}}
+            ],
+            "current-context": "in-cluster",
+        }
+        path = self.dir / "kubeconfig"
+        path.write_text(json.dumps(config))
+        path.chmod(0o600)
+        return path
 
     def _start(self, pod: dict[str, Any], c: Container) -> None:
         now = time.monotonic()
@@ -602,7 +634,7 @@ class PodWorker(threading.Thread):
         view = dict(pod, status={**(pod.get("status") or {}), **self._ips()})
         mounts = self._mounts(c)
         try:
-            env = container_env(view, c.spec, self.kubelet.lookup, self._base_env(pod))
+            env = container_env(view, c.spec, self.kubelet.lookup, {})
         except ConfigError as exc:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
             c.backoff_until = now + 1.0
@@ -619,7 +651,9 @@ class PodWorker(threading.Thread):
             }
             c.backoff_until = now + 5.0
             return
-        env = {k: rewrite_paths(v, mounts) for k, v in env.items()}
+        # Only what the pod spec defines is rewritten: the kubelet's own paths (PATH, HOME, KUBECONFIG)
+        # may well lie below a directory some mount path names, like /tmp.
+        env = {**self._base_env(pod), **{k: rewrite_paths(v, mounts) for k, v in env.items()}}
         cwd = rewrite_paths(str(c.spec.get("workingDir") or ""), mounts) or str(self.dir)
         if c.ever_started:
             c.last_state = {"terminated": c.last_terminated} if c.last_terminated else {}
@@ -760,8 +794,6 @@ class PodWorker(threading.Thread):
         return str(path)
 
     def _write_keys(self, where: Path, kind: str, ref: Mapping[str, Any]) -> None:
-        import base64
-
         obj = self.kubelet.lookup(kind, self.namespace, str(ref.get("name", "")))
         if obj is None:
             if ref.get("optional"):
@@ -780,8 +812,6 @@ class PodWorker(threading.Thread):
     def _write_downward(
         self, where: Path, items: Sequence[Mapping[str, Any]], pod: Mapping[str, Any]
     ) -> None:
-        from tests.harness.kubelet_env import field_ref
-
         view = dict(pod, status={**(pod.get("status") or {}), **self._ips()})
         for item in items:
             if "fieldRef" in item:
@@ -820,7 +850,8 @@ class PodWorker(threading.Thread):
                     "POST", ns_path("v1", "serviceaccounts", self.namespace, sa) + "/token", body=request
                 )
                 if status < 300:
-                    (where / str(spec.get("path", "token"))).write_text(str(data["status"]["token"]))
+                    self.sa_token = str(data["status"]["token"])
+                    (where / str(spec.get("path", "token"))).write_text(self.sa_token)
                 else:
                     log.warning(
                         "pod %s/%s: no service account token: %s", self.namespace, self.pod_name, data

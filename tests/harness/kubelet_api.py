@@ -39,6 +39,7 @@ class Api:
             config_file=kubeconfig, client_configuration=cfg, persist_config=False
         )
         self.host = cfg.host.rstrip("/")
+        self.ca_file: str | None = cfg.ssl_ca_cert
         self._headers = {"Accept": "application/json"}
         token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
         if token:
