@@ -182,6 +182,18 @@ async def resync_loop(deps: Deps, options: Options) -> None:
         await asyncio.gather(*(one(body) for body in bodies))
 
 
+# --- per-store handlers --------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def reconcile_store(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    outcome = await reconcile(dict(body), _deps(memo))
+    if outcome is not None:
+        raise_for(outcome.error, retry)
+
+
 # --- children: drift and readiness without waiting for the resync -------------------------------------
 
 _CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds one admin request may take before the broker counts as unavailable.
 REQUEST_TIMEOUT = 10.0
+#: How long to wait for a topic we just created to show up in the metadata.
+VISIBILITY_POLLS = 25
+VISIBILITY_POLL_SECONDS = 0.2
 
 _UNAVAILABLE_CODES = frozenset(
     {
@@ -271,10 +274,16 @@ class TopicAdmin:
         created = False
         if state is None:
             created = await asyncio.to_thread(self._create_sync, spec)
-            state = await self.describe(spec.name)
+            # A new topic reaches the metadata of the broker we ask a moment after CreateTopics returns.
+            for _ in range(VISIBILITY_POLLS):
+                state = await self.describe(spec.name)
+                if state is not None:
+                    break
+                await asyncio.sleep(VISIBILITY_POLL_SECONDS)
             if state is None:
                 raise KafkaUnavailableError(
-                    f"topic {spec.name} was created but is not visible yet; metadata still propagating"
+                    f"topic {spec.name} was created but is not visible in the metadata after "
+                    f"{VISIBILITY_POLLS * VISIBILITY_POLL_SECONDS:.0f}s"
                 )
             if created:
                 log.info(

@@ -49,6 +49,8 @@ def start_operator(
             str(resync),
             "--kubeconfig",
             str(kubeconfig),
+            "--log-level",
+            "DEBUG",
         ],
         log_path=log_path,
         cwd=repo_root(),

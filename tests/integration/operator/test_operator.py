@@ -208,7 +208,7 @@ def test_kafka_outage_is_reported_and_heals(
     stores.wait_condition("later", "TopicReady", "True", "TopicCreated", timeout=120)
     stores.wait("the StatefulSet of the late store", lambda: stores.get("statefulset", "later"))
     for name in ("weather", "later"):
-        assert stores.condition(name, "Ready")["reason"] == "ReplicasNotReady"
+        stores.wait_condition(name, "Ready", "False", "ReplicasNotReady")
     assert describe_topic(bootstrap, f"{stores.namespace}.later") is not None
 
 

@@ -58,3 +58,18 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unreadable_kubeconfig_exits_2(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["--", "--kubeconfig", "/nonexistent/kubeconfig"]) == 2
     assert "cannot load Kubernetes credentials" in capsys.readouterr().err
+
+
+def test_every_handler_is_registered() -> None:
+    """The kopf wiring itself: a refactor that drops a decorator must fail here, not in a cluster."""
+    registry = kopf.get_default_registry()
+    changing = {(h.id, h.reason, h.initial) for h in registry._changing.get_all_handlers()}
+    assert ("reconcile_store", kopf.Reason.CREATE, None) in changing
+    assert ("reconcile_store", kopf.Reason.UPDATE, None) in changing
+    assert ("reconcile_store", None, True) in changing  # resume: every existing store at operator start
+    deletes = [h for h in registry._changing.get_all_handlers() if h.reason == kopf.Reason.DELETE]
+    assert [h.id for h in deletes] == ["delete_topic"] and deletes[0].requires_finalizer
+    assert deletes[0].when is handlers._deletes_topic
+    watching = [h.id for h in registry._watching.get_all_handlers()]
+    assert watching == ["child_changed"] * 3  # StatefulSets, Services, PodDisruptionBudgets
+    assert registry._spawning.get_all_handlers() == [], "a timer/daemon would put a finalizer on every store"
