@@ -108,9 +108,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
-    # Our own Events tell each transition (status.py); kopf's are only wanted for its warnings/errors.
-    settings.posting.level = logging.WARNING
-    settings.posting.reporting_component = "kvs2-operator"
+    # Events come only from status.py, one per transition, with reasons from the closed list; kopf's
+    # own Events (reason "Error", "Logging", ...) would repeat them in other words.
+    settings.posting.enabled = False
     # One operator replica, no peering objects to install.
     settings.peering.standalone = True
     options = _options(memo)

@@ -143,7 +143,14 @@ class Stores:
         return result
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        out = self.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
+        out = self.kubectl(
+            "get",
+            "events",
+            "--field-selector",
+            f"involvedObject.kind=KeyValueStore,involvedObject.name={name}",
+            "-o",
+            "json",
+        )
         items: list[dict[str, Any]] = json.loads(out)["items"]
         return items
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kvs2_operator.errors import Reason
 
 from tests.harness.cluster import Cluster
 from tests.harness.common import ManagedProcess
@@ -126,8 +127,14 @@ def test_partition_change_is_refused_and_the_topic_unchanged(
     assert stores.condition("fixed", "TopicReady")["reason"] == "NotSupported"
     facts = describe_topic(kafka.bootstrap_servers, f"{stores.namespace}.fixed")
     assert facts is not None and facts.partitions == 4
-    warnings = [e for e in stores.events("fixed") if e["reason"] == "NotSupported"]
+    events = stores.events("fixed")
+    warnings = [e for e in events if e["reason"] == "NotSupported"]
     assert warnings and warnings[0]["type"] == "Warning"
+    # Every Event the operator posts uses a reason from the one closed list (kopf's own are off).
+    assert {e["reason"] for e in events if e["source"].get("component") == "kvs2-operator"} <= {
+        r.value for r in Reason
+    }
+    assert all(e["source"].get("component") == "kvs2-operator" for e in events), events
     # Setting it back heals without anyone touching Kafka.
     manifest["spec"]["kafka"]["topic"]["partitions"] = 4
     stores.apply(manifest)
