@@ -157,10 +157,24 @@ def _cmd_mget(client: Client, args: argparse.Namespace) -> int:
 
 def _cmd_write(client: Client, args: argparse.Namespace) -> int:
     key = args.key.encode()
+    if args.if_revision is not None:
+        cas = (
+            client.set_if(key, args.value.encode(), args.if_revision)
+            if args.command == "set"
+            else client.delete_if(key, args.if_revision)
+        )
+        status = "PUBLISHED" if cas.applied else "CONDITION_FAILED"
+        fields = {"status": status, "revision": cas.revision, **_position(cas.written)}
+        _emit(fields if args.json else " ".join(f"{k}={v}" for k, v in fields.items()), args.json)
+        return 0 if cas.applied else 1
     w = client.set(key, args.value.encode()) if args.command == "set" else client.delete(key)
-    result = {"status": "PUBLISHED", "partition": w.partition, "offset": w.offset}
+    result = {"status": "PUBLISHED", **_position(w)}
     _emit(result if args.json else f"PUBLISHED partition={w.partition} offset={w.offset}", args.json)
     return 0
+
+
+def _position(w: Written) -> dict[str, int]:
+    return {"partition": w.partition, "offset": w.offset}
 
 
 def _cmd_scan(client: Client, args: argparse.Namespace) -> int:
@@ -250,10 +264,18 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     reads.add_argument("--max-lag", type=int, default=0, help="at most this many records behind Kafka")
     p = sub.add_parser("get", parents=[common, reads], help="read a key")
     p.add_argument("key")
-    p = sub.add_parser("set", parents=[common], help="write a key")
+    cas = argparse.ArgumentParser(add_help=False)
+    cas.add_argument(
+        "--if-revision",
+        type=int,
+        default=None,
+        metavar="N",
+        help="compare-and-set: only if the key's revision is N (0: only if absent); exit 1 if not",
+    )
+    p = sub.add_parser("set", parents=[common, cas], help="write a key")
     p.add_argument("key")
     p.add_argument("value")
-    p = sub.add_parser("del", parents=[common], help="delete a key")
+    p = sub.add_parser("del", parents=[common, cas], help="delete a key")
     p.add_argument("key")
     p = sub.add_parser("mget", parents=[common, reads], help="read several keys at once")
     p.add_argument("keys", nargs="+")

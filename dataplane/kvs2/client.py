@@ -48,6 +48,22 @@ class Written:
 
 
 @dataclass(frozen=True, slots=True)
+class CasResult:
+    """A conditional write's verdict: every replica reached the same one."""
+
+    applied: bool
+    revision: int  # after the write when applied; the key's current revision (0: absent) when not
+    written: Written
+
+    def __bool__(self) -> bool:
+        return self.applied
+
+
+def _cas(reply: pb.SetReply | pb.DeleteReply) -> CasResult:
+    return CasResult(reply.status == pb.PUBLISHED, reply.revision, Written(reply.partition, reply.offset))
+
+
+@dataclass(frozen=True, slots=True)
 class Item:
     key: bytes
     value: bytes | None  # None with keys_only
@@ -221,6 +237,21 @@ class Client:
         reply = self._stub.Delete(pb.DeleteRequest(key=key), timeout=self.timeout)
         return self._session.note(Written(reply.partition, reply.offset))
 
+    def set_if(self, key: bytes, value: bytes, revision: int) -> CasResult:
+        """Compare-and-set: write only if the key's revision is `revision` (0: must not exist)."""
+        reply = self._stub.Set(
+            pb.SetRequest(key=key, value=value, if_revision=revision), timeout=self.timeout
+        )
+        result = _cas(reply)
+        self._session.note(result.written)
+        return result
+
+    def delete_if(self, key: bytes, revision: int) -> CasResult:
+        request = pb.DeleteRequest(key=key, if_revision=revision)
+        result = _cas(self._stub.Delete(request, timeout=self.timeout))
+        self._session.note(result.written)
+        return result
+
     def range(
         self,
         start: bytes = b"",
@@ -356,6 +387,18 @@ class AsyncClient:
     async def delete(self, key: bytes) -> Written:
         reply = await self._stub.Delete(pb.DeleteRequest(key=key), timeout=self.timeout)
         return self._session.note(Written(reply.partition, reply.offset))
+
+    async def set_if(self, key: bytes, value: bytes, revision: int) -> CasResult:
+        request = pb.SetRequest(key=key, value=value, if_revision=revision)
+        result = _cas(await self._stub.Set(request, timeout=self.timeout))
+        self._session.note(result.written)
+        return result
+
+    async def delete_if(self, key: bytes, revision: int) -> CasResult:
+        request = pb.DeleteRequest(key=key, if_revision=revision)
+        result = _cas(await self._stub.Delete(request, timeout=self.timeout))
+        self._session.note(result.written)
+        return result
 
     async def range(
         self,

@@ -12,15 +12,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
+from kvs2.conditional import ConditionalResult, ConditionalWrites
 from kvs2.config import Limits
 from kvs2.consistency import EVENTUAL, EndOffsetOracle, ReadOptions, validate, wait_fresh
 from kvs2.errors import InvalidArgument, Unavailable, WriteOutcomeUnknown
 from kvs2.kafka_io import WriteToken
 from kvs2.partitioner import partition_for
 from kvs2.progress import Progress
-from kvs2.storage import Entry, Replica
+from kvs2.storage import REQUEST_ID_BYTES, SIDE_MARKER, Entry, Replica
 
 DEFAULT_PAGE = 1000
+# What a conditional record adds to the key (side-key prefix) and headers: counts against the size limit.
+CONDITIONAL_OVERHEAD = len(SIDE_MARKER) + REQUEST_ID_BYTES + 64
 MAX_PAGE = 10_000
 
 
@@ -78,6 +81,7 @@ class Store:
         progress: Progress,
         limits: Limits,
         end_offsets: Callable[[], Mapping[int, int]] | None = None,
+        conditional: ConditionalWrites | None = None,
     ) -> None:
         self._replica = replica
         self._writer = writer
@@ -85,6 +89,7 @@ class Store:
         self._oracle = EndOffsetOracle(end_offsets or (lambda: {}))
         self._max_key = min(limits.max_key_bytes, replica.max_key_bytes)
         self._max_keys = limits.max_multiget_keys
+        self._conditional = conditional
 
     @property
     def replica(self) -> Replica:
@@ -100,9 +105,11 @@ class Store:
             raise InvalidArgument("key must not be empty")
         if len(key) > self._max_key:
             raise InvalidArgument(f"key is {len(key)} bytes; keys are limited to {self._max_key} bytes")
+        if key.startswith(SIDE_MARKER):
+            raise InvalidArgument(f"keys starting with {SIDE_MARKER!r} are reserved for kvs2's own records")
 
-    def _check_value(self, key: bytes, value: bytes) -> None:
-        limit = self._writer.max_record_bytes() - len(key)
+    def _check_value(self, key: bytes, value: bytes, overhead: int = 0) -> None:
+        limit = self._writer.max_record_bytes() - len(key) - overhead
         if len(value) > limit:
             raise InvalidArgument(
                 f"value is {len(value)} bytes; with this key the largest value the topic accepts is "
@@ -180,6 +187,19 @@ class Store:
     async def delete(self, key: bytes, timeout: float | None) -> WriteToken:
         self._check_key(key)
         return await self._await_ack(self._writer.write(key, None), timeout)
+
+    async def write_if(
+        self, key: bytes, value: bytes | None, expected_revision: int, timeout: float
+    ) -> ConditionalResult:
+        """Set (or, with value None, delete) only if the key's revision is `expected_revision`."""
+        self._check_key(key)
+        if value is not None:
+            self._check_value(key, value, CONDITIONAL_OVERHEAD)
+        if expected_revision < 0:
+            raise InvalidArgument("if_revision must be 0 (the key must not exist) or a revision")
+        if self._conditional is None:
+            raise Unavailable("conditional writes are not available on this replica")
+        return await self._conditional.write(key, value, expected_revision, timeout)
 
     @staticmethod
     async def _await_ack(pending: Future[WriteToken], timeout: float | None) -> WriteToken:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from kvs2.errors import Kvs2Error, TopicNotFound
 from kvs2.kafka_io import Admin, ChangelogReader, OffsetGone
 from kvs2.progress import Snapshot
-from kvs2.storage import Replica, TopicIdentity
+from kvs2.storage import Outcome, Replica, TopicIdentity
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Ingester:
         on_progress: ProgressSink,
         *,
         on_topic_limit: Callable[[int], None] = lambda _limit: None,
+        on_outcomes: Callable[[list[Outcome]], None] = lambda _outcomes: None,
         create: TopicSpec | None = None,
         batch_size: int = 10_000,
         identity_check_interval: float = 5.0,
@@ -62,6 +63,7 @@ class Ingester:
         self._topic = topic
         self._on_progress = on_progress
         self._on_topic_limit = on_topic_limit
+        self._on_outcomes = on_outcomes
         self._create = create
         self._batch_size = batch_size
         self._identity_check_interval = identity_check_interval
@@ -179,7 +181,9 @@ class Ingester:
                 if end > max(offsets.get(partition, 0), advanced.get(partition, 0)):
                     advanced[partition] = end
             if records or advanced:
-                self._replica.apply(records, advanced)
+                applied = self._replica.apply(records, advanced)
+                if applied.outcomes:
+                    self._on_outcomes(applied.outcomes)
                 offsets.update(advanced)
                 if not serving and _caught_up(offsets, targets):
                     serving = True

@@ -8,6 +8,7 @@ the rest of the code should see a small set of meaningful exceptions instead.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -34,7 +35,7 @@ from kvs2.errors import (
     PermissionDenied,
     TopicNotFound,
 )
-from kvs2.storage import Record, TopicIdentity
+from kvs2.storage import SIDE_MARKER, Conditional, Record, TopicIdentity, parse_side_key, side_key
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,11 @@ class ChangelogReader:
         for msg in batch:
             err = msg.error()
             if err is None:
-                append(Record(msg.key() or b"", msg.value(), msg.partition(), msg.offset()))  # type: ignore[arg-type]
+                key = msg.key() or b""
+                if key.startswith(SIDE_MARKER):
+                    append(_conditional_record(msg, key))
+                else:
+                    append(Record(key, msg.value(), msg.partition(), msg.offset()))  # type: ignore[arg-type]
                 continue
             code = err.code()
             if code == KafkaError._PARTITION_EOF:
@@ -234,6 +239,35 @@ class ChangelogReader:
 def _int(value: int | None) -> int:
     assert value is not None
     return value
+
+
+# Headers of a conditional record: the expected revision (8 bytes, big-endian; 0 = must not exist)
+# and the operation. A conditional delete still carries a non-null value, so Kafka never treats it as a
+# tombstone of its side key.
+HEADER_IF_REVISION = "kvs2-if-revision"
+HEADER_OP = "kvs2-op"
+OP_DELETE = b"delete"
+_EXPECTED = struct.Struct(">q")
+
+
+def _conditional_record(msg: Message, key: bytes) -> Record:
+    parsed = parse_side_key(key)
+    assert parsed is not None
+    request_id, user_key = parsed
+    value = msg.value()
+    partition, offset = _int(msg.partition()), _int(msg.offset())
+    if value is None:  # the clean-up tombstone of a conditional record
+        return Record(user_key, None, partition, offset, Conditional(request_id, 0, False, tombstone=True))
+    headers = dict(msg.headers() or [])
+    raw_expected = headers.get(HEADER_IF_REVISION)
+    # A malformed condition can never hold: -1 is no revision.
+    expected = (
+        _EXPECTED.unpack(raw_expected)[0]
+        if isinstance(raw_expected, bytes) and len(raw_expected) == 8
+        else -1
+    )
+    delete = headers.get(HEADER_OP) == OP_DELETE
+    return Record(user_key, bytes(value), partition, offset, Conditional(request_id, expected, delete))
 
 
 # ----- producer ----------------------------------------------------------------------------------
@@ -278,6 +312,11 @@ class Writer:
 
     def write(self, key: bytes, value: bytes | None) -> Future[WriteToken]:
         """Hand one record to the producer; the future resolves on Kafka's acknowledgement."""
+        return self._produce(key, value, None, None)
+
+    def _produce(
+        self, key: bytes, value: bytes | None, partition: int | None, headers: list[tuple[str, bytes]] | None
+    ) -> Future[WriteToken]:
         fut: Future[WriteToken] = Future()
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
@@ -288,8 +327,13 @@ class Writer:
             else:
                 fut.set_result(WriteToken(_int(msg.partition()), _int(msg.offset())))
 
+        extra: dict[str, Any] = {}
+        if partition is not None:
+            extra["partition"] = partition
+        if headers:
+            extra["headers"] = headers
         try:
-            self._producer.produce(self.topic, key=key, value=value, on_delivery=on_delivery)
+            self._producer.produce(self.topic, key=key, value=value, on_delivery=on_delivery, **extra)
         except BufferError as exc:
             raise KafkaUnavailable(
                 "the producer's queue is full: Kafka is not accepting writes fast enough"
@@ -297,6 +341,19 @@ class Writer:
         except KafkaException as exc:
             raise _map_exception(exc, "writing to Kafka") from exc
         return fut
+
+    def write_conditional(
+        self, request_id: bytes, key: bytes, value: bytes | None, expected_revision: int, partition: int
+    ) -> Future[WriteToken]:
+        """A conditional record: its own unique Kafka key, in the user key's partition (kvs2.conditional)."""
+        headers = [(HEADER_IF_REVISION, _EXPECTED.pack(expected_revision))]
+        if value is None:
+            headers.append((HEADER_OP, OP_DELETE))
+        return self._produce(side_key(request_id, key), b"" if value is None else value, partition, headers)
+
+    def tombstone(self, side: bytes, partition: int) -> Future[WriteToken]:
+        """Let compaction drop a conditional record that replay no longer needs."""
+        return self._produce(side, None, partition, None)
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():

@@ -21,13 +21,14 @@ from grpc_reflection.v1alpha import reflection
 from kvs2 import errors
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
+from kvs2.conditional import ConditionalWrites
 from kvs2.config import ServeSettings
 from kvs2.consistency import ReadOptions
 from kvs2.core import KeyRange, Store
 from kvs2.ingest import Ingester, TopicSpec
 from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
 from kvs2.progress import Progress
-from kvs2.storage import Entry, Replica
+from kvs2.storage import Entry, Outcome, Replica
 from kvs2.watch import Progressed, watch
 
 log = logging.getLogger(__name__)
@@ -122,13 +123,35 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetReply:  # noqa: N802
         async def call() -> pb.SetReply:
+            if request.HasField("if_revision"):
+                result = await self._store.write_if(
+                    request.key, request.value, request.if_revision, self._timeout(context)
+                )
+                return pb.SetReply(
+                    status=pb.PUBLISHED if result.applied else pb.CONDITION_FAILED,
+                    partition=result.partition,
+                    offset=result.offset,
+                    revision=result.revision,
+                )
             token = await self._store.set(request.key, request.value, self._timeout(context))
-            return pb.SetReply(status=pb.PUBLISHED, partition=token.partition, offset=token.offset)
+            return pb.SetReply(
+                status=pb.PUBLISHED, partition=token.partition, offset=token.offset, revision=token.offset + 1
+            )
 
         return await _translate(context, call)
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteReply:  # noqa: N802
         async def call() -> pb.DeleteReply:
+            if request.HasField("if_revision"):
+                result = await self._store.write_if(
+                    request.key, None, request.if_revision, self._timeout(context)
+                )
+                return pb.DeleteReply(
+                    status=pb.PUBLISHED if result.applied else pb.CONDITION_FAILED,
+                    partition=result.partition,
+                    offset=result.offset,
+                    revision=result.revision,
+                )
             token = await self._store.delete(request.key, self._timeout(context))
             return pb.DeleteReply(partition=token.partition, offset=token.offset)
 
@@ -201,13 +224,19 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
     progress = Progress(loop)
     writer = Writer(kafka, settings.topic, message_timeout=settings.default_write_timeout)
     admin = Admin(kafka)
+    conditional = ConditionalWrites(writer, replica, progress)
     store = Store(
         replica,
         writer,
         progress,
         settings.limits,
         end_offsets=lambda: admin.end_offsets(settings.topic, progress.now.partitions),
+        conditional=conditional,
     )
+
+    def on_outcomes(outcomes: list[Outcome]) -> None:  # the ingester's thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+            loop.call_soon_threadsafe(conditional.resolve, outcomes)
 
     def set_limit(limit: int) -> None:
         writer.topic_max_message_bytes = limit
@@ -219,6 +248,7 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
         settings.topic,
         progress.publish,
         on_topic_limit=set_limit,
+        on_outcomes=on_outcomes,
         create=TopicSpec(settings.partitions, settings.replication_factor) if settings.create_topic else None,
     )
 
@@ -247,6 +277,8 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
         raise errors.ConfigError(f"cannot listen on {settings.listen}")
     await server.start()
     ingester.start()
+    stopping = asyncio.Event()
+    janitor = loop.create_task(conditional.janitor(stopping))
     log.info(
         "kvs2 replica of topic %r listening on %s (data in %s)",
         settings.topic,
@@ -259,6 +291,8 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", settings.shutdown_grace)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace)
+        stopping.set()
+        await janitor
         writer.close(timeout=settings.shutdown_grace)
         ingester.stop()
         replica.close()

@@ -11,6 +11,9 @@ Layout (named databases):
           the recent change history that Watch serves, trimmed to `history` offsets per partition
   history partition → the first offset from which `changes` is complete (a gap in the offsets —
           compaction — or trimming moves it forward)
+  cond    (dupsort) user key → request id of each applied conditional record still needed for replay
+  garbage request id → side key: conditional records no longer needed (failed, or superseded by a
+          plain write), waiting for a tombstone that lets Kafka's compaction drop them
   meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped"
 A key's revision is the Kafka offset of its last write plus one, so 0 never names a write and can
 stand for "absent" (what compare-and-set's "must not exist" needs).
@@ -39,12 +42,37 @@ _CHANGE_KEY = struct.Struct(">Iq")
 _CHANGE_HEAD = struct.Struct(">BI")
 _PUT, _DELETE = 0, 1
 DEFAULT_HISTORY = 100_000
+# Kafka keys of conditional records: SIDE_MARKER ‖ 16-byte request id ‖ user key. Unique per request,
+# so compaction never lets one conditional record hide another, or a plain record (kvs2.conditional).
+SIDE_MARKER = b"\x00kvs2:if\x00"
+REQUEST_ID_BYTES = 16
+
+
+def side_key(request_id: bytes, key: bytes) -> bytes:
+    return SIDE_MARKER + request_id + key
+
+
+def parse_side_key(raw: bytes) -> tuple[bytes, bytes] | None:
+    """(request id, user key) of a conditional record's Kafka key, or None for a plain key."""
+    if not raw.startswith(SIDE_MARKER):
+        return None
+    head = len(SIDE_MARKER)
+    return raw[head : head + REQUEST_ID_BYTES], raw[head + REQUEST_ID_BYTES :]
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     value: bytes
     revision: int
+
+
+class Conditional(NamedTuple):
+    """What makes a record conditional (compare-and-set); see `kvs2.conditional` for the protocol."""
+
+    request_id: bytes
+    expected_revision: int  # 0: the key must not exist
+    delete: bool
+    tombstone: bool = False  # a clean-up tombstone for `side_key`: no effect on data
 
 
 class Record(NamedTuple):
@@ -57,6 +85,22 @@ class Record(NamedTuple):
     value: bytes | None
     partition: int
     offset: int
+    conditional: Conditional | None = None
+
+
+class Outcome(NamedTuple):
+    """How a conditional record was applied: by every replica, identically."""
+
+    request_id: bytes
+    applied: bool
+    revision: int  # the key's revision after the record (applied) or at the time (not applied)
+    partition: int
+    offset: int
+
+
+class Applied(NamedTuple):
+    skipped: int
+    outcomes: list[Outcome]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +193,13 @@ class Replica:
         self._meta = self._env.open_db(b"meta")
         self._changes = self._env.open_db(b"changes")
         self._history = self._env.open_db(b"history")
+        self._cond = self._env.open_db(b"cond", dupsort=True)
+        self._garbage = self._env.open_db(b"garbage")
         self._gate = _ResizeGate()
         self.max_key_bytes: int = self._env.max_key_size()
+        # User keys with applied conditional records still needed for replay (the `cond` database),
+        # kept in memory so that a plain write checks it without an LMDB look-up.
+        self._has_cond = self._load_cond_keys()
 
     # ----- reads -------------------------------------------------------------------------------
     def get(self, key: bytes) -> Entry | None:
@@ -255,8 +304,17 @@ class Replica:
             self._drop_all(txn)
 
     def _drop_all(self, txn: lmdb.Transaction) -> None:
-        for db in (self._data, self._offsets, self._meta, self._changes, self._history):
+        for db in (
+            self._data,
+            self._offsets,
+            self._meta,
+            self._changes,
+            self._history,
+            self._cond,
+            self._garbage,
+        ):
             txn.drop(db, delete=False)
+        self._has_cond = set()
 
     def reset(self, identity: TopicIdentity) -> None:
         """Empty the replica and record what it is now built from, in one transaction."""
@@ -267,23 +325,28 @@ class Replica:
             txn.put(b"partitions", str(identity.partitions).encode(), db=self._meta)
             txn.put(b"format", FORMAT_VERSION, db=self._meta)
 
-    def apply(self, records: Iterable[Record], next_offsets: Mapping[int, int]) -> int:
+    def apply(self, records: Iterable[Record], next_offsets: Mapping[int, int]) -> Applied:
         """Apply records in order and store the partitions' next offsets, all in ONE transaction.
 
-        Returns how many records were skipped because their key cannot be stored (empty, or longer
-        than LMDB's key limit — only producers other than kvs2 can write those). They are counted in
-        `meta/skipped` and logged, never silently dropped.
+        Records whose key cannot be stored (empty, or longer than LMDB's key limit — only producers
+        other than kvs2 can write those) are skipped, counted in `meta/skipped` and logged, never
+        silently dropped. Conditional records are evaluated against the state they meet; their
+        outcomes are returned so the replica that accepted one can answer its client.
         """
         records = list(records)
+        has_cond = set(self._has_cond)
         while True:
             try:
                 return self._apply_once(records, next_offsets)
             except lmdb.MapFullError:
+                self._has_cond = has_cond  # the aborted transaction's changes to it are void
                 self._grow()
 
-    def _apply_once(self, records: Sequence[Record], next_offsets: Mapping[int, int]) -> int:
+    def _apply_once(self, records: Sequence[Record], next_offsets: Mapping[int, int]) -> Applied:
         skipped = 0
+        outcomes: list[Outcome] = []
         max_key = self.max_key_bytes
+        has_cond = self._has_cond
         with self._env.begin(write=True) as txn:
             data = txn.cursor(db=self._data)
             changes = txn.cursor(db=self._changes)
@@ -309,14 +372,36 @@ class Replica:
                         max_key,
                     )
                     continue
+                value = rec.value
+                if rec.conditional is not None:
+                    cond = rec.conditional
+                    if cond.tombstone:
+                        txn.delete(cond.request_id, db=self._garbage)
+                        continue
+                    raw = data.get(key)
+                    current = 0 if raw is None else _REV.unpack_from(raw)[0]
+                    if current != cond.expected_revision:
+                        outcomes.append(Outcome(cond.request_id, False, current, rec.partition, rec.offset))
+                        txn.put(cond.request_id, side_key(cond.request_id, key), db=self._garbage)
+                        continue
+                    after = 0 if cond.delete else rec.offset + 1
+                    outcomes.append(Outcome(cond.request_id, True, after, rec.partition, rec.offset))
+                    txn.put(key, cond.request_id, db=self._cond)
+                    has_cond.add(key)
+                    value = None if cond.delete else value
+                elif key in has_cond:
+                    # A plain write decides the key's state by itself: earlier conditional records of
+                    # this key are no longer needed to replay it.
+                    self._collect_cond(txn, key)
+                    has_cond.discard(key)
                 change_key = _CHANGE_KEY.pack(rec.partition, rec.offset)
-                if rec.value is None:
+                if value is None:
                     if data.set_key(key):
                         data.delete()
                     changes.put(change_key, _CHANGE_HEAD.pack(_DELETE, len(key)) + key)
                 else:
-                    data.put(key, _REV.pack(rec.offset + 1) + rec.value)
-                    changes.put(change_key, _CHANGE_HEAD.pack(_PUT, len(key)) + key + rec.value)
+                    data.put(key, _REV.pack(rec.offset + 1) + value)
+                    changes.put(change_key, _CHANGE_HEAD.pack(_PUT, len(key)) + key + value)
             for partition, offset in next_offsets.items():
                 txn.put(_PART.pack(partition), _OFFSET.pack(offset), db=self._offsets)
                 self._trim(changes, history, partition, offset)
@@ -326,7 +411,29 @@ class Replica:
                 raw = txn.get(b"skipped", db=self._meta)
                 total = (0 if raw is None else int(bytes(raw))) + skipped
                 txn.put(b"skipped", str(total).encode(), db=self._meta)
-        return skipped
+        return Applied(skipped, outcomes)
+
+    def _collect_cond(self, txn: lmdb.Transaction, key: bytes) -> None:
+        cursor = txn.cursor(db=self._cond)
+        if cursor.set_key(key):
+            for request_id in cursor.iternext_dup():
+                txn.put(request_id, side_key(bytes(request_id), key), db=self._garbage)
+            cursor.set_key(key)
+            cursor.delete(dupdata=True)
+
+    def _load_cond_keys(self) -> set[bytes]:
+        with self._env.begin(db=self._cond, buffers=False) as txn:
+            return {bytes(k) for k in txn.cursor().iternext_nodup(keys=True, values=False)}
+
+    def garbage(self, limit: int = 1000) -> list[bytes]:
+        """Kafka keys of conditional records that can be tombstoned (see `kvs2.conditional`)."""
+        with self._gate.reading(), self._env.begin(db=self._garbage, buffers=False) as txn:
+            out: list[bytes] = []
+            for value in txn.cursor().iternext(keys=False, values=True):
+                out.append(bytes(value))
+                if len(out) == limit:
+                    break
+            return out
 
     def _history_in(self, txn: lmdb.Transaction) -> dict[int, int]:
         return {_PART.unpack(k)[0]: _OFFSET.unpack(v)[0] for k, v in txn.cursor(db=self._history).iternext()}

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kvs2.storage import Record, Replica, TopicIdentity
+from kvs2.storage import Conditional, Outcome, Record, Replica, TopicIdentity, side_key
 
 IDENT = TopicIdentity("t", "id-1", 3)
 
@@ -40,7 +40,7 @@ def test_multi_get_keeps_order_and_duplicates(replica: Replica) -> None:
 
 def test_unstorable_keys_are_counted_not_silently_dropped(replica: Replica) -> None:
     too_long = b"x" * (replica.max_key_bytes + 1)
-    skipped = replica.apply([Record(too_long, b"v", 0, 0), Record(b"", b"v", 0, 1)], {0: 2})
+    skipped = replica.apply([Record(too_long, b"v", 0, 0), Record(b"", b"v", 0, 1)], {0: 2}).skipped
     assert skipped == 2
     assert replica.skipped_records() == 2
     assert replica.next_offsets() == {0: 2}
@@ -106,3 +106,34 @@ def test_history_is_trimmed(tmp_path: Path) -> None:
     r.apply([Record(f"k{i}".encode(), b"v", 0, i) for i in range(25)], {0: 25})
     assert r.history_start() == {0: 15}
     assert [c.offset for c in r.changes(0, 0, 100)] == list(range(15, 25))
+
+
+def _cond(key: bytes, value: bytes | None, offset: int, expected: int, rid: bytes) -> Record:
+    return Record(
+        key, value if value is not None else b"", 0, offset, Conditional(rid, expected, value is None)
+    )
+
+
+def test_conditional_records_apply_only_when_the_revision_matches(replica: Replica) -> None:
+    first = replica.apply([_cond(b"k", b"a", 0, 0, b"r1" * 8)], {0: 1})  # create-if-absent
+    assert first.outcomes == [Outcome(b"r1" * 8, True, 1, 0, 0)]
+    lost = replica.apply([_cond(b"k", b"b", 1, 0, b"r2" * 8)], {0: 2})  # exists now: fails
+    assert lost.outcomes == [Outcome(b"r2" * 8, False, 1, 0, 1)]
+    entry = replica.get(b"k")
+    assert entry is not None
+    assert (entry.value, entry.revision) == (b"a", 1)
+    won = replica.apply([_cond(b"k", None, 2, 1, b"r3" * 8)], {0: 3})  # conditional delete
+    assert won.outcomes[0].applied
+    assert replica.get(b"k") is None
+    assert replica.garbage() == [side_key(b"r2" * 8, b"k")]  # only the failed record is garbage
+
+
+def test_a_plain_write_makes_earlier_conditional_records_garbage(replica: Replica) -> None:
+    replica.apply([_cond(b"k", b"a", 0, 0, b"r1" * 8), Record(b"k", b"plain", 0, 1)], {0: 2})
+    assert replica.garbage() == [side_key(b"r1" * 8, b"k")]
+    tombstone = Record(b"k", None, 0, 2, Conditional(b"r1" * 8, 0, False, tombstone=True))
+    replica.apply([tombstone], {0: 3})
+    assert replica.garbage() == []
+    entry = replica.get(b"k")
+    assert entry is not None
+    assert entry.value == b"plain"  # a clean-up tombstone never touches data

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nkvs2.proto\x12\x04kvs2\"-\n\x08Position\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\xa8\x01\n\x0bReadOptions\x12\x32\n\x0b\x63onsistency\x18\x01 \x01(\x0e\x32\x1d.kvs2.ReadOptions.Consistency\x12\x1d\n\x05\x61\x66ter\x18\x02 \x03(\x0b\x32\x0e.kvs2.Position\x12\x17\n\x0fmax_lag_records\x18\x03 \x01(\x03\"-\n\x0b\x43onsistency\x12\x0c\n\x08\x45VENTUAL\x10\x00\x12\x10\n\x0cLINEARIZABLE\x10\x01\"(\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"N\n\x08SetReply\x12\x1f\n\x06status\x18\x01 \x01(\x0e\x32\x0f.kvs2.SetStatus\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\":\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x1f\n\x04read\x18\x02 \x01(\x0b\x32\x11.kvs2.ReadOptions\"L\n\x08GetReply\x12 \n\x06status\x18\x01 \x01(\x0e\x32\x10.kvs2.ReadStatus\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08revision\x18\x03 \x01(\x03\"@\n\x0fMultiGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x1f\n\x04read\x18\x02 \x01(\x0b\x32\x11.kvs2.ReadOptions\"e\n\x14MultiGetResponsePart\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12 \n\x06status\x18\x02 \x01(\x0e\x32\x10.kvs2.ReadStatus\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08revision\x18\x04 \x01(\x03\":\n\rMultiGetReply\x12)\n\x05parts\x18\x01 \x03(\x0b\x32\x1a.kvs2.MultiGetResponsePart\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"0\n\x0b\x44\x65leteReply\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\xa5\x01\n\x0cRangeRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\x0e\n\x06prefix\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tkeys_only\x18\x05 \x01(\x08\x12\x12\n\ncount_only\x18\x06 \x01(\x08\x12\x12\n\npage_token\x18\x07 \x01(\x0c\x12\x1f\n\x04read\x18\x08 \x01(\x0b\x32\x11.kvs2.ReadOptions\"8\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08revision\x18\x03 \x01(\x03\"t\n\nRangeReply\x12\x1d\n\x05items\x18\x01 \x03(\x0b\x32\x0e.kvs2.KeyValue\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\x0c\x12\x1f\n\x07\x61pplied\x18\x04 \x03(\x0b\x32\x0e.kvs2.Position\"\x83\x01\n\x0cWatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06prefix\x18\x02 \x01(\x0c\x12\r\n\x05start\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x0c\x12\x1c\n\x04\x66rom\x18\x05 \x03(\x0b\x32\x0e.kvs2.Position\x12\x1c\n\x14progress_interval_ms\x18\x06 \x01(\r\"\xcd\x01\n\nWatchEvent\x12#\n\x04type\x18\x01 \x01(\x0e\x32\x15.kvs2.WatchEvent.Type\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12 \n\x08position\x18\x05 \x01(\x0b\x32\x0e.kvs2.Position\x12\x1f\n\x07\x61pplied\x18\x06 \x03(\x0b\x32\x0e.kvs2.Position\")\n\x04Type\x12\x07\n\x03PUT\x10\x00\x12\n\n\x06\x44\x45LETE\x10\x01\x12\x0c\n\x08PROGRESS\x10\x02*\x1a\n\tSetStatus\x12\r\n\tPUBLISHED\x10\x00*#\n\nReadStatus\x12\x06\n\x02OK\x10\x00\x12\r\n\tNOT_FOUND\x10\x01\x32\xa2\x02\n\x04Kvs2\x12\x36\n\x08MultiGet\x12\x15.kvs2.MultiGetRequest\x1a\x13.kvs2.MultiGetReply\x12\'\n\x03Get\x12\x10.kvs2.GetRequest\x1a\x0e.kvs2.GetReply\x12\'\n\x03Set\x12\x10.kvs2.SetRequest\x1a\x0e.kvs2.SetReply\x12\x30\n\x06\x44\x65lete\x12\x13.kvs2.DeleteRequest\x1a\x11.kvs2.DeleteReply\x12-\n\x05Range\x12\x12.kvs2.RangeRequest\x1a\x10.kvs2.RangeReply\x12/\n\x05Watch\x12\x12.kvs2.WatchRequest\x1a\x10.kvs2.WatchEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nkvs2.proto\x12\x04kvs2\"-\n\x08Position\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\xa8\x01\n\x0bReadOptions\x12\x32\n\x0b\x63onsistency\x18\x01 \x01(\x0e\x32\x1d.kvs2.ReadOptions.Consistency\x12\x1d\n\x05\x61\x66ter\x18\x02 \x03(\x0b\x32\x0e.kvs2.Position\x12\x17\n\x0fmax_lag_records\x18\x03 \x01(\x03\"-\n\x0b\x43onsistency\x12\x0c\n\x08\x45VENTUAL\x10\x00\x12\x10\n\x0cLINEARIZABLE\x10\x01\"R\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x18\n\x0bif_revision\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0e\n\x0c_if_revision\"`\n\x08SetReply\x12\x1f\n\x06status\x18\x01 \x01(\x0e\x32\x0f.kvs2.SetStatus\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x10\n\x08revision\x18\x04 \x01(\x03\":\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x1f\n\x04read\x18\x02 \x01(\x0b\x32\x11.kvs2.ReadOptions\"L\n\x08GetReply\x12 \n\x06status\x18\x01 \x01(\x0e\x32\x10.kvs2.ReadStatus\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08revision\x18\x03 \x01(\x03\"@\n\x0fMultiGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x1f\n\x04read\x18\x02 \x01(\x0b\x32\x11.kvs2.ReadOptions\"e\n\x14MultiGetResponsePart\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12 \n\x06status\x18\x02 \x01(\x0e\x32\x10.kvs2.ReadStatus\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08revision\x18\x04 \x01(\x03\":\n\rMultiGetReply\x12)\n\x05parts\x18\x01 \x03(\x0b\x32\x1a.kvs2.MultiGetResponsePart\"F\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x18\n\x0bif_revision\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x0e\n\x0c_if_revision\"c\n\x0b\x44\x65leteReply\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x1f\n\x06status\x18\x03 \x01(\x0e\x32\x0f.kvs2.SetStatus\x12\x10\n\x08revision\x18\x04 \x01(\x03\"\xa5\x01\n\x0cRangeRequest\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\x12\x0e\n\x06prefix\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tkeys_only\x18\x05 \x01(\x08\x12\x12\n\ncount_only\x18\x06 \x01(\x08\x12\x12\n\npage_token\x18\x07 \x01(\x0c\x12\x1f\n\x04read\x18\x08 \x01(\x0b\x32\x11.kvs2.ReadOptions\"8\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08revision\x18\x03 \x01(\x03\"t\n\nRangeReply\x12\x1d\n\x05items\x18\x01 \x03(\x0b\x32\x0e.kvs2.KeyValue\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\x0c\x12\x1f\n\x07\x61pplied\x18\x04 \x03(\x0b\x32\x0e.kvs2.Position\"\x83\x01\n\x0cWatchRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06prefix\x18\x02 \x01(\x0c\x12\r\n\x05start\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x0c\x12\x1c\n\x04\x66rom\x18\x05 \x03(\x0b\x32\x0e.kvs2.Position\x12\x1c\n\x14progress_interval_ms\x18\x06 \x01(\r\"\xcd\x01\n\nWatchEvent\x12#\n\x04type\x18\x01 \x01(\x0e\x32\x15.kvs2.WatchEvent.Type\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12 \n\x08position\x18\x05 \x01(\x0b\x32\x0e.kvs2.Position\x12\x1f\n\x07\x61pplied\x18\x06 \x03(\x0b\x32\x0e.kvs2.Position\")\n\x04Type\x12\x07\n\x03PUT\x10\x00\x12\n\n\x06\x44\x45LETE\x10\x01\x12\x0c\n\x08PROGRESS\x10\x02*0\n\tSetStatus\x12\r\n\tPUBLISHED\x10\x00\x12\x14\n\x10\x43ONDITION_FAILED\x10\x01*#\n\nReadStatus\x12\x06\n\x02OK\x10\x00\x12\r\n\tNOT_FOUND\x10\x01\x32\xa2\x02\n\x04Kvs2\x12\x36\n\x08MultiGet\x12\x15.kvs2.MultiGetRequest\x1a\x13.kvs2.MultiGetReply\x12\'\n\x03Get\x12\x10.kvs2.GetRequest\x1a\x0e.kvs2.GetReply\x12\'\n\x03Set\x12\x10.kvs2.SetRequest\x1a\x0e.kvs2.SetReply\x12\x30\n\x06\x44\x65lete\x12\x13.kvs2.DeleteRequest\x1a\x11.kvs2.DeleteReply\x12-\n\x05Range\x12\x12.kvs2.RangeRequest\x1a\x10.kvs2.RangeReply\x12/\n\x05Watch\x12\x12.kvs2.WatchRequest\x1a\x10.kvs2.WatchEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvs2_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETSTATUS']._serialized_start=1493
-  _globals['_SETSTATUS']._serialized_end=1519
-  _globals['_READSTATUS']._serialized_start=1521
-  _globals['_READSTATUS']._serialized_end=1556
+  _globals['_SETSTATUS']._serialized_start=1646
+  _globals['_SETSTATUS']._serialized_end=1694
+  _globals['_READSTATUS']._serialized_start=1696
+  _globals['_READSTATUS']._serialized_end=1731
   _globals['_POSITION']._serialized_start=20
   _globals['_POSITION']._serialized_end=65
   _globals['_READOPTIONS']._serialized_start=68
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_READOPTIONS_CONSISTENCY']._serialized_start=191
   _globals['_READOPTIONS_CONSISTENCY']._serialized_end=236
   _globals['_SETREQUEST']._serialized_start=238
-  _globals['_SETREQUEST']._serialized_end=278
-  _globals['_SETREPLY']._serialized_start=280
-  _globals['_SETREPLY']._serialized_end=358
-  _globals['_GETREQUEST']._serialized_start=360
-  _globals['_GETREQUEST']._serialized_end=418
-  _globals['_GETREPLY']._serialized_start=420
-  _globals['_GETREPLY']._serialized_end=496
-  _globals['_MULTIGETREQUEST']._serialized_start=498
-  _globals['_MULTIGETREQUEST']._serialized_end=562
-  _globals['_MULTIGETRESPONSEPART']._serialized_start=564
-  _globals['_MULTIGETRESPONSEPART']._serialized_end=665
-  _globals['_MULTIGETREPLY']._serialized_start=667
-  _globals['_MULTIGETREPLY']._serialized_end=725
-  _globals['_DELETEREQUEST']._serialized_start=727
-  _globals['_DELETEREQUEST']._serialized_end=755
-  _globals['_DELETEREPLY']._serialized_start=757
-  _globals['_DELETEREPLY']._serialized_end=805
-  _globals['_RANGEREQUEST']._serialized_start=808
-  _globals['_RANGEREQUEST']._serialized_end=973
-  _globals['_KEYVALUE']._serialized_start=975
-  _globals['_KEYVALUE']._serialized_end=1031
-  _globals['_RANGEREPLY']._serialized_start=1033
-  _globals['_RANGEREPLY']._serialized_end=1149
-  _globals['_WATCHREQUEST']._serialized_start=1152
-  _globals['_WATCHREQUEST']._serialized_end=1283
-  _globals['_WATCHEVENT']._serialized_start=1286
-  _globals['_WATCHEVENT']._serialized_end=1491
-  _globals['_WATCHEVENT_TYPE']._serialized_start=1450
-  _globals['_WATCHEVENT_TYPE']._serialized_end=1491
-  _globals['_KVS2']._serialized_start=1559
-  _globals['_KVS2']._serialized_end=1849
+  _globals['_SETREQUEST']._serialized_end=320
+  _globals['_SETREPLY']._serialized_start=322
+  _globals['_SETREPLY']._serialized_end=418
+  _globals['_GETREQUEST']._serialized_start=420
+  _globals['_GETREQUEST']._serialized_end=478
+  _globals['_GETREPLY']._serialized_start=480
+  _globals['_GETREPLY']._serialized_end=556
+  _globals['_MULTIGETREQUEST']._serialized_start=558
+  _globals['_MULTIGETREQUEST']._serialized_end=622
+  _globals['_MULTIGETRESPONSEPART']._serialized_start=624
+  _globals['_MULTIGETRESPONSEPART']._serialized_end=725
+  _globals['_MULTIGETREPLY']._serialized_start=727
+  _globals['_MULTIGETREPLY']._serialized_end=785
+  _globals['_DELETEREQUEST']._serialized_start=787
+  _globals['_DELETEREQUEST']._serialized_end=857
+  _globals['_DELETEREPLY']._serialized_start=859
+  _globals['_DELETEREPLY']._serialized_end=958
+  _globals['_RANGEREQUEST']._serialized_start=961
+  _globals['_RANGEREQUEST']._serialized_end=1126
+  _globals['_KEYVALUE']._serialized_start=1128
+  _globals['_KEYVALUE']._serialized_end=1184
+  _globals['_RANGEREPLY']._serialized_start=1186
+  _globals['_RANGEREPLY']._serialized_end=1302
+  _globals['_WATCHREQUEST']._serialized_start=1305
+  _globals['_WATCHREQUEST']._serialized_end=1436
+  _globals['_WATCHEVENT']._serialized_start=1439
+  _globals['_WATCHEVENT']._serialized_end=1644
+  _globals['_WATCHEVENT_TYPE']._serialized_start=1603
+  _globals['_WATCHEVENT_TYPE']._serialized_end=1644
+  _globals['_KVS2']._serialized_start=1734
+  _globals['_KVS2']._serialized_end=2024
 # @@protoc_insertion_point(module_scope)

@@ -32,10 +32,24 @@ class _SetStatus:
 class _SetStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SetStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PUBLISHED: _SetStatus.ValueType  # 0
+    """Without if_revision: Kafka acknowledged the write. With if_revision: the
+    condition held and the write is applied.
+    """
+    CONDITION_FAILED: _SetStatus.ValueType  # 1
+    """Added: with if_revision only: the condition did not hold; nothing changed.
+    `revision` is the key's revision at that moment (0: absent).
+    """
 
 class SetStatus(_SetStatus, metaclass=_SetStatusEnumTypeWrapper): ...
 
 PUBLISHED: SetStatus.ValueType  # 0
+"""Without if_revision: Kafka acknowledged the write. With if_revision: the
+condition held and the write is applied.
+"""
+CONDITION_FAILED: SetStatus.ValueType  # 1
+"""Added: with if_revision only: the condition did not hold; nothing changed.
+`revision` is the key's revision at that moment (0: absent).
+"""
 Global___SetStatus: _TypeAlias = SetStatus  # noqa: Y015
 
 class _ReadStatus:
@@ -139,19 +153,28 @@ class SetRequest(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    IF_REVISION_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     value: _builtins.bytes
+    if_revision: _builtins.int
+    """Added: compare-and-set. Write only if the key's revision is this value at the
+    moment the write is applied (0: only if the key does not exist). The reply
+    then says whether it was applied (every replica reaches the same verdict).
+    """
     def __init__(
         self,
         *,
         key: _builtins.bytes = ...,
         value: _builtins.bytes = ...,
+        if_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision", "key", b"key", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__if_revision: _TypeAlias = _typing.Literal["if_revision"]  # noqa: Y015
+    _WhichOneofArgType__if_revision: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__if_revision) -> _WhichOneofReturnType__if_revision | None: ...
 
 Global___SetRequest: _TypeAlias = SetRequest  # noqa: Y015
 
@@ -162,6 +185,7 @@ class SetReply(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     status: Global___SetStatus.ValueType
     partition: _builtins.int
     """Added: where Kafka stored the write. Together they are a read-your-writes
@@ -169,16 +193,21 @@ class SetReply(_message.Message):
     applied this write.
     """
     offset: _builtins.int
+    revision: _builtins.int
+    """Added: the key's revision after this write (PUBLISHED) or its current
+    revision (CONDITION_FAILED).
+    """
     def __init__(
         self,
         *,
         status: Global___SetStatus.ValueType = ...,
         partition: _builtins.int = ...,
         offset: _builtins.int = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "revision", b"revision", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,17 +346,23 @@ class DeleteRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
+    IF_REVISION_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
+    if_revision: _builtins.int
+    """Delete only if the key's revision is this value when the delete is applied."""
     def __init__(
         self,
         *,
         key: _builtins.bytes = ...,
+        if_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision", "key", b"key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__if_revision: _TypeAlias = _typing.Literal["if_revision"]  # noqa: Y015
+    _WhichOneofArgType__if_revision: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__if_revision) -> _WhichOneofReturnType__if_revision | None: ...
 
 Global___DeleteRequest: _TypeAlias = DeleteRequest  # noqa: Y015
 
@@ -337,18 +372,26 @@ class DeleteReply(_message.Message):
 
     PARTITION_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     partition: _builtins.int
     """Where Kafka stored the tombstone; the same token as SetReply's."""
     offset: _builtins.int
+    status: Global___SetStatus.ValueType
+    """PUBLISHED, or CONDITION_FAILED when if_revision did not hold."""
+    revision: _builtins.int
+    """CONDITION_FAILED: the key's current revision (0: absent)."""
     def __init__(
         self,
         *,
         partition: _builtins.int = ...,
         offset: _builtins.int = ...,
+        status: Global___SetStatus.ValueType = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "revision", b"revision", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

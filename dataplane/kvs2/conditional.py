@@ -1,0 +1,123 @@
+"""Compare-and-set without a leader.
+
+How it works. A conditional Set or Delete is one Kafka record in the key's partition (computed with
+the producer's own partitioner) carrying the expected revision in a header. Every replica applies
+every partition in the same total order, so every replica evaluates the condition against the same
+state and reaches the same outcome; no replica has to coordinate with another. The replica that
+accepted the request waits until its own ingester applied the record and answers with that outcome.
+
+Why conditional records have their own Kafka key. Kafka's compaction keeps only the latest record per
+key. If a failed conditional record used the user's key, compaction would drop the record that holds
+the key's real value, and a replica rebuilt from the compacted log would lose it. So a conditional
+record's key is `SIDE_MARKER ‖ request id ‖ user key`: unique, never hiding another record. Plain
+records (unconditional Set/Delete) use the user key and decide the state by themselves. In a
+compacted log, the last plain record of a key survives and so does every conditional record after it,
+so replay evaluates exactly the conditions that matter for the current state.
+
+Clean-up. Conditional records that replay no longer needs — failed ones, and applied ones followed by
+a plain write — are listed by every replica (`Replica.garbage`). The replica that accepted a failed
+record tombstones it at once; any replica tombstones the rest after a grace delay unless the tombstone
+has already been applied (duplicates are harmless). Compaction then drops both. Keys written only
+with conditional writes keep one record per applied write until a plain write comes; see README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+from kvs2.errors import Unavailable, WriteOutcomeUnknown
+from kvs2.kafka_io import Writer
+from kvs2.partitioner import partition_for
+from kvs2.progress import Progress
+from kvs2.storage import REQUEST_ID_BYTES, Outcome, Replica, parse_side_key, side_key
+
+log = logging.getLogger(__name__)
+
+JANITOR_INTERVAL = 5.0
+JANITOR_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class ConditionalResult:
+    applied: bool
+    revision: int  # after the write when applied; the key's current revision when not
+    partition: int
+    offset: int
+
+
+class ConditionalWrites:
+    """The accepting replica's side: send conditional records, learn their outcomes, clean up."""
+
+    def __init__(self, writer: Writer, replica: Replica, progress: Progress) -> None:
+        self._writer = writer
+        self._replica = replica
+        self._progress = progress
+        self._pending: dict[bytes, asyncio.Future[Outcome]] = {}
+        self._first_seen: dict[bytes, float] = {}
+
+    def resolve(self, outcomes: list[Outcome]) -> None:
+        """Called in the event loop with every conditional outcome the ingester applied."""
+        for outcome in outcomes:
+            future = self._pending.pop(outcome.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(outcome)
+
+    async def write(
+        self, key: bytes, value: bytes | None, expected_revision: int, timeout: float
+    ) -> ConditionalResult:
+        partitions = self._progress.now.partitions
+        if partitions <= 0:
+            raise Unavailable("this replica does not know the topic's partitions yet; retry shortly")
+        request_id = os.urandom(REQUEST_ID_BYTES)
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Outcome] = loop.create_future()
+        self._pending[request_id] = outcome  # before producing: the outcome can beat the delivery report
+        partition = partition_for(key, partitions)
+        try:
+            delivered = self._writer.write_conditional(request_id, key, value, expected_revision, partition)
+            async with asyncio.timeout(timeout):
+                await asyncio.wrap_future(delivered)
+                result = await outcome
+        except TimeoutError as exc:
+            raise WriteOutcomeUnknown(
+                f"the conditional write was not acknowledged and applied within {timeout:.1f}s; "
+                "it may still be applied later"
+            ) from exc
+        finally:
+            self._pending.pop(request_id, None)
+        if not result.applied:
+            # Replay never needs a failed conditional record: tombstone it now.
+            self._writer.tombstone(side_key(request_id, key), result.partition)
+        return ConditionalResult(result.applied, result.revision, result.partition, result.offset)
+
+    async def janitor(self, stop: asyncio.Event) -> None:
+        """Tombstone conditional records nobody needs any more (after a grace delay), while serving."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), JANITOR_INTERVAL)
+            if stop.is_set() or not self._progress.serving:
+                continue
+            now = loop.time()
+            garbage = self._replica.garbage()
+            alive = set(garbage)
+            for side in garbage:
+                first = self._first_seen.setdefault(side, now)
+                if now - first >= JANITOR_GRACE:
+                    parsed = parse_side_key(side)
+                    if parsed is None:
+                        continue
+                    partitions = self._progress.now.partitions
+                    try:
+                        self._writer.tombstone(side, partition_for(parsed[1], partitions))
+                    except Unavailable as exc:
+                        log.warning("could not tombstone a finished conditional record: %s", exc)
+                        break
+                    self._first_seen[side] = now  # retry after another grace period if it did not land
+            for side in list(self._first_seen):
+                if side not in alive:
+                    del self._first_seen[side]
