@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 30.0
 #: Delay between retries when Kafka answered "no" (e.g. not enough brokers): a person is needed, or time.
 REJECTED_RETRY_DELAY = 60.0
+#: Worker threads for blocking Kubernetes/Kafka calls.
+IO_THREADS = 32
 #: Stores reconciled at the same time by one resync sweep.
 RESYNC_CONCURRENCY = 8
 #: A burst of child events (a rollout, a GC sweep) within this window costs one pass, not one per event.
@@ -113,6 +116,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.enabled = False
     # One operator replica, no peering objects to install.
     settings.peering.standalone = True
+    # Every Kubernetes and Kafka call runs in a worker thread (asyncio.to_thread). The default pool has
+    # cpu+4 threads; a few stores on an unreachable Kafka would hold them for a request timeout each
+    # and stall everyone's API calls. Blocked I/O threads are cheap: give them room.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="kvs2-io")
+    )
     options = _options(memo)
     deps = _deps(memo)
     _nudges(memo)  # created here, in the operator-wide memo that kopf copies (shallowly) per object
