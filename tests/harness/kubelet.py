@@ -15,6 +15,9 @@ Lease heartbeat), watches the pods the real kube-scheduler binds to them, and fo
   kubeconfig with that token and the cluster's CA), because the fixed in-cluster paths
   (/var/run/secrets/kubernetes.io/serviceaccount) cannot be provided without a mount namespace; the
   operator in a pod thus runs with exactly its ServiceAccount's RBAC,
+- resolves Service names in the command, args and env (`name.ns.svc[.cluster.local][:port]`) to the
+  address of a ready endpoint when a container starts — there is no cluster DNS and no kube-proxy, and
+  ClusterIPs are not loopback addresses,
 - probes it for real (gRPC health, TCP, HTTP, exec) and reports phase, conditions, container states,
   restart counts and readiness in the pod's status,
 - restarts exited containers per restartPolicy with a back-off (immediately, then 1s, 2s, 4s … 60s),
@@ -37,6 +40,7 @@ import json
 import logging
 import os
 import platform
+import random
 import shutil
 import signal
 import subprocess
@@ -52,7 +56,14 @@ from typing import Any
 
 from tests.harness.common import ManagedProcess, progress, repo_root, wait_until
 from tests.harness.kubelet_api import Api, ApiError, ns_path
-from tests.harness.kubelet_env import ConfigError, container_env, expand, field_ref, rewrite_paths
+from tests.harness.kubelet_env import (
+    ConfigError,
+    container_env,
+    expand,
+    field_ref,
+    resolve_services,
+    rewrite_paths,
+)
 from tests.harness.kubelet_probe import ProbeState, run_probe
 
 log = logging.getLogger("process-kubelet")
@@ -639,8 +650,13 @@ class PodWorker(threading.Thread):
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
             c.backoff_until = now + 1.0
             return
-        argv = [rewrite_paths(expand(str(a), env), mounts) for a in (c.spec.get("command") or ())]
-        argv += [rewrite_paths(expand(str(a), env), mounts) for a in (c.spec.get("args") or ())]
+        resolve = self.kubelet.resolve_service
+
+        def finish(text: str) -> str:
+            return resolve_services(rewrite_paths(text, mounts), resolve)
+
+        argv = [finish(expand(str(a), env)) for a in (c.spec.get("command") or ())]
+        argv += [finish(expand(str(a), env)) for a in (c.spec.get("args") or ())]
         if not c.spec.get("command"):
             c.state = {
                 "waiting": {
@@ -653,7 +669,7 @@ class PodWorker(threading.Thread):
             return
         # Only what the pod spec defines is rewritten: the kubelet's own paths (PATH, HOME, KUBECONFIG)
         # may well lie below a directory some mount path names, like /tmp.
-        env = {**self._base_env(pod), **{k: rewrite_paths(v, mounts) for k, v in env.items()}}
+        env = {**self._base_env(pod), **{k: finish(v) for k, v in env.items()}}
         cwd = rewrite_paths(str(c.spec.get("workingDir") or ""), mounts) or str(self.dir)
         if c.ever_started:
             c.last_state = {"terminated": c.last_terminated} if c.last_terminated else {}
@@ -991,6 +1007,57 @@ class Kubelet:
         plural = {"Secret": "secrets", "ConfigMap": "configmaps"}[kind]
         found: Mapping[str, Any] | None = self.api.get(ns_path("v1", plural, namespace, name))
         return found
+
+    def resolve_service(self, namespace: str, name: str, port: int | None) -> str | None:
+        """A ready backend of Service namespace/name for `port` (its first port when None), chosen the
+        way the endpoints controller would: pods matching the selector, Ready (or any, when the Service
+        publishes not-ready addresses), the target port resolved by name from the container ports.
+
+        EndpointSlices cannot be used: the API server rejects loopback endpoint addresses, so in this
+        cluster every Service's slices stay empty (the controller-manager logs the rejection).
+        """
+        try:
+            service = self.api.get(ns_path("v1", "services", namespace, name))
+            if service is None:
+                return None
+            spec = service.get("spec") or {}
+            wanted = next(
+                (p for p in spec.get("ports") or () if port is None or int(p["port"]) == port), None
+            )
+            selector = spec.get("selector") or {}
+            if wanted is None or not selector:
+                return None
+            pods = self.api.call(
+                "GET",
+                ns_path("v1", "pods", namespace),
+                query={"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))},
+            )
+        except ApiError as exc:
+            log.warning("cannot resolve service %s/%s: %s", namespace, name, exc)
+            return None
+        backends = []
+        for pod in pods.get("items") or ():
+            status = pod.get("status") or {}
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or ()
+            )
+            if pod["metadata"].get("deletionTimestamp") or not status.get("podIP"):
+                continue
+            if not ready and not spec.get("publishNotReadyAddresses"):
+                continue
+            target = wanted.get("targetPort", wanted["port"])
+            if isinstance(target, str) and not target.isdigit():
+                ports = [
+                    p
+                    for c in pod["spec"]["containers"]
+                    for p in c.get("ports") or ()
+                    if p.get("name") == target
+                ]
+                if not ports:
+                    continue
+                target = ports[0]["containerPort"]
+            backends.append(f"{status['podIP']}:{int(target)}")
+        return random.choice(backends) if backends else None
 
     def forget(self, uid: str) -> None:
         with self._lock:

@@ -199,3 +199,26 @@ def rewrite_paths(text: str, mounts: Sequence[tuple[str, str]]) -> str:
     pattern = re.compile(r"(?<![\w.\-/])(" + alternatives + r")(?=$|[/:,;=\s])")
     # One pass, so a host directory put in by one mount is never rewritten again by another.
     return pattern.sub(lambda m: table[m.group(1)], text)
+
+
+#: `name.namespace.svc[.cluster.local][:port]`, as a whole word (not inside a longer host name).
+_SERVICE = re.compile(
+    r"(?<![\w.\-])([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.svc"
+    r"(?:\.cluster\.local)?(?::(\d+))?(?![\w.\-])"
+)
+
+#: (namespace, service, port or None) -> "ip:targetPort" of a ready endpoint, or None if there is none.
+ServiceResolver = Callable[[str, str, int | None], str | None]
+
+
+def resolve_services(text: str, resolve: ServiceResolver) -> str:
+    """Stand-in for cluster DNS plus kube-proxy: a Service's DNS name (and port) becomes the address of one
+    of its ready endpoints. Names that do not resolve are left as written, so the program fails as it
+    would with an unreachable Service."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, namespace, port = match.group(1), match.group(2), match.group(3)
+        found = resolve(namespace, name, int(port) if port else None)
+        return found if found is not None else match.group(0)
+
+    return _SERVICE.sub(replace, text)

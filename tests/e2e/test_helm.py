@@ -1,0 +1,166 @@
+"""The Helm chart: lint-clean, a strict values schema, the same CRD and RBAC as deploy/, and an install that
+really runs — the operator as a pod under the chart's RBAC, a store that becomes Ready, and a `helm test`
+hook whose pod asks that store's client Service for its gRPC health (and fails when there is no store)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import (
+    DEPLOY,
+    Kube,
+    OperatorPod,
+    pod_ready,
+    seed,
+    store_condition,
+    store_manifest,
+    store_pods,
+    target,
+)
+from tests.harness.cluster import Cluster
+from tests.harness.common import repo_root
+from tests.harness.gobuild import ensure_tool
+from tests.harness.kafka import KafkaBroker
+from tests.harness.kubelet import KubeletProcess
+
+pytestmark = pytest.mark.e2e
+
+CHART = repo_root() / "charts" / "kvs2"
+RELEASE = "kvs2"
+RELEASE_NAMESPACE = "kvs2-helm"
+
+
+def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = [str(ensure_tool("helm")), *args] + ([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    return result
+
+
+def _render(*sets: str) -> list[dict[str, Any]]:
+    out = helm(
+        "template", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--kube-version", "1.37.2", *sets
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def test_lint_is_clean_and_the_schema_is_strict() -> None:
+    result = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+    for bad, why in (
+        ("operator.logLevel=LOUD", "logLevel"),
+        ("operator.unknownKnob=1", "unknownKnob"),
+        ("operator.resyncInterval=0", "resyncInterval"),
+        ("tests.store.name=Not_A_Name", "name"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+    ):
+        rejected = helm("lint", "--strict", str(CHART), "--set", bad, check=False)
+        assert rejected.returncode != 0 and why in rejected.stdout + rejected.stderr, (bad, rejected.stdout)
+
+
+def test_chart_crd_and_rbac_are_the_ones_in_deploy() -> None:
+    chart_crds = sorted((CHART / "crds").iterdir())
+    assert [p.name for p in chart_crds] == ["keyvaluestores.kvs2.io.yaml"]
+    assert chart_crds[0].read_bytes() == (DEPLOY / "crd.yaml").read_bytes()
+    deploy_role = next(
+        d for d in yaml.safe_load_all((DEPLOY / "10-rbac.yaml").read_text()) if d["kind"] == "ClusterRole"
+    )
+    chart_role = next(d for d in _render() if d["kind"] == "ClusterRole")
+    assert chart_role["rules"] == deploy_role["rules"]
+    deployment = next(
+        d for d in _render("--set", "operator.watchNamespaces={a,b}") if d["kind"] == "Deployment"
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["kvs2", "operator"]
+    assert container["args"][-4:] == ["--namespace", "a", "--namespace", "b"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
+
+
+@pytest.fixture(scope="module")
+def helm_operator(cluster: Cluster, kubelet: KubeletProcess) -> Iterator[OperatorPod]:
+    install = ["install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--create-namespace", "--wait"]
+    helm(*install, "--timeout=3m", kubeconfig=cluster.kubeconfig)
+    operator = OperatorPod(Kube(cluster, kubelet, RELEASE_NAMESPACE))
+    operator.wait_healthy()
+    try:
+        yield operator
+    finally:
+        helm(
+            "uninstall",
+            RELEASE,
+            "-n",
+            RELEASE_NAMESPACE,
+            "--wait",
+            "--timeout=2m",
+            kubeconfig=cluster.kubeconfig,
+            check=False,
+        )
+        cluster.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=false", check=False)
+
+
+def test_helm_install_store_ready_and_helm_test(
+    kube: Kube, helm_operator: OperatorPod, kafka: KafkaBroker, seed_code: Path
+) -> None:
+    kubeconfig = kube.cluster.kubeconfig
+    notes = helm("get", "notes", RELEASE, "-n", RELEASE_NAMESPACE, kubeconfig=kubeconfig).stdout
+    assert "kind: KeyValueStore" in notes and "kubectl" in notes and "wait --for=condition=Ready" in notes
+
+    name = "charted"
+    kube.apply(store_manifest(name, kafka.bootstrap_servers, replicas=2))
+    waited = kube.cluster.kubectl(
+        "-n",
+        kube.namespace,
+        "wait",
+        "--for=condition=Ready",
+        f"kvs/{name}",
+        "--timeout=180s",
+        check=False,
+        timeout=200,
+    )
+    assert waited.returncode == 0, (
+        f"{waited.stderr}\n{kube.kubectl('get', 'kvs,pods', '-o', 'wide')}\n{helm_operator.log()}"
+    )
+    assert store_condition(kube.get("kvs", name), "Ready")["status"] == "True"
+    pods = store_pods(kube, name)
+    assert all(pod_ready(p) for p in pods)
+    assert seed(seed_code, ["set", target(pods[0]), "chart", "works"]) == ["PUBLISHED"]
+    kube.wait(
+        "the write to reach pod 1",
+        lambda: seed(seed_code, ["get", target(pods[1]), "chart"]) == [["OK", "works"]],
+    )
+
+    # helm test: the hook pod checks the store's client Service (the store lives in the test's namespace).
+    sets = [
+        "--reuse-values",
+        "--set",
+        f"tests.store.name={name}",
+        "--set",
+        f"tests.store.namespace={kube.namespace}",
+    ]
+    helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, *sets, "--wait", kubeconfig=kubeconfig)
+    passed = helm(
+        "test", RELEASE, "-n", RELEASE_NAMESPACE, "--timeout=2m", kubeconfig=kubeconfig, check=False
+    )
+    hook_pod = f"{RELEASE}-operator-test-store-health"
+    assert passed.returncode == 0, f"{passed.stdout}{passed.stderr}\n{kube.pod_logs(hook_pod, 'health')}"
+    assert "Phase:          Succeeded" in passed.stdout, passed.stdout
+    assert "SERVING" in kube.pod_logs(hook_pod, "health")
+
+    # ...and the same hook fails when the store it checks does not exist: it is a real check.
+    sets = ["--reuse-values", "--set", "tests.store.name=no-such-store"]
+    helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, *sets, "--wait", kubeconfig=kubeconfig)
+    failed = helm(
+        "test", RELEASE, "-n", RELEASE_NAMESPACE, "--timeout=2m", kubeconfig=kubeconfig, check=False
+    )
+    assert failed.returncode != 0 and "Failed" in failed.stdout + failed.stderr, failed.stdout + failed.stderr
+    kube.kubectl("delete", "kvs", name, "--wait=true", timeout=120)
