@@ -199,6 +199,9 @@ class Store:
             raise InvalidArgument("if_revision must be 0 (the key must not exist) or a revision")
         if self._conditional is None:
             raise Unavailable("conditional writes are not available on this replica")
+        # The verdict comes from this replica's own apply: one still catching up would keep the caller
+        # waiting with an unknown outcome. Refuse before sending anything.
+        self.check_serving()
         return await self._conditional.write(key, value, expected_revision, timeout)
 
     @staticmethod
