@@ -603,11 +603,17 @@ def _stack_up() -> int:
         progress(f"no {crd} yet: CRD not installed")
 
     _start_operator(cluster, kubeconfig)
+    from tests.harness import kubelet_stack  # the process kubelet runs the pods; then a demo store
+
+    kubelet_stack.start_kubelet(cluster)
+    demo = kubelet_stack.apply_demo(cluster, bootstrap) if crd.is_file() else []
 
     kubectl = cluster.binary("kubectl")
     print(
         f"""
-Local Kubernetes control plane is up (no nodes: Pods stay Pending).
+Local Kubernetes control plane is up; {kubelet_stack.NODES} process-kubelet nodes run its pods as processes.
+  demo store : default/demo, gRPC at {", ".join(demo) or "(not Ready, see above)"}
+               e.g. .venv/bin/kvs2 set --target {demo[0] if demo else "<pod IP>:50051"} greeting hello
   API server : {cluster.api_url}
   Kafka      : {bootstrap}
   logs       : {cluster.logs}
@@ -654,7 +660,10 @@ def _start_operator(cluster: Cluster, kubeconfig: Path) -> None:
 
 
 def _stack_down_control_plane() -> None:
+    from tests.harness import kubelet_stack
+
     pid_dir = _stack_dir() / "pids"
+    kubelet_stack.stop_kubelet(pid_dir, _stack_dir() / "kubelet")
     for name in ("operator", *reversed(COMPONENTS)):
         pid = _recorded(pid_dir, name)
         if pid is not None:
@@ -674,7 +683,7 @@ def _stack_down() -> int:
 
 def _stack_status() -> int:
     pid_dir = _stack_dir() / "pids"
-    for name in (*COMPONENTS, "operator"):
+    for name in (*COMPONENTS, "operator", "kubelet"):
         pid = _recorded(pid_dir, name)
         print(f"{name:25} {'running, pid ' + str(pid) if pid else 'stopped'}")
     return 0
