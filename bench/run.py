@@ -403,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
 {rows}
 """
     if not args.results.exists():
-        args.results.write_text("# Benchmark results\n\nAppended by `make bench` (bench/run.py); newest last.\n")
+        args.results.write_text(
+            "# Benchmark results\n\nAppended by `make bench` (bench/run.py), newest last.\n"
+        )
     with args.results.open("a") as fh:
         fh.write(section)
     print(section)

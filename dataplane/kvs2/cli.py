@@ -309,14 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["operator"]:
+        # Everything after `operator` is the operator's own command line (argparse's REMAINDER would
+        # refuse a first argument that looks like a flag, e.g. `kvs2 operator --namespace x`).
+        from kvs2_operator.main import run
+
+        return int(run(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
-        if args.command == "operator":
-            from kvs2_operator.main import run
-
-            return int(run(list(args.operator_args)))
         return _client_command(args)
     except ConfigError as exc:
         print(f"kvs2: {exc}", file=sys.stderr)
