@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
+from confluent_kafka import TopicCollection
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.conftest import (
@@ -118,6 +120,14 @@ def test_apply_set_get_across_pods_crash_recovery_and_delete(
     store = _wait_ready(kube, name, operator_pod)
     _assert_ready_means_all_replicas_ready(kube, name, 2)
     assert store["status"]["topic"] == f"{kube.namespace}.{name}"
+    # "The topic is right", asked of Kafka itself: the partitions asked for, compacted.
+    topic = store["status"]["topic"]
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    described = admin.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result(15)
+    assert len(described.partitions) == 3
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    config = admin.describe_configs([resource], request_timeout=10)[resource].result(15)
+    assert config["cleanup.policy"].value == "compact"
 
     pods = store_pods(kube, name)
     a, b = target(pods[0]), target(pods[1])
@@ -193,6 +203,15 @@ def test_scale_out_catches_up_and_a_rolling_update_keeps_replicas_ready(
 
     # Scale 2 -> 3 through the scale subresource: the new replica replays the topic before it is Ready.
     kube.kubectl("scale", f"kvs/{name}", "--replicas=3")
+    # Not Ready while the new replica catches up (it cannot be: its first readiness probe fails, the next
+    # is 5 s later), with the reason saying so.
+    not_ready = kube.wait(
+        "Ready=False while the third replica is not ready",
+        lambda: (c := store_condition(kube.get("kvs", name), "Ready")).get("status") == "False" and c,
+        timeout=30,
+        dump="kvs",
+    )
+    assert not_ready["reason"] in ("ReplicasNotReady", "WorkloadProgressing"), not_ready
     kube.wait("StatefulSet scaled to 3", lambda: len(store_pods(kube, name)) == 3, timeout=60)
     _wait_ready(kube, name, operator_pod)
     _assert_ready_means_all_replicas_ready(kube, name, 3)
