@@ -177,12 +177,20 @@ class ChangelogReader:
             }
         )
 
+    topic_in_doubt = False
+
     def assign(self, partitions: int, next_offsets: Mapping[int, int]) -> None:
         self._consumer.assign(
             [TopicPartition(self.topic, p, next_offsets.get(p, OFFSET_BEGINNING)) for p in range(partitions)]
         )
 
     def read(self, max_records: int, timeout: float) -> tuple[list[Record], dict[int, int]]:
+        """A batch of records, and the next offsets that reaching the end of a partition revealed.
+
+        After a topic-level error (the topic or a partition unknown), `topic_in_doubt` is set until the
+        caller clears it: the topic may have been deleted and recreated under the same name, and its
+        records must not be applied before the topic's identity is checked again.
+        """
         """A batch of records, and the next offsets that reaching the end of a partition revealed.
 
         End-of-partition events carry the partition's end offset: the only way to learn that the
@@ -217,6 +225,8 @@ class ChangelogReader:
                 raise map_error(err, f"reading topic {self.topic!r}")
             else:
                 # Transient (a broker restarting, a leader moving): librdkafka retries by itself.
+                if code in _NOT_FOUND:
+                    self.topic_in_doubt = True
                 log.warning("reading topic %r: %s (retrying)", self.topic, err.str())
         return records, eof
 
