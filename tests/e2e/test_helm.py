@@ -29,10 +29,10 @@ from tests.harness.gobuild import ensure_tool
 from tests.harness.kafka import KafkaBroker
 from tests.harness.kubelet import KubeletProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("helm_binary")]
 
 CHART = repo_root() / "charts" / "kvs2"
-RELEASE = "kvs2"
+RELEASE = "kvs2-e2e"  # not "kvs2": its names must not collide with what deploy/ installs
 RELEASE_NAMESPACE = "kvs2-helm"
 
 

@@ -1,5 +1,7 @@
 """pytest fixture for the process kubelet: Nodes whose pods run as local processes (tests/harness/kubelet.py).
 
+- `helm_binary`: the Go-built helm (built right after collection when a selected test uses it, so a cold
+  build is not charged to the first test's timeout).
 - `kubelet`: session-scoped, two Nodes (`kvs2-node-0`, `kvs2-node-1`) on the session's `cluster`; tests must
   not stop it. Its own log and each container's log and PID file live under its state directory.
 
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.harness.cluster import Cluster
 from tests.harness.common import progress
+from tests.harness.gobuild import GoBuildError, ensure_tool
 from tests.harness.kubelet import KubeletProcess
 
 NODES = 2
@@ -29,6 +33,23 @@ def pytest_collection_modifyitems(
         return "kubelet" in getattr(item, "fixturenames", ())
 
     items[:] = [i for i in items if not needs_kubelet(i)] + [i for i in items if needs_kubelet(i)]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any("helm_binary" in getattr(item, "fixturenames", ()) for item in session.items):
+        capture = session.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            try:
+                ensure_tool("helm")  # no-op when cached
+            except GoBuildError as exc:
+                pytest.exit(f"cannot build helm, which the selected tests need: {exc}", 3)
+
+
+@pytest.fixture(scope="session")
+def helm_binary() -> Path:
+    return ensure_tool("helm")
 
 
 @pytest.fixture(scope="session")
