@@ -283,3 +283,51 @@ def test_killed_process_is_restarted(kube: Kube) -> None:
     assert container_status(pod, "main")["lastState"]["terminated"]["signal"] == signal.SIGKILL
     new_pid = kube.kubelet.container_pid(kube.namespace, "victim", "main")
     assert new_pid is not None and new_pid != pid
+
+
+def test_init_containers_run_first_and_a_failing_liveness_probe_restarts(kube: Kube) -> None:
+    kube.apply(
+        _pod(
+            "staged",
+            terminationGracePeriodSeconds=1,
+            volumes=[{"name": "shared", "emptyDir": {}}],
+            initContainers=[
+                {
+                    "name": "prepare",
+                    "image": "x",
+                    "command": [
+                        PY,
+                        "-c",
+                        "import pathlib; pathlib.Path('/shared/ready').write_text('prepared')",
+                    ],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                }
+            ],
+            containers=[
+                {
+                    "name": "main",
+                    "image": "x",
+                    # Fails at once if the init container did not run before it.
+                    "command": [
+                        PY,
+                        "-c",
+                        "import pathlib, time; pathlib.Path('/shared/ready').read_text(); time.sleep(3600)",
+                    ],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                    # Nothing listens on 9: the kubelet must kill and restart the container.
+                    "livenessProbe": {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2},
+                }
+            ],
+        )
+    )
+
+    def restarted_by_liveness() -> dict[str, Any] | None:
+        pod = kube.get("pod", "staged")
+        st = container_status(pod, "main")
+        return pod if st.get("restartCount", 0) >= 1 else None
+
+    pod = kube.wait("main restarted by its liveness probe", restarted_by_liveness, timeout=60)
+    init = pod["status"]["initContainerStatuses"][0]
+    assert init["state"]["terminated"]["exitCode"] == 0 and init["restartCount"] == 0
+    last = container_status(pod, "main")["lastState"]["terminated"]
+    assert last["signal"] == signal.SIGTERM  # killed by the kubelet, not crashed: the init file was there
