@@ -180,6 +180,7 @@ class Ingester:
         next_publish = 0.0
         while not self._stop.is_set():
             records, eof = reader.read(self._batch_size, timeout=0.2)
+            self._admin.serve_logs()
             in_doubt = reader.topic_in_doubt or time.monotonic() - verified > VERIFY_BEFORE_APPLY
             # _Rebuild drops this batch unapplied. Kafka not answering: apply it (it was fetched from the
             # topic an instant ago) and check again at the next batch.

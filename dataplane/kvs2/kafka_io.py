@@ -8,8 +8,10 @@ the rest of the code should see a small set of meaningful exceptions instead.
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -76,8 +78,38 @@ def _map_exception(exc: BaseException, doing: str) -> Kvs2Error:
     return KafkaUnavailable(f"{doing}: {exc}")
 
 
+class _Throttle(logging.Filter):
+    """Lets each distinct librdkafka message through once per `interval` seconds.
+
+    Why: with Kafka down, librdkafka reports every reconnect attempt (several a second per client);
+    one line per problem per half-minute says the same without burying everything else.
+    """
+
+    def __init__(self, interval: float = 30.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self._interval) < self._interval:
+                return False
+            self._last[key] = now
+            if len(self._last) > 1000:
+                self._last.clear()
+        return True
+
+
+RDKAFKA_LOG = logging.getLogger("kvs2.rdkafka")
+RDKAFKA_LOG.addFilter(_Throttle())
+
+
 def client_config(bootstrap_servers: str, extra: Mapping[str, str]) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap_servers, **extra}
+    """Settings shared by every client; librdkafka's own log lines go through Python logging."""
+    return {"bootstrap.servers": bootstrap_servers, "logger": RDKAFKA_LOG, **extra}
 
 
 # ----- admin -------------------------------------------------------------------------------------
@@ -86,6 +118,10 @@ class Admin:
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._client = AdminClient(dict(config))
+
+    def serve_logs(self) -> None:
+        """Deliver the client's queued log lines (and callbacks); the ingester calls this in its loop."""
+        self._client.poll(0)
 
     def describe(self, topic: str, timeout: float = 10.0) -> TopicIdentity:
         futures = self._client.describe_topics(TopicCollection([topic]), request_timeout=timeout)
