@@ -138,11 +138,22 @@ def _container(store: Store) -> dict[str, Any]:
     return container
 
 
+IMAGE_UID = 65532  # the `kvs2` user of the Dockerfile
+
+
 def _pod_spec(store: Store) -> dict[str, Any]:
     selector = {"matchLabels": selector_labels(store.name)}
     pod: dict[str, Any] = {
         "terminationGracePeriodSeconds": store.spec.shutdown_grace_seconds + TERMINATION_MARGIN_SECONDS,
         "enableServiceLinks": False,
+        # The image runs as the unprivileged user 65532 (Dockerfile); fsGroup makes the volume writable
+        # for it on real clusters.
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": IMAGE_UID,
+            "runAsGroup": IMAGE_UID,
+            "fsGroup": IMAGE_UID,
+        },
         "containers": [_container(store)],
         "affinity": {
             "podAntiAffinity": {

@@ -177,3 +177,13 @@ def test_children_order_and_selector_string(body: dict[str, Any]) -> None:
 def test_render_is_deterministic(body: dict[str, Any]) -> None:
     store = parse_store(body)
     assert render_children(store) == render_children(store)
+
+
+def test_pods_run_as_the_images_unprivileged_user(body: dict[str, Any]) -> None:
+    pod = render_statefulset(parse_store(body))["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+    }
