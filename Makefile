@@ -14,7 +14,7 @@ help:
 	@echo "make test-unit   only the unit tests (no external processes)"
 	@echo "make lint        ruff + mypy --strict"
 	@echo "make bench       benchmarks; results land in bench/RESULTS.md"
-	@echo "make cluster     Kafka + a local Kubernetes control plane + the operator"
+	@echo "make cluster     Kafka + a local Kubernetes control plane + process kubelet + operator + demo store"
 
 venv:
 	@scripts/venv.sh
