@@ -8,7 +8,6 @@ or Secret without templating the command line. Kafka client settings pass throug
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +84,3 @@ def kafka_config_from_env(env: Mapping[str, str]) -> dict[str, str]:
         if name.startswith(KAFKA_ENV_PREFIX) and name not in _RESERVED_KAFKA_ENV:
             out[name.removeprefix(KAFKA_ENV_PREFIX).lower().replace("_", ".")] = value
     return out
-
-
-def env_default(name: str, default: str) -> str:
-    return os.environ.get(name, default)

@@ -90,6 +90,3 @@ class Progress:
         current = self.now
         with contextlib.suppress(TimeoutError):
             await self.wait_for(lambda s: s is not current, timeout)
-
-    async def wait_applied(self, partition: int, offset: int, timeout: float | None) -> None:
-        await self.wait_for(lambda s: s.has_applied(partition, offset), timeout)
