@@ -70,6 +70,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=_env("KVS2_CREATE_TOPIC", "") in ("1", "true"),
         help="create the topic (compacted) if missing; for local development (the operator does it in k8s)",
     )
+    p.add_argument(
+        "--cas-cleanup-grace",
+        type=float,
+        default=float(_env("KVS2_CAS_CLEANUP_GRACE", "30")),
+        help="seconds before tombstoning conditional records replay no longer needs",
+    )
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
@@ -87,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
         kafka_config=kafka,
         shutdown_grace=args.shutdown_grace,
         default_write_timeout=args.write_timeout,
+        cas_cleanup_grace=args.cas_cleanup_grace,
         create_topic=args.create_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,

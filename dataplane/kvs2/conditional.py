@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 from dataclasses import dataclass
 
 from kvs2.errors import Unavailable, WriteOutcomeUnknown
@@ -37,8 +38,7 @@ from kvs2.storage import REQUEST_ID_BYTES, Outcome, Replica, parse_side_key, sid
 
 log = logging.getLogger(__name__)
 
-JANITOR_INTERVAL = 5.0
-JANITOR_GRACE = 30.0
+DEFAULT_CLEANUP_GRACE = 30.0  # seconds before a replica tombstones a record nobody else has
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,19 @@ class ConditionalResult:
 class ConditionalWrites:
     """The accepting replica's side: send conditional records, learn their outcomes, clean up."""
 
-    def __init__(self, writer: Writer, replica: Replica, progress: Progress) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        replica: Replica,
+        progress: Progress,
+        cleanup_grace: float = DEFAULT_CLEANUP_GRACE,
+    ) -> None:
+        self._grace = cleanup_grace
         self._writer = writer
         self._replica = replica
         self._progress = progress
         self._pending: dict[bytes, asyncio.Future[Outcome]] = {}
-        self._first_seen: dict[bytes, float] = {}
+        self._due: dict[bytes, float] = {}  # side key → when this replica tombstones it
 
     def resolve(self, outcomes: list[Outcome]) -> None:
         """Called in the event loop with every conditional outcome the ingester applied."""
@@ -99,15 +106,17 @@ class ConditionalWrites:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), JANITOR_INTERVAL)
+                await asyncio.wait_for(stop.wait(), min(5.0, self._grace / 4))
             if stop.is_set() or not self._progress.serving:
                 continue
             now = loop.time()
             garbage = self._replica.garbage()
             alive = set(garbage)
             for side in garbage:
-                first = self._first_seen.setdefault(side, now)
-                if now - first >= JANITOR_GRACE:
+                # Every replica lists the same garbage at about the same moment: a random extra delay lets
+                # one of them tombstone it first and the others see that tombstone instead of repeating it.
+                due = self._due.setdefault(side, now + self._grace + random.uniform(0, self._grace))
+                if now >= due:
                     parsed = parse_side_key(side)
                     if parsed is None:
                         continue
@@ -117,7 +126,7 @@ class ConditionalWrites:
                     except Unavailable as exc:
                         log.warning("could not tombstone a finished conditional record: %s", exc)
                         break
-                    self._first_seen[side] = now  # retry after another grace period if it did not land
-            for side in list(self._first_seen):
+                    self._due[side] = now + self._grace  # again later if the tombstone does not land
+            for side in list(self._due):
                 if side not in alive:
-                    del self._first_seen[side]
+                    del self._due[side]

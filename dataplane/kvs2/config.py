@@ -43,6 +43,8 @@ class ServeSettings:
     shutdown_grace: float = 10.0
     # Longest a Set waits for Kafka's acknowledgement when the client gave no deadline.
     default_write_timeout: float = 30.0
+    # Seconds before a replica tombstones a conditional record that replay no longer needs (kvs2.conditional).
+    cas_cleanup_grace: float = 30.0
     create_topic: bool = False
     partitions: int = 6
     replication_factor: int = 1

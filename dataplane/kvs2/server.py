@@ -227,7 +227,7 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
     progress = Progress(loop)
     writer = Writer(kafka, settings.topic, message_timeout=settings.default_write_timeout)
     admin = Admin(kafka)
-    conditional = ConditionalWrites(writer, replica, progress)
+    conditional = ConditionalWrites(writer, replica, progress, settings.cas_cleanup_grace)
     store = Store(
         replica,
         writer,

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from confluent_kafka import Consumer, Producer, TopicPartition
 from kvs2.client import CasResult, Client
 from kvs2.kafka_io import Admin
-from kvs2.storage import Replica
+from kvs2.storage import SIDE_MARKER, Replica
 
 from tests.harness.common import wait_until
 from tests.harness.kafka import KafkaBroker, create_topic
@@ -156,3 +156,52 @@ def test_a_replica_rebuilt_from_the_compacted_log_equals_the_live_ones(
     assert live_items[b"mixed-0"][0] == b"cas-again"
     assert any(start > 0 for start in gaps.values()), "the rebuilt replica never met a compacted gap"
     assert rebuilt_items == live_items
+
+
+def _tombstones(bootstrap: str, topic: str) -> list[bytes]:
+    """Kafka keys of every null-value record of the conditional (side-key) kind in the topic."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "scan", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    found, idle = [], 0
+    while idle < 5:
+        msgs = consumer.consume(1000, timeout=0.3)
+        idle = 0 if msgs else idle + 1
+        for m in msgs:
+            key = m.key()
+            if m.error() is None and m.value() is None and key is not None and key.startswith(SIDE_MARKER):
+                found.append(key)
+    consumer.close()
+    return found
+
+
+def test_conditional_records_replay_no_longer_needs_are_tombstoned(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """A failed CAS is tombstoned by the replica that accepted it; an applied CAS followed by a plain
+    write is tombstoned by one of the replicas after the grace delay — then no replica lists it."""
+    grace = ("--cas-cleanup-grace", "1")
+    a = start_replica(kafka.bootstrap_servers, topic, "a", extra_args=grace)
+    b = start_replica(kafka.bootstrap_servers, topic, "b", extra_args=grace)
+    with a.client() as c:
+        created = c.set_if(b"k", b"1", 0)
+        assert created
+        assert not c.set_if(b"k", b"2", 0)  # fails: tombstoned at once by a
+        c.set(b"k", b"plain")  # the applied CAS record is no longer needed for replay
+    wait_until(
+        lambda: len(set(_tombstones(kafka.bootstrap_servers, topic))) == 2, timeout=30, what="2 tombstones"
+    )
+    time.sleep(3)  # let every replica apply the tombstones and forget its garbage
+    tombstones = _tombstones(kafka.bootstrap_servers, topic)
+    assert len(tombstones) <= 3, (
+        f"{len(tombstones)} tombstones for 2 records: the replicas repeated each other"
+    )
+    for replica in (a, b):
+        assert replica.stop() == 0
+        stored = Replica(replica.data_dir)
+        try:
+            assert stored.garbage() == []
+            entry = stored.get(b"k")
+            assert entry is not None
+            assert entry.value == b"plain"
+        finally:
+            stored.close()
