@@ -144,7 +144,13 @@ def _tokens(raw: Sequence[str]) -> list[Written]:
 
 def _cmd_get(client: Client, args: argparse.Namespace) -> int:
     key = args.key.encode()
-    value = client.get(key, consistency=args.consistency, after=_tokens(args.after), max_lag=args.max_lag)
+    value = client.get(
+        key,
+        consistency=args.consistency,
+        after=_tokens(args.after),
+        max_lag=args.max_lag,
+        max_staleness_ms=args.max_staleness_ms,
+    )
     _emit(_show(value, key, args.json), args.json)
     return 0 if value is not None else 1
 
@@ -269,6 +275,9 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--after", action="append", default=[], metavar="P:O", help="read-your-writes token (repeatable)"
     )
     reads.add_argument("--max-lag", type=int, default=0, help="at most this many records behind Kafka")
+    reads.add_argument(
+        "--max-staleness-ms", type=int, default=0, help="caught up with Kafka at most this long ago"
+    )
     p = sub.add_parser("get", parents=[common, reads], help="read a key")
     p.add_argument("key")
     cas = argparse.ArgumentParser(add_help=False)

@@ -101,7 +101,9 @@ class _Session:
             self.written[w.partition] = w.offset
         return w
 
-    def options(self, consistency: Consistency, after: Iterable[Written], max_lag: int) -> pb.ReadOptions:
+    def options(
+        self, consistency: Consistency, after: Iterable[Written], max_lag: int, max_staleness_ms: int = 0
+    ) -> pb.ReadOptions:
         tokens = {(w.partition, w.offset) for w in after}
         if self.read_your_writes:
             tokens.update(self.written.items())
@@ -111,6 +113,7 @@ class _Session:
             else pb.ReadOptions.EVENTUAL,
             after=[pb.Position(partition=p, offset=o) for p, o in sorted(tokens)],
             max_lag_records=max_lag,
+            max_staleness_ms=max_staleness_ms,
         )
 
 
@@ -212,8 +215,11 @@ class Client:
         consistency: Consistency = "eventual",
         after: Iterable[Written] = (),
         max_lag: int = 0,
+        max_staleness_ms: int = 0,
     ) -> Value | None:
-        request = pb.GetRequest(key=key, read=self._session.options(consistency, after, max_lag))
+        request = pb.GetRequest(
+            key=key, read=self._session.options(consistency, after, max_lag, max_staleness_ms)
+        )
         reply = self._read(lambda: self._stub.Get(request, timeout=self.timeout))
         return _value(reply.status, reply.data, reply.revision)
 
@@ -224,8 +230,10 @@ class Client:
         consistency: Consistency = "eventual",
         after: Iterable[Written] = (),
         max_lag: int = 0,
+        max_staleness_ms: int = 0,
     ) -> list[tuple[bytes, Value | None]]:
-        request = pb.MultiGetRequest(keys=list(keys), read=self._session.options(consistency, after, max_lag))
+        read = self._session.options(consistency, after, max_lag, max_staleness_ms)
+        request = pb.MultiGetRequest(keys=list(keys), read=read)
         reply = self._read(lambda: self._stub.MultiGet(request, timeout=self.timeout))
         return [(p.key, _value(p.status, p.data, p.revision)) for p in reply.parts]
 
@@ -363,8 +371,11 @@ class AsyncClient:
         consistency: Consistency = "eventual",
         after: Iterable[Written] = (),
         max_lag: int = 0,
+        max_staleness_ms: int = 0,
     ) -> Value | None:
-        request = pb.GetRequest(key=key, read=self._session.options(consistency, after, max_lag))
+        request = pb.GetRequest(
+            key=key, read=self._session.options(consistency, after, max_lag, max_staleness_ms)
+        )
         reply = await self._read(lambda: self._stub.Get(request, timeout=self.timeout))
         return _value(reply.status, reply.data, reply.revision)
 
@@ -375,8 +386,10 @@ class AsyncClient:
         consistency: Consistency = "eventual",
         after: Iterable[Written] = (),
         max_lag: int = 0,
+        max_staleness_ms: int = 0,
     ) -> list[tuple[bytes, Value | None]]:
-        request = pb.MultiGetRequest(keys=list(keys), read=self._session.options(consistency, after, max_lag))
+        read = self._session.options(consistency, after, max_lag, max_staleness_ms)
+        request = pb.MultiGetRequest(keys=list(keys), read=read)
         reply = await self._read(lambda: self._stub.MultiGet(request, timeout=self.timeout))
         return [(p.key, _value(p.status, p.data, p.revision)) for p in reply.parts]
 

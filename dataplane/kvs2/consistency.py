@@ -5,13 +5,15 @@ Every replica applies every partition in Kafka's order, so freshness is a questi
   after tokens  wait until the replica's next offset passes each write's (partition, offset);
   linearizable  ask Kafka for the end offsets now, wait until the replica has applied up to them;
   max lag       wait until the replica is within N records of Kafka's end offsets (as last reported
-                to its consumer) on the partitions the read touches.
+                to its consumer) on the partitions the read touches;
+  max staleness wait until those partitions were caught up with those end offsets at most T ago.
 All waits are bounded by the caller's deadline and end in `DeadlineExceeded` with the numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -25,10 +27,13 @@ class ReadOptions:
     linearizable: bool = False
     after: tuple[WriteToken, ...] = ()
     max_lag_records: int = 0  # 0: no bound
+    max_staleness: float = 0.0  # seconds; 0: no bound
 
     @property
     def eventual(self) -> bool:
-        return not self.linearizable and not self.after and self.max_lag_records <= 0
+        return (
+            not self.linearizable and not self.after and self.max_lag_records <= 0 and self.max_staleness <= 0
+        )
 
 
 EVENTUAL = ReadOptions()
@@ -79,6 +84,8 @@ def validate(options: ReadOptions, partitions: int) -> None:
             raise InvalidArgument(f"token offset {token.offset} is negative")
     if options.max_lag_records < 0:
         raise InvalidArgument("max_lag_records must not be negative")
+    if options.max_staleness < 0:
+        raise InvalidArgument("max_staleness_ms must not be negative")
 
 
 async def wait_fresh(
@@ -110,19 +117,25 @@ async def wait_fresh(
             if ends.get(p, 0) > 0:
                 needed[p] = max(needed.get(p, -1), ends[p] - 1)
     max_lag = options.max_lag_records
+    max_staleness = options.max_staleness
 
     def fresh(s: Snapshot) -> bool:
         if not all(s.has_applied(p, o) for p, o in needed.items()):
             return False
-        return max_lag <= 0 or all(s.lag(p) <= max_lag for p in parts)
+        if max_lag > 0 and any(s.lag(p) > max_lag for p in parts):
+            return False
+        now = time.monotonic()
+        return max_staleness <= 0 or all(s.staleness(p, now) <= max_staleness for p in parts)
 
     try:
         await progress.wait_for(fresh, timeout)
     except TimeoutError as exc:
-        raise DeadlineExceeded(_shortfall(progress.now, needed, parts, max_lag)) from exc
+        raise DeadlineExceeded(_shortfall(progress.now, needed, parts, max_lag, max_staleness)) from exc
 
 
-def _shortfall(s: Snapshot, needed: Mapping[int, int], parts: Iterable[int], max_lag: int) -> str:
+def _shortfall(
+    s: Snapshot, needed: Mapping[int, int], parts: Iterable[int], max_lag: int, max_staleness: float
+) -> str:
     missing = [
         f"partition {p} needs offset {o} applied, replica is at {s.applied.get(p, 0)}"
         for p, o in sorted(needed.items())
@@ -130,4 +143,11 @@ def _shortfall(s: Snapshot, needed: Mapping[int, int], parts: Iterable[int], max
     ]
     if max_lag > 0:
         missing += [f"partition {p} lags {s.lag(p)} records" for p in parts if s.lag(p) > max_lag]
+    if max_staleness > 0:
+        now = time.monotonic()
+        missing += [
+            f"partition {p} was last caught up {s.staleness(p, now) * 1000:.0f} ms ago"
+            for p in parts
+            if s.staleness(p, now) > max_staleness
+        ]
     return "the replica did not become fresh enough within the deadline: " + "; ".join(missing)

@@ -163,14 +163,22 @@ class Ingester:
         if serving:
             log.info("replica is caught up with topic %r: serving", self._topic)
 
+        caught_up_at: dict[int, float] = {}
+
         def publish() -> None:
+            watermarks = reader.high_watermarks(identity.partitions)
+            now = time.monotonic()
+            for p, high in watermarks.items():
+                if offsets.get(p, 0) >= high:
+                    caught_up_at[p] = now
             self._on_progress(
                 Snapshot(
                     applied=dict(offsets),
                     serving=serving,
-                    high_watermarks=reader.high_watermarks(identity.partitions),
+                    high_watermarks=watermarks,
                     partitions=identity.partitions,
                     topic_id=identity.topic_id,
+                    caught_up_at=dict(caught_up_at),
                 )
             )
 

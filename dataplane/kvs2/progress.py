@@ -23,12 +23,19 @@ class Snapshot:
     high_watermarks: Mapping[int, int] = field(default_factory=dict)
     partitions: int = 0
     topic_id: str = ""
+    # time.monotonic() at which each partition was last seen caught up with its high watermark.
+    caught_up_at: Mapping[int, float] = field(default_factory=dict)
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.applied.get(partition, 0) > offset
 
     def lag(self, partition: int) -> int:
         return max(0, self.high_watermarks.get(partition, 0) - self.applied.get(partition, 0))
+
+    def staleness(self, partition: int, now: float) -> float:
+        """Seconds since the partition was last caught up (infinite if never)."""
+        at = self.caught_up_at.get(partition)
+        return float("inf") if at is None else max(0.0, now - at)
 
 
 Condition = Callable[[Snapshot], bool]

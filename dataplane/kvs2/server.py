@@ -82,6 +82,7 @@ def _read_options(msg: pb.ReadOptions) -> ReadOptions:
         linearizable=msg.consistency == pb.ReadOptions.LINEARIZABLE,
         after=tuple(WriteToken(p.partition, p.offset) for p in msg.after),
         max_lag_records=msg.max_lag_records,
+        max_staleness=msg.max_staleness_ms / 1000,
     )
 
 

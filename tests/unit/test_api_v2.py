@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -61,9 +63,7 @@ async def test_linearizable_read_waits_for_kafkas_end_offset(rig: Rig) -> None:
 
 
 async def test_bounded_lag(rig: Rig) -> None:
-    rig.progress.update(
-        rig.progress.now.__class__(**{**rig.progress.now.__dict__, "high_watermarks": {0: 5}})
-    )
+    rig.progress.update(replace(rig.progress.now, high_watermarks={0: 5}))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await rig.stub.Get(pb.GetRequest(key=b"k", read=pb.ReadOptions(max_lag_records=2)), timeout=0.5)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -153,3 +153,16 @@ async def test_watch_from_before_the_history_is_out_of_range(rig: Rig) -> None:
         await _next(stream)
     assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert "Read a snapshot with Range" in (info.value.details() or "")
+
+
+async def test_bounded_staleness_in_time(rig: Rig) -> None:
+    long_ago = time.monotonic() - 5.0
+    rig.progress.update(replace(rig.progress.now, caught_up_at={0: long_ago}))
+    stale = pb.ReadOptions(max_staleness_ms=1000)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await rig.stub.Get(pb.GetRequest(key=b"k", read=stale), timeout=0.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "was last caught up" in (info.value.details() or "")
+    rig.progress.update(replace(rig.progress.now, caught_up_at={0: time.monotonic()}))
+    reply = await rig.stub.Get(pb.GetRequest(key=b"k", read=stale), timeout=1)
+    assert reply.status == pb.NOT_FOUND

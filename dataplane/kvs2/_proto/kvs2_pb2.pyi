@@ -121,10 +121,16 @@ class ReadOptions(_message.Message):
     CONSISTENCY_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
     MAX_LAG_RECORDS_FIELD_NUMBER: _builtins.int
+    MAX_STALENESS_MS_FIELD_NUMBER: _builtins.int
     consistency: Global___ReadOptions.Consistency.ValueType
     max_lag_records: _builtins.int
     """Bounded staleness: wait until this replica is at most this many records behind Kafka's end
     offsets as last reported to it, on the partitions the read touches. 0 = no bound.
+    """
+    max_staleness_ms: _builtins.int
+    """Bounded staleness in time: wait until this replica was caught up with Kafka's end offsets (as last
+    reported to its consumer) on the partitions the read touches at most this many milliseconds ago.
+    0 = no bound.
     """
     @_builtins.property
     def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
@@ -138,10 +144,11 @@ class ReadOptions(_message.Message):
         consistency: Global___ReadOptions.Consistency.ValueType = ...,
         after: _abc.Iterable[Global___Position] | None = ...,
         max_lag_records: _builtins.int = ...,
+        max_staleness_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "consistency", b"consistency", "max_lag_records", b"max_lag_records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "consistency", b"consistency", "max_lag_records", b"max_lag_records", "max_staleness_ms", b"max_staleness_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
