@@ -195,3 +195,17 @@ def _track(event: Event, resume: dict[int, int]) -> None:
 
 def _covers(resume: dict[int, int], ends: dict[int, int]) -> bool:
     return bool(ends) and all(resume.get(p, 0) >= end for p, end in ends.items())
+
+
+def test_bounded_reads_on_a_healthy_replica_answer_at_once(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    a = start_replica(kafka.bootstrap_servers, topic, "a")
+    with a.client(timeout=3.0) as c:
+        c.set(b"k", b"v")
+        time.sleep(1.0)  # the ingester publishes caught-up times at least every 0.5 s
+        started = time.monotonic()
+        value = c.get(b"k", max_lag=10, max_staleness_ms=2000)
+        assert value is not None
+        assert value.data == b"v"
+        assert time.monotonic() - started < 1.0
