@@ -8,7 +8,6 @@ that is not UTF-8 is given as base64 under `value_b64`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import logging
@@ -76,6 +75,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=float(_env("KVS2_CAS_CLEANUP_GRACE", "30")),
         help="seconds before tombstoning conditional records replay no longer needs",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("KVS2_WORKERS", "1")),
+        help="server processes sharing the port (SO_REUSEPORT); one of them runs the ingester",
+    )
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
@@ -94,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         default_write_timeout=args.write_timeout,
         cas_cleanup_grace=args.cas_cleanup_grace,
+        workers=args.workers,
         create_topic=args.create_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,
@@ -103,10 +109,9 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from kvs2.server import serve
+    from kvs2.server import run_replica
 
-    asyncio.run(serve(settings))
-    return 0
+    return run_replica(settings)
 
 
 # ----- client commands ------------------------------------------------------------------------------

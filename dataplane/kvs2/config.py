@@ -50,6 +50,8 @@ class ServeSettings:
     replication_factor: int = 1
     map_size: int = 1 << 34  # 16 GiB of address space; LMDB files are sparse
     log_level: str = "INFO"
+    # Server processes for this replica (kvs2.workers): one runs the ingester, all serve on the port.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -61,6 +63,8 @@ class ServeSettings:
             raise ConfigError(f"--listen must be HOST:PORT, got {self.listen!r}")
         if self.limits.max_multiget_keys < 1:
             raise ConfigError("--max-multiget-keys must be at least 1")
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigError("--partitions and --replication-factor must be at least 1")
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -27,9 +29,10 @@ from kvs2.consistency import ReadOptions
 from kvs2.core import KeyRange, Store
 from kvs2.ingest import Ingester, TopicSpec
 from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
-from kvs2.progress import Progress
+from kvs2.progress import Progress, Snapshot
 from kvs2.storage import Entry, Outcome, Replica
 from kvs2.watch import Progressed, watch
+from kvs2.workers import FanIn, Fanout, exited, fork_followers
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +218,30 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.so_reuseport", 0),
 ]
 
 
+@dataclass
+class Role:
+    """Which process of a replica this is (see kvs2.workers): the leader runs the ingester and the
+    janitor and fans their news out; a follower only serves, fed by the leader over `fanin_fd`."""
+
+    fanout: Fanout | None = None
+    fanin_fd: int | None = None
+    followers: list[int] = field(default_factory=list)
+
+    @property
+    def leader(self) -> bool:
+        return self.fanin_fd is None
+
+
 @contextlib.asynccontextmanager
-async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.aio.Server, int, Progress]]:
-    """Start everything a replica is; on exit shut it down in order (see `serve`). Yields the bound port."""
+async def running_replica(
+    settings: ServeSettings, role: Role | None = None, stop: asyncio.Event | None = None
+) -> AsyncIterator[tuple[grpc.aio.Server, int, Progress]]:
+    """Start everything a replica (process) is; on exit shut it down in order (see `serve`)."""
+    role = role or Role()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     kafka = client_config(settings.bootstrap_servers, settings.kafka_config)
     replica = Replica(settings.data_dir, map_size=settings.map_size)
@@ -238,25 +258,53 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
         conditional=conditional,
     )
 
-    def on_outcomes(outcomes: list[Outcome]) -> None:  # the ingester's thread
-        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
-            loop.call_soon_threadsafe(conditional.resolve, outcomes)
-
     def set_limit(limit: int) -> None:
         writer.topic_max_message_bytes = limit
 
-    ingester = Ingester(
-        replica,
-        admin,
-        lambda: ChangelogReader(kafka, settings.topic),
-        settings.topic,
-        progress.publish,
-        on_topic_limit=set_limit,
-        on_outcomes=on_outcomes,
-        create=TopicSpec(settings.partitions, settings.replication_factor) if settings.create_topic else None,
-    )
+    ingester: Ingester | None = None
+    fanin: FanIn | None = None
+    fanout = role.fanout
+    if role.leader:
 
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+        def on_progress(snapshot: Snapshot) -> None:  # the ingester's thread
+            progress.publish(snapshot)
+            if fanout is not None:
+                fanout.send("snapshot", snapshot)
+
+        def on_outcomes(outcomes: list[Outcome]) -> None:  # the ingester's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                loop.call_soon_threadsafe(conditional.resolve, outcomes)
+            if fanout is not None:
+                fanout.send("outcomes", outcomes)
+
+        def on_limit(limit: int) -> None:
+            set_limit(limit)
+            if fanout is not None:
+                fanout.send("limit", limit)
+
+        ingester = Ingester(
+            replica,
+            admin,
+            lambda: ChangelogReader(kafka, settings.topic),
+            settings.topic,
+            on_progress,
+            on_topic_limit=on_limit,
+            on_outcomes=on_outcomes,
+            create=TopicSpec(settings.partitions, settings.replication_factor)
+            if settings.create_topic
+            else None,
+        )
+    else:
+        assert role.fanin_fd is not None
+        fanin = FanIn(
+            role.fanin_fd,
+            {"snapshot": progress.update, "outcomes": conditional.resolve, "limit": set_limit},
+            on_eof=stop.set,  # the leader is gone: this process cannot stay fresh
+        )
+        fanin.attach(loop)
+
+    options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
+    server = grpc.aio.server(options=options)
     pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, settings.default_write_timeout), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -280,9 +328,11 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
     if port == 0:
         raise errors.ConfigError(f"cannot listen on {settings.listen}")
     await server.start()
-    ingester.start()
     stopping = asyncio.Event()
-    janitor = loop.create_task(conditional.janitor(stopping))
+    janitor: asyncio.Task[None] | None = None
+    if ingester is not None:
+        ingester.start()
+        janitor = loop.create_task(conditional.janitor(stopping))
     log.info(
         "kvs2 replica of topic %r listening on %s (data in %s)",
         settings.topic,
@@ -296,19 +346,59 @@ async def running_replica(settings: ServeSettings) -> AsyncIterator[tuple[grpc.a
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace)
         stopping.set()
-        await janitor
+        if janitor is not None:
+            await janitor
         writer.close(timeout=settings.shutdown_grace)
-        ingester.stop()
+        if ingester is not None:
+            ingester.stop()
+        if fanin is not None:
+            fanin.detach(loop)
+        if fanout is not None:
+            fanout.close()  # followers see end-of-file and stop too
         replica.close()
         log.info("stopped")
 
 
-async def serve(settings: ServeSettings) -> None:
-    """Run a replica until SIGTERM or SIGINT: then stop accepting, finish in-flight calls, flush the
-    producer, stop the ingester and close LMDB."""
+async def serve(settings: ServeSettings, role: Role | None = None) -> int:
+    """Run a replica process until SIGTERM or SIGINT: then stop accepting, finish in-flight calls, flush
+    the producer, stop the ingester and close LMDB. Returns the exit code."""
+    role = role or Role()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_replica(settings):
+    failed = False
+
+    async def watch_followers() -> None:
+        nonlocal failed
+        while not stop.is_set():
+            for pid, code in exited(role.followers):
+                log.error(
+                    "worker process %d exited (%d): stopping the replica so it can be restarted", pid, code
+                )
+                failed = True
+                stop.set()
+            await asyncio.sleep(1.0)
+
+    monitor = loop.create_task(watch_followers()) if role.followers else None
+    async with running_replica(settings, role, stop):
         await stop.wait()
+        for pid in role.followers:  # in Kubernetes only PID 1 gets the SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    if monitor is not None:
+        monitor.cancel()
+    for pid in role.followers:
+        with contextlib.suppress(ChildProcessError):
+            await asyncio.to_thread(os.waitpid, pid, 0)
+    return 1 if failed else 0
+
+
+def run_replica(settings: ServeSettings) -> int:
+    """`kvs2 serve`: fork the followers first (before any gRPC, LMDB or Kafka object exists), then run."""
+    if settings.workers <= 1:
+        return asyncio.run(serve(settings))
+    pids, fds = fork_followers(
+        settings.workers - 1, lambda fd: asyncio.run(serve(settings, Role(fanin_fd=fd)))
+    )
+    return asyncio.run(serve(settings, Role(fanout=Fanout(fds), followers=pids)))

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lmdb
 
@@ -202,19 +202,37 @@ class Replica:
         self._has_cond = self._load_cond_keys()
 
     # ----- reads -------------------------------------------------------------------------------
+    @contextmanager
+    def _reading(self, db: Any) -> Iterator[Any]:
+        """A read transaction (values as bytes). If another process (a `--workers` sibling's ingester)
+        grew the map, adopt the new size first: LMDB refuses transactions until this process does."""
+        for attempt in range(2):
+            with self._gate.reading():
+                try:
+                    txn = self._env.begin(db=db, buffers=False)
+                except lmdb.MapResizedError:
+                    if attempt:
+                        raise
+                else:
+                    with txn:
+                        yield txn
+                    return
+            with self._gate.exclusive():  # no transaction of this process is open now
+                self._env.set_mapsize(0)
+
     def get(self, key: bytes) -> Entry | None:
-        with self._gate.reading(), self._env.begin(db=self._data, buffers=False) as txn:
+        with self._reading(self._data) as txn:
             raw = txn.get(key)
         return None if raw is None else _decode(raw)
 
     def multi_get(self, keys: Sequence[bytes]) -> list[Entry | None]:
         """All keys from one read transaction: one consistent snapshot of the replica."""
-        with self._gate.reading(), self._env.begin(db=self._data, buffers=False) as txn:
+        with self._reading(self._data) as txn:
             raws = [txn.get(k) for k in keys]
         return [None if raw is None else _decode(raw) for raw in raws]
 
     def next_offsets(self) -> dict[int, int]:
-        with self._gate.reading(), self._env.begin(db=self._offsets) as txn:
+        with self._reading(self._offsets) as txn:
             return self._offsets_in(txn)
 
     def _offsets_in(self, txn: lmdb.Transaction) -> dict[int, int]:
@@ -224,7 +242,7 @@ class Replica:
         """Up to `limit` keys in [start, end) (end None: to the last key) and the offsets they reflect."""
         items: list[tuple[bytes, Entry | None]] = []
         next_key: bytes | None = None
-        with self._gate.reading(), self._env.begin(db=self._data, buffers=False) as txn:
+        with self._reading(self._data) as txn:
             cursor = txn.cursor()
             found = cursor.set_range(start) if start else cursor.first()
             while found:
@@ -242,7 +260,7 @@ class Replica:
     def count(self, start: bytes, end: bytes | None) -> tuple[int, dict[int, int]]:
         """How many keys are in [start, end), and the offsets that count reflects."""
         n = 0
-        with self._gate.reading(), self._env.begin(db=self._data, buffers=False) as txn:
+        with self._reading(self._data) as txn:
             cursor = txn.cursor()
             found = cursor.set_range(start) if start else cursor.first()
             while found:
@@ -255,13 +273,13 @@ class Replica:
 
     def history_start(self) -> dict[int, int]:
         """Per partition, the first offset from which the change history is complete."""
-        with self._gate.reading(), self._env.begin(db=self._history) as txn:
+        with self._reading(self._history) as txn:
             return {_PART.unpack(k)[0]: _OFFSET.unpack(v)[0] for k, v in txn.cursor().iternext()}
 
     def changes(self, partition: int, since: int, until: int, limit: int = 10_000) -> list[Change]:
         """Changes of `partition` with since <= offset < until, in offset order (at most `limit`)."""
         out: list[Change] = []
-        with self._gate.reading(), self._env.begin(db=self._changes, buffers=False) as txn:
+        with self._reading(self._changes) as txn:
             cursor = txn.cursor()
             found = cursor.set_range(_CHANGE_KEY.pack(partition, since))
             while found and len(out) < limit:
@@ -278,7 +296,7 @@ class Replica:
         return out
 
     def identity(self) -> TopicIdentity | None:
-        with self._gate.reading(), self._env.begin(db=self._meta) as txn:
+        with self._reading(self._meta) as txn:
             topic = txn.get(b"topic")
             topic_id = txn.get(b"topic_id")
             partitions = txn.get(b"partitions")
@@ -288,13 +306,13 @@ class Replica:
         return TopicIdentity(bytes(topic).decode(), bytes(topic_id).decode(), int(bytes(partitions)))
 
     def skipped_records(self) -> int:
-        with self._gate.reading(), self._env.begin(db=self._meta) as txn:
+        with self._reading(self._meta) as txn:
             raw = txn.get(b"skipped")
         return 0 if raw is None else int(bytes(raw))
 
     def items(self) -> list[tuple[bytes, Entry]]:
         """Every key in order (for tests and tooling; not a serving path)."""
-        with self._gate.reading(), self._env.begin(db=self._data, buffers=False) as txn:
+        with self._reading(self._data) as txn:
             return [(bytes(k), _decode(v)) for k, v in txn.cursor().iternext()]
 
     # ----- writes (the ingester only) -------------------------------------------------------------
@@ -427,7 +445,7 @@ class Replica:
 
     def garbage(self, limit: int = 1000) -> list[bytes]:
         """Kafka keys of conditional records that can be tombstoned (see `kvs2.conditional`)."""
-        with self._gate.reading(), self._env.begin(db=self._garbage, buffers=False) as txn:
+        with self._reading(self._garbage) as txn:
             out: list[bytes] = []
             for value in txn.cursor().iternext(keys=False, values=True):
                 out.append(bytes(value))
