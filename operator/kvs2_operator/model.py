@@ -94,6 +94,7 @@ class StoreSpec:
     image_pull_policy: str
     log_level: str
     shutdown_grace_seconds: int
+    workers: int
     kafka: KafkaSpec
     storage: StorageSpec
     resources: Mapping[str, Any]
@@ -297,6 +298,7 @@ def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreS
             spec.get("imagePullPolicy"), "spec.imagePullPolicy", default="IfNotPresent", choices=PULL_POLICIES
         ),
         log_level=_str(spec.get("logLevel"), "spec.logLevel", default="INFO", choices=LOG_LEVELS),
+        workers=_int(spec.get("workers"), "spec.workers", default=1, minimum=1, maximum=64),
         shutdown_grace_seconds=_int(
             spec.get("shutdownGraceSeconds"),
             "spec.shutdownGraceSeconds",

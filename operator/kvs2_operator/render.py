@@ -83,6 +83,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
         {"name": "KVS2_DATA_DIR", "value": DATA_DIR},
         {"name": "KVS2_LOG_LEVEL", "value": spec.log_level},
         {"name": "KVS2_SHUTDOWN_GRACE", "value": str(spec.shutdown_grace_seconds)},
+        {"name": "KVS2_WORKERS", "value": str(spec.workers)},
     ]
     if kafka.client_config:
         joined = ",".join(f"{k}={v}" for k, v in sorted(kafka.client_config.items()))

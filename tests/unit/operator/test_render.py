@@ -187,3 +187,9 @@ def test_pods_run_as_the_images_unprivileged_user(body: dict[str, Any]) -> None:
         "runAsGroup": 65532,
         "fsGroup": 65532,
     }
+
+
+def test_workers_become_the_data_planes_worker_processes(body: dict[str, Any]) -> None:
+    assert _env(render_statefulset(parse_store(body)))["KVS2_WORKERS"] == "1"
+    body["spec"]["workers"] = 4
+    assert _env(render_statefulset(parse_store(body)))["KVS2_WORKERS"] == "4"
