@@ -95,7 +95,7 @@ class ClusterPorts:
 
     @classmethod
     def free(cls) -> ClusterPorts:
-        """Fresh loopback ports for a test run (never the well-known 2379/6443/10257/10259)."""
+        """Fresh loopback ports for a test run (never the well-known etcd/apiserver/controller ports)."""
         return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
     @classmethod

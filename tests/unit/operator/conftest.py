@@ -15,7 +15,7 @@ BASE_BODY: dict[str, Any] = {
         "replicas": 3,
         "image": "kvs2:test",
         "kafka": {
-            "bootstrapServers": "kafka-0:9092,kafka-1:9092",
+            "bootstrapServers": "kafka-0.test:19092,kafka-1.test:19092",
             "topic": {"partitions": 6, "replicationFactor": 3},
         },
     },

@@ -51,7 +51,7 @@ def test_container_runs_kvs2_serve_on_the_pod_ip(body: dict[str, Any]) -> None:
     env = _env(sts)
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["KVS2_LISTEN"] == "$(POD_IP):50051"
-    assert env["KVS2_BOOTSTRAP_SERVERS"] == "kafka-0:9092,kafka-1:9092"
+    assert env["KVS2_BOOTSTRAP_SERVERS"] == "kafka-0.test:19092,kafka-1.test:19092"
     assert env["KVS2_TOPIC"] == "shop.orders"
     assert env["KVS2_DATA_DIR"] == "/var/lib/kvs2"
     assert env["KVS2_SHUTDOWN_GRACE"] == "10"
