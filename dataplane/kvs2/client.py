@@ -166,6 +166,35 @@ def _event(msg: pb.WatchEvent, positions: dict[int, int]) -> Event:
     )
 
 
+@dataclass
+class _WatchCursor:
+    """A watch's resume state, shared by the blocking and asyncio clients: where it has got to, and
+    whether (and after how long) to reconnect after an error."""
+
+    key: bytes
+    prefix: bytes
+    start: bytes
+    end: bytes
+    positions: dict[int, int]
+    interval_ms: int
+    reconnect: bool
+    attempt: int = 0
+
+    def request(self) -> pb.WatchRequest:
+        return watch_request(self.key, self.prefix, self.start, self.end, self.positions, self.interval_ms)
+
+    def advance(self, msg: pb.WatchEvent) -> Event:
+        self.attempt = 0
+        return _event(msg, self.positions)
+
+    def retry_delay(self, exc: grpc.RpcError) -> float:
+        """Seconds to wait before resuming; re-raises what must not be retried."""
+        if not self.reconnect or not _retryable(exc):
+            raise exc
+        self.attempt += 1
+        return _backoff(self.attempt - 1)
+
+
 def _retryable(exc: grpc.RpcError) -> bool:
     return isinstance(exc, grpc.Call) and exc.code() in _RETRYABLE
 
@@ -307,20 +336,14 @@ class Client:
         reconnect: bool = True,
     ) -> Iterator[Event]:
         """Changes in apply order, forever; after a disconnect it resumes where it stopped."""
-        positions: dict[int, int] = dict(from_ or {})
-        attempt = 0
+        cursor = _WatchCursor(key, prefix, start, end, dict(from_ or {}), progress_interval_ms, reconnect)
         while True:
-            request = watch_request(key, prefix, start, end, positions, progress_interval_ms)
             try:
-                for msg in self._stub.Watch(request):
-                    attempt = 0
-                    yield _event(msg, positions)
+                for msg in self._stub.Watch(cursor.request()):
+                    yield cursor.advance(msg)
                 return
             except grpc.RpcError as exc:
-                if not reconnect or not _retryable(exc):
-                    raise
-                time.sleep(_backoff(attempt))
-                attempt += 1
+                time.sleep(cursor.retry_delay(exc))
 
     def health(self, service: str = "") -> str:
         """ "SERVING", "NOT_SERVING", … or "UNREACHABLE" when the server does not answer."""
@@ -441,17 +464,11 @@ class AsyncClient:
         progress_interval_ms: int = 1000,
         reconnect: bool = True,
     ) -> AsyncIterator[Event]:
-        positions: dict[int, int] = dict(from_ or {})
-        attempt = 0
+        cursor = _WatchCursor(key, prefix, start, end, dict(from_ or {}), progress_interval_ms, reconnect)
         while True:
-            request = watch_request(key, prefix, start, end, positions, progress_interval_ms)
             try:
-                async for msg in self._stub.Watch(request):
-                    attempt = 0
-                    yield _event(msg, positions)
+                async for msg in self._stub.Watch(cursor.request()):
+                    yield cursor.advance(msg)
                 return
             except grpc.RpcError as exc:
-                if not reconnect or not _retryable(exc):
-                    raise
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
+                await asyncio.sleep(cursor.retry_delay(exc))

@@ -42,13 +42,7 @@ class Kube:
         return self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        result = self.cluster.kubectl("-n", self.namespace, "get", kind, name, "-o", "json", check=False)
-        if result.returncode != 0:
-            if "NotFound" in result.stderr:
-                return None
-            raise AssertionError(result.stderr)
-        loaded: dict[str, Any] = json.loads(result.stdout)
-        return loaded
+        return self.cluster.get_object(self.namespace, kind, name)
 
     def items(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
         args = ["get", kind, "-o", "json"] + (["-l", selector] if selector else [])

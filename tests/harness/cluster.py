@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -515,6 +516,16 @@ class Cluster:
                 f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}{result.stdout}"
             )
         return result
+
+    def get_object(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        """One object as JSON, or None when it does not exist (any other failure raises)."""
+        result = self.kubectl("-n", namespace, "get", kind, name, "-o", "json", check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:
+                return None
+            raise ClusterError(f"kubectl get {kind}/{name} failed:\n{result.stderr}")
+        loaded: dict[str, Any] = json.loads(result.stdout)
+        return loaded
 
     # ------------------------------------------------------------------------------------------- stop
 

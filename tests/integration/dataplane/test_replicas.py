@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from confluent_kafka import Producer
+from kvs2.client import Client
 from kvs2.storage import Replica
 
 from tests.harness.common import wait_until
@@ -136,17 +137,26 @@ def test_kill_9_during_ingest_then_restart_is_exact(
         after.close()
 
 
+def _write_and_see(client: Client, key: bytes, value: bytes) -> None:
+    client.set(key, value)
+    wait_until(lambda: client.get(key) is not None, timeout=15, what=f"{key!r} to be applied")
+
+
+def _recreate(bootstrap: str, topic: str) -> None:
+    """Delete the topic and create it again under the same name (a new topic id)."""
+    delete_topic(bootstrap, topic)
+    create_topic(bootstrap, topic, PARTITIONS, config={"cleanup.policy": "compact"})
+
+
 def test_recreated_topic_makes_the_replica_rebuild(
     kafka: KafkaBroker, topic: str, start_replica: StartReplica
 ) -> None:
     replica = start_replica(kafka.bootstrap_servers, topic, "a")
     with replica.client() as c:
-        c.set(b"old", b"1")
-        wait_until(lambda: c.get(b"old") is not None, timeout=15, what="old write")
+        _write_and_see(c, b"old", b"1")
     assert replica.stop() == 0
 
-    delete_topic(kafka.bootstrap_servers, topic)
-    create_topic(kafka.bootstrap_servers, topic, PARTITIONS, config={"cleanup.policy": "compact"})
+    _recreate(kafka.bootstrap_servers, topic)
     _produce(kafka.bootstrap_servers, topic, [(b"new", b"2")])
 
     replica.start()
@@ -164,10 +174,8 @@ def test_recreated_topic_is_noticed_while_running(
 ) -> None:
     replica = start_replica(kafka.bootstrap_servers, topic, "a")
     with replica.client() as c:
-        c.set(b"old", b"1")
-        wait_until(lambda: c.get(b"old") is not None, timeout=15, what="old write")
-        delete_topic(kafka.bootstrap_servers, topic)
-        create_topic(kafka.bootstrap_servers, topic, PARTITIONS, config={"cleanup.policy": "compact"})
+        _write_and_see(c, b"old", b"1")
+        _recreate(kafka.bootstrap_servers, topic)
         c.set(b"new", b"2")
 
         def rebuilt() -> bool:

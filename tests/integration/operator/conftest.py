@@ -105,13 +105,7 @@ class Stores:
         return result.returncode, result.stderr + result.stdout
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        result = self.cluster.kubectl("-n", self.namespace, "get", kind, name, "-o", "json", check=False)
-        if result.returncode != 0:
-            if "NotFound" in result.stderr:
-                return None
-            raise AssertionError(result.stderr)
-        loaded: dict[str, Any] = json.loads(result.stdout)
-        return loaded
+        return self.cluster.get_object(self.namespace, kind, name)
 
     def condition(self, name: str, type_: str) -> dict[str, Any]:
         store = self.get("kvs", name) or {}
