@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from kvs2 import __version__
+from kvs2.authz import policy_from_options
 from kvs2.client import Client, Value, Written
 from kvs2.config import (
     DEFAULT_LISTEN,
@@ -29,7 +30,9 @@ from kvs2.config import (
     kafka_config_from_env,
     parse_kafka_pairs,
 )
+from kvs2.credentials import client_tls_from_options, server_tls_from_options
 from kvs2.errors import ConfigError
+from kvs2.kafka_security import librdkafka_settings, security_from_options
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -84,11 +87,75 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
+    _add_serve_security(p)
+
+
+def _add_serve_security(p: argparse.ArgumentParser) -> None:
+    """Flags of kvs2.credentials, kvs2.authz, kvs2.health_port and kvs2.kafka_security (README "Security")."""
+    tls = p.add_argument_group("gRPC TLS (files re-read on change: rotation needs no restart)")
+    tls.add_argument(
+        "--tls-dir",
+        default=_env("KVS2_TLS_DIR", ""),
+        help="a kubernetes.io/tls Secret volume: tls.crt, tls.key, and ca.crt (if not empty: mTLS)",
+    )
+    tls.add_argument("--tls-cert", default=_env("KVS2_TLS_CERT", ""), help="server certificate chain (PEM)")
+    tls.add_argument("--tls-key", default=_env("KVS2_TLS_KEY", ""), help="its private key (PEM)")
+    tls.add_argument(
+        "--tls-client-ca",
+        default=_env("KVS2_TLS_CLIENT_CA", ""),
+        help="CA of client certificates: mutual TLS, clients without such a certificate are refused",
+    )
+    tls.add_argument(
+        "--health-listen",
+        default=_env("KVS2_HEALTH_LISTEN", ""),
+        help="HOST:PORT of a plaintext port serving only grpc.health.v1 (for kubelet probes)",
+    )
+    tls.add_argument(
+        "--authz-file",
+        default=_env("KVS2_AUTHZ_FILE", ""),
+        help="YAML map of client certificate subject (CN or SAN) to rights [read, write]; needs mTLS",
+    )
+    tls.add_argument(
+        "--authz",
+        action="append",
+        default=[e for e in _env("KVS2_AUTHZ", "").split(";") if e.strip()],
+        metavar="SUBJECT=RIGHTS",
+        help="one subject's rights, e.g. alice=read,write (repeatable; KVS2_AUTHZ='a=read;b=read,write')",
+    )
+    kafka = p.add_argument_group("Kafka TLS and SASL, from files (mounted Secrets)")
+    kafka.add_argument("--kafka-ca-file", default=_env("KVS2_KAFKA_CA_FILE", ""), help="CA of the brokers")
+    kafka.add_argument(
+        "--kafka-cert-file", default=_env("KVS2_KAFKA_CERT_FILE", ""), help="client certificate (mTLS)"
+    )
+    kafka.add_argument("--kafka-key-file", default=_env("KVS2_KAFKA_KEY_FILE", ""), help="its key")
+    kafka.add_argument(
+        "--kafka-sasl-username-file", default=_env("KVS2_KAFKA_SASL_USERNAME_FILE", ""), help="SASL user"
+    )
+    kafka.add_argument(
+        "--kafka-sasl-password-file",
+        default=_env("KVS2_KAFKA_SASL_PASSWORD_FILE", ""),
+        help="SASL password (mechanism: sasl.mechanism, default SCRAM-SHA-512)",
+    )
+    kafka.add_argument(
+        "--kafka-tls",
+        action="store_true",
+        default=_env("KVS2_KAFKA_TLS", "") in ("1", "true"),
+        help="TLS to Kafka with the system's CAs (implied by --kafka-ca-file)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
     kafka = kafka_config_from_env(os.environ)
     kafka.update(parse_kafka_pairs(args.kafka_config))
+    security = security_from_options(
+        args.kafka_ca_file,
+        args.kafka_cert_file,
+        args.kafka_key_file,
+        args.kafka_sasl_username_file,
+        args.kafka_sasl_password_file,
+        args.kafka_tls,
+    )
+    kafka.update(librdkafka_settings(security, kafka))
     settings = ServeSettings(
         bootstrap_servers=args.bootstrap_servers,
         topic=args.topic,
@@ -104,6 +171,9 @@ def _serve(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         replication_factor=args.replication_factor,
         log_level=args.log_level,
+        tls=server_tls_from_options(args.tls_dir, args.tls_cert, args.tls_key, args.tls_client_ca),
+        authz=policy_from_options(args.authz_file, args.authz),
+        health_listen=args.health_listen or None,
     )
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -263,7 +333,8 @@ _COMMANDS = {
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    with Client(args.target, timeout=args.timeout) as client:
+    tls = client_tls_from_options(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    with Client(args.target, timeout=args.timeout, tls=tls) as client:
         return _COMMANDS[args.command](client, args)
 
 
@@ -274,6 +345,16 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     common.add_argument("--timeout", type=float, default=10.0, help="deadline per call (seconds)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--tls-ca", default=_env("KVS2_CLIENT_TLS_CA", ""), help="CA of the server: use TLS")
+    common.add_argument(
+        "--tls-cert", default=_env("KVS2_CLIENT_TLS_CERT", ""), help="client certificate (mTLS)"
+    )
+    common.add_argument("--tls-key", default=_env("KVS2_CLIENT_TLS_KEY", ""), help="its private key")
+    common.add_argument(
+        "--tls-server-name",
+        default=_env("KVS2_CLIENT_TLS_SERVER_NAME", ""),
+        help="name the server's certificate must carry when it differs from --target's host",
+    )
     reads = argparse.ArgumentParser(add_help=False)
     reads.add_argument("--consistency", choices=["eventual", "linearizable"], default="eventual")
     reads.add_argument(

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
+from kvs2.credentials import ClientTls
 
 Consistency = Literal["eventual", "linearizable"]
 T = TypeVar("T")
@@ -199,20 +200,41 @@ def _retryable(exc: grpc.RpcError) -> bool:
     return isinstance(exc, grpc.Call) and exc.code() in _RETRYABLE
 
 
+def _secure(
+    tls: ClientTls | None, credentials: grpc.ChannelCredentials | None
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]]]:
+    """Channel credentials and options: explicit `credentials` win; `tls` adds the server-name override."""
+    if tls is None:
+        return credentials, []
+    return credentials or tls.credentials(), tls.options()
+
+
 def _backoff(attempt: int) -> float:
     return float(min(0.1 * 2.0**attempt, 2.0))
 
 
 # ----- blocking client -------------------------------------------------------------------------------
 class Client:
+    """`tls` (files, see kvs2.credentials.ClientTls) or ready `credentials` make the channel TLS."""
+
     def __init__(
-        self, target: str, *, timeout: float = 10.0, read_your_writes: bool = False, retries: int = 3
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        read_your_writes: bool = False,
+        retries: int = 3,
+        tls: ClientTls | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self._session = _Session(read_your_writes)
-        self._channel = grpc.insecure_channel(target)
+        creds, options = _secure(tls, credentials)
+        self._channel = (
+            grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target)
+        )
         self._stub = pb_grpc.Kvs2Stub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -357,13 +379,23 @@ class Client:
 # ----- asyncio client --------------------------------------------------------------------------------
 class AsyncClient:
     def __init__(
-        self, target: str, *, timeout: float = 10.0, read_your_writes: bool = False, retries: int = 3
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        read_your_writes: bool = False,
+        retries: int = 3,
+        tls: ClientTls | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self._session = _Session(read_your_writes)
-        self._channel = grpc.aio.insecure_channel(target)
+        creds, options = _secure(tls, credentials)
+        self._channel = (
+            grpc.aio.secure_channel(target, creds, options) if creds else grpc.aio.insecure_channel(target)
+        )
         self._stub = pb_grpc.Kvs2Stub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:

@@ -12,11 +12,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvs2.authz import Policy
+from kvs2.credentials import ServerTls
 from kvs2.errors import ConfigError
 
 KAFKA_ENV_PREFIX = "KVS2_KAFKA_"
 # Variables with the prefix that are not librdkafka settings.
 _RESERVED_KAFKA_ENV = {"KVS2_KAFKA_CONFIG"}
+# The Kafka TLS/SASL files of kvs2.kafka_security are flags, not librdkafka settings.
+_RESERVED_KAFKA_ENV |= {
+    f"KVS2_KAFKA_{name}_FILE" for name in ("CA", "CERT", "KEY", "SASL_USERNAME", "SASL_PASSWORD")
+} | {"KVS2_KAFKA_TLS"}
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MULTIGET_KEYS = 10_000
@@ -52,8 +58,15 @@ class ServeSettings:
     log_level: str = "INFO"
     # Server processes for this replica (kvs2.workers): one runs the ingester, all serve on the port.
     workers: int = 1
+    # gRPC TLS (kvs2.credentials; mutual when it has a client CA), per-subject rights (kvs2.authz), and
+    # a plaintext port serving only grpc.health.v1 for probes that cannot speak TLS.
+    tls: ServerTls | None = None
+    authz: Policy | None = None
+    health_listen: str | None = None
 
     def __post_init__(self) -> None:
+        if self.authz is not None and (self.tls is None or not self.tls.mutual):
+            raise ConfigError("--authz/--authz-file need mutual TLS (a client CA: --tls-client-ca or ca.crt)")
         if not self.bootstrap_servers:
             raise ConfigError("--bootstrap-servers (KVS2_BOOTSTRAP_SERVERS) is required")
         if not self.topic:

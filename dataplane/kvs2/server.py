@@ -23,10 +23,13 @@ from grpc_reflection.v1alpha import reflection
 from kvs2 import errors
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
+from kvs2.authz import AuthorizationInterceptor
 from kvs2.conditional import ConditionalWrites
 from kvs2.config import ServeSettings
 from kvs2.consistency import ReadOptions
 from kvs2.core import KeyRange, Store
+from kvs2.credentials import add_port
+from kvs2.health_port import start_health_server
 from kvs2.ingest import Ingester, TopicSpec
 from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
 from kvs2.progress import Progress, Snapshot
@@ -304,7 +307,8 @@ async def running_replica(
         fanin.attach(loop)
 
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
-    server = grpc.aio.server(options=options)
+    interceptors = [AuthorizationInterceptor(settings.authz)] if settings.authz is not None else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, settings.default_write_timeout), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -324,10 +328,13 @@ async def running_replica(
         log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
 
     progress.on_serving_change(on_serving)
-    port = server.add_insecure_port(settings.listen)
+    port = add_port(server, settings.listen, settings.tls)
     if port == 0:
         raise errors.ConfigError(f"cannot listen on {settings.listen}")
     await server.start()
+    health_server = await start_health_server(
+        settings.health_listen, health_servicer, reuse_port=settings.workers > 1
+    )
     stopping = asyncio.Event()
     janitor: asyncio.Task[None] | None = None
     if ingester is not None:
@@ -345,6 +352,8 @@ async def running_replica(
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", settings.shutdown_grace)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace)
+        if health_server is not None:
+            await health_server.stop(None)
         stopping.set()
         if janitor is not None:
             await janitor
