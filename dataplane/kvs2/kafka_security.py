@@ -96,9 +96,16 @@ def librdkafka_settings(security: KafkaSecurity, explicit: Mapping[str, str]) ->
         out["ssl.certificate.location"] = _must_exist(security.cert_file, "client certificate")
         out["ssl.key.location"] = _must_exist(security.key_file, "client key")
     if security.sasl:
-        if security.sasl_username_file is None or security.sasl_password_file is None:
-            raise ConfigError("--kafka-sasl-username-file and --kafka-sasl-password-file go together")
-        out["sasl.username"] = _secret(security.sasl_username_file, "SASL username")
+        if security.sasl_password_file is None:
+            raise ConfigError("--kafka-sasl-username-file needs --kafka-sasl-password-file")
+        if security.sasl_username_file is not None:
+            out["sasl.username"] = _secret(security.sasl_username_file, "SASL username")
+        elif not explicit.get("sasl.username"):
+            # A user name is no secret (Strimzi's KafkaUser Secret does not even hold it): it may come
+            # as plain config, but it must come from somewhere.
+            raise ConfigError(
+                "--kafka-sasl-password-file needs a user name: --kafka-sasl-username-file or sasl.username"
+            )
         out["sasl.password"] = _secret(security.sasl_password_file, "SASL password")
         mechanism = explicit.get("sasl.mechanism", explicit.get("sasl.mechanisms", DEFAULT_SASL_MECHANISM))
         if mechanism not in SASL_MECHANISMS:

@@ -16,6 +16,7 @@ from typing import Any
 
 from kvs2_operator.crd import GROUP, KIND, VERSION
 from kvs2_operator.errors import SpecError
+from kvs2_operator.kafka_security import KafkaSasl, KafkaTls, check_client_config, parse_sasl, parse_tls
 
 DEFAULT_PARTITIONS = 3
 DEFAULT_REPLICATION_FACTOR = 3
@@ -71,6 +72,9 @@ class KafkaSpec:
     topic: TopicSpec
     client_config: Mapping[str, str]
     authentication: Authentication | None
+    # Kafka TLS and file-mounted SASL (kvs2_operator.kafka_security).
+    tls: KafkaTls | None = None
+    sasl: KafkaSasl | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,14 @@ def _parse_auth(raw: Any) -> Authentication | None:
     )
 
 
+def _parse_security(kafka: Mapping[str, Any], client_config: Mapping[str, str]) -> dict[str, Any]:
+    tls, sasl = parse_tls(kafka.get("tls")), parse_sasl(kafka.get("sasl"))
+    if sasl is not None and kafka.get("authentication") is not None:
+        raise SpecError("spec.kafka: give sasl (credentials as files) or authentication, not both")
+    check_client_config(client_config, tls, sasl)
+    return {"tls": tls, "sasl": sasl}
+
+
 def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreSpec:
     spec = _obj(raw_spec, "spec")
     kafka = _obj(spec.get("kafka"), "spec.kafka")
@@ -311,6 +323,7 @@ def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreS
             topic=parse_topic(_obj(kafka.get("topic"), "spec.kafka.topic"), namespace, name),
             client_config=client_config,
             authentication=_parse_auth(kafka.get("authentication")),
+            **_parse_security(kafka, client_config),
         ),
         storage=StorageSpec(
             size=str(size),

@@ -29,6 +29,7 @@ from kvs2_operator.errors import (
     SpecError,
 )
 from kvs2_operator.kafka_admin import TopicAdmins
+from kvs2_operator.kafka_security import admin_settings
 from kvs2_operator.kube import KubeApi, Ref
 from kvs2_operator.model import Store, StoreRef, parse_ref, parse_store
 from kvs2_operator.status import (
@@ -77,6 +78,11 @@ async def kafka_admin_config(store: Store, kube: KubeApi) -> dict[str, str]:
     """
     kafka = store.spec.kafka
     config = {"bootstrap.servers": kafka.bootstrap_servers}
+
+    async def get(kind: str, name: str) -> Mapping[str, Any] | None:
+        return await kube.get(Ref("v1", kind, store.namespace, name))
+
+    config.update(await admin_settings(kafka.tls, kafka.sasl, store.namespace, get))
     auth = kafka.authentication
     if auth is None:
         return config

@@ -37,6 +37,7 @@ from kvs2_operator.crd import (
     pdb_name,
     statefulset_name,
 )
+from kvs2_operator.kafka_security import pod_parts
 from kvs2_operator.model import Store
 
 CONTAINER_NAME = "kvs2"
@@ -88,6 +89,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
     if kafka.client_config:
         joined = ",".join(f"{k}={v}" for k, v in sorted(kafka.client_config.items()))
         env.append({"name": "KVS2_KAFKA_CONFIG", "value": joined})
+    env += pod_parts(kafka.tls, kafka.sasl)[0]
     auth = kafka.authentication
     if auth is not None:
         env += [
@@ -114,7 +116,10 @@ def _container(store: Store) -> dict[str, Any]:
         "command": ["kvs2", "serve"],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
         "env": container_env(store),
-        "volumeMounts": [{"name": VOLUME_NAME, "mountPath": DATA_DIR}],
+        "volumeMounts": [
+            {"name": VOLUME_NAME, "mountPath": DATA_DIR},
+            *pod_parts(spec.kafka.tls, spec.kafka.sasl)[2],
+        ],
         "readinessProbe": {
             "grpc": {"port": GRPC_PORT},
             "periodSeconds": 5,
@@ -177,6 +182,9 @@ def _pod_spec(store: Store) -> dict[str, Any]:
     }
     if store.spec.storage.ephemeral:
         pod["volumes"] = [{"name": VOLUME_NAME, "emptyDir": {}}]
+    secret_volumes = pod_parts(store.spec.kafka.tls, store.spec.kafka.sasl)[1]
+    if secret_volumes:
+        pod["volumes"] = [*pod.get("volumes", []), *secret_volumes]
     return pod
 
 

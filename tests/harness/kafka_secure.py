@@ -116,7 +116,8 @@ class SecureKafkaBroker(KafkaBroker):
             "listener.name.sasl_ssl.plain.sasl.jaas.config": f"{_PLAIN_MODULE} required {plain_users};",
         }
         for mechanism in SCRAM_MECHANISMS:
-            extra[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = f"{_SCRAM_MODULE} required;"
+            key = f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"
+            extra[key] = f"{_SCRAM_MODULE} required;"
         return {**base, **extra}
 
     def _format(self, jvm: list[str], properties: Path) -> None:

@@ -43,12 +43,17 @@ def test_client_certificate_only_is_ssl_and_the_mechanism_comes_from_pass_throug
     assert settings["security.protocol"] == "SASL_SSL"  # never a password in the clear by default
     assert "security.protocol" not in librdkafka_settings(sasl, {"security.protocol": "SASL_PLAINTEXT"})
     assert librdkafka_settings(KafkaSecurity(), {"security.protocol": "SASL_PLAINTEXT"}) == {}
+    password_only = KafkaSecurity(sasl_password_file=files["password"])
+    assert librdkafka_settings(password_only, {"sasl.username": "strimzi-user"})["sasl.password"] == (
+        "password-content"
+    )
 
 
 @pytest.mark.parametrize(
     ("security", "explicit", "message"),
     [
-        ({"sasl_username_file": "username"}, {}, "go together"),
+        ({"sasl_username_file": "username"}, {}, "needs --kafka-sasl-password-file"),
+        ({"sasl_password_file": "password"}, {}, "needs a user name"),
         ({"cert_file": "tls.crt"}, {}, "go together"),
         ({"ca_file": "missing"}, {}, "does not exist"),
         ({"sasl_username_file": "username", "sasl_password_file": "missing"}, {}, "cannot read"),
