@@ -37,6 +37,7 @@ from kvs2.errors import (
     PermissionDenied,
     TopicNotFound,
 )
+from kvs2.kafka_security import ConnectionProblems
 from kvs2.storage import SIDE_MARKER, Conditional, Record, TopicIdentity, parse_side_key, side_key
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,13 @@ def map_error(err: KafkaError | None, doing: str) -> Kvs2Error:
         return InvalidArgument(text)
     if code in _DENIED:
         return PermissionDenied(text)
-    return KafkaUnavailable(text)
+    return KafkaUnavailable(text + CONNECTION_PROBLEMS.hint())
 
 
 def _map_exception(exc: BaseException, doing: str) -> Kvs2Error:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return map_error(exc.args[0], doing)
-    return KafkaUnavailable(f"{doing}: {exc}")
+    return KafkaUnavailable(f"{doing}: {exc}{CONNECTION_PROBLEMS.hint()}")
 
 
 class _Throttle(logging.Filter):
@@ -107,9 +108,19 @@ RDKAFKA_LOG = logging.getLogger("kvs2.rdkafka")
 RDKAFKA_LOG.addFilter(_Throttle())
 
 
+# TLS/SASL failures (kvs2.kafka_security): named in the messages of the timeouts they cause.
+CONNECTION_PROBLEMS = ConnectionProblems()
+_CONNECTION_SECURITY = {KafkaError._SSL, KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+
+
+def _on_error(err: KafkaError) -> None:
+    if err.code() in _CONNECTION_SECURITY:
+        CONNECTION_PROBLEMS.note(err.str())
+
+
 def client_config(bootstrap_servers: str, extra: Mapping[str, str]) -> dict[str, Any]:
     """Settings shared by every client; librdkafka's own log lines go through Python logging."""
-    return {"bootstrap.servers": bootstrap_servers, "logger": RDKAFKA_LOG, **extra}
+    return {"bootstrap.servers": bootstrap_servers, "logger": RDKAFKA_LOG, "error_cb": _on_error, **extra}
 
 
 # ----- admin -------------------------------------------------------------------------------------

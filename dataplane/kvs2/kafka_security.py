@@ -15,6 +15,8 @@ password are read once, at start (a rotated password takes a restart: roll the S
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,3 +136,29 @@ def librdkafka_settings(security: KafkaSecurity, explicit: Mapping[str, str]) ->
     else:
         out["security.protocol"] = wanted
     return out
+
+
+class ConnectionProblems:
+    """The latest TLS or SASL failure librdkafka reported for a connection, for error messages.
+
+    Why: a wrong password or an untrusted CA shows up in request results only as "timed out" (the
+    client keeps retrying the connection); the reason is in librdkafka's error callback. Appending it
+    to the timeout's message turns "Local: Timed out" into something a person can act on.
+    """
+
+    def __init__(self, max_age: float = 120.0) -> None:
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._latest: tuple[float, str] | None = None
+
+    def note(self, message: str) -> None:
+        with self._lock:
+            self._latest = (time.monotonic(), message)
+
+    def hint(self) -> str:
+        """`; last connection error: …` when one was seen recently, else ''."""
+        with self._lock:
+            latest = self._latest
+        if latest is None or time.monotonic() - latest[0] > self._max_age:
+            return ""
+        return f"; last connection error: {latest[1]}"

@@ -36,6 +36,7 @@ from kvs2_operator.errors import (
     NotSupportedError,
     TopicIncompatibleError,
 )
+from kvs2_operator.kafka_security import ConnectionProblems
 from kvs2_operator.model import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,12 @@ _UNAVAILABLE_CODES = frozenset(
         KafkaError.LEADER_NOT_AVAILABLE,
         KafkaError.NOT_CONTROLLER,
     }
+)
+
+
+# TLS/SASL failures of a connection: named in the messages of the timeouts they cause.
+_CONNECTION_SECURITY = frozenset(
+    {KafkaError._SSL, KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 )
 
 
@@ -186,15 +193,31 @@ class TopicAdmin:
         self._factory = admin_factory
         self._admin: AdminLike | None = None
         self.timeout = timeout
+        self._problems = ConnectionProblems()
 
     def _client(self) -> AdminLike:
         if self._admin is None:
-            self._admin = self._factory(self._config)
+            settings: dict[str, Any] = {**self._config, "error_cb": self._note_error}
+            self._admin = self._factory(settings)
         return self._admin
+
+    def _note_error(self, err: KafkaError) -> None:
+        if err.code() in _CONNECTION_SECURITY:
+            self._problems.note(err.str())
 
     def _wait(self, future: Future[Any]) -> Any:
         # The request carries its own timeout; the extra margin only guards against a lost callback.
-        return future.result(timeout=self.timeout + 5)
+        try:
+            return future.result(timeout=self.timeout + 5)
+        except KafkaException as exc:
+            poll = getattr(self._admin, "poll", None)
+            if poll is not None:
+                poll(0)  # serve the error callbacks queued while the request waited
+            hint = self._problems.hint()
+            if not hint or not exc.args or not isinstance(exc.args[0], KafkaError):
+                raise
+            err: KafkaError = exc.args[0]
+            raise KafkaException(KafkaError(err.code(), err.str() + hint, retriable=err.retriable())) from exc
 
     # Each *_sync runs in a worker thread.
 

@@ -21,6 +21,14 @@ from tests.harness.kafka import create_topic
 from tests.harness.kafka_secure import SecureKafkaBroker
 from tests.harness.replica import ReplicaProcess
 
+# The operator tests' fixtures (a real API server, the CRD, `kvs2 operator` for the test's namespace).
+from tests.integration.operator.conftest import (  # noqa: F401 - fixtures and the report hook, by name
+    crd,
+    operator,
+    pytest_runtest_makereport,
+    stores,
+)
+
 USERS = {"kvs2": "kvs2-pa55word", "other": "other-pa55word"}
 PARTITIONS = 3
 
