@@ -9,8 +9,8 @@ setting both ways is a ConfigError, not a silent override. The security protocol
 given (SASL + TLS → SASL_SSL, TLS only → SSL, SASL only → SASL_SSL against the system's CAs) unless
 `security.protocol` is set explicitly, which must then agree.
 
-librdkafka reads the certificate files itself when a connection is made; the SASL username and
-password are read once, at start (a rotated password takes a restart: roll the StatefulSet).
+All of it is loaded at start (librdkafka builds its TLS context once): a renewed Kafka CA, client
+certificate or password takes a restart — roll the StatefulSet (README "Security", rotation).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """spec.kafka.tls and spec.kafka.sasl: Kafka TLS (a custom CA, a client certificate) and SASL from
 Secrets, for the replicas (mounted files) and for the operator's own admin client (read through the API).
 
-Why files for the pods: a Secret volume keeps the password out of the pod spec and `kubectl describe`,
-and a renewed CA or client certificate reaches a running replica (librdkafka reads them per connection).
+Why files for the pods: a Secret volume keeps the password out of the pod spec and `kubectl describe`
+(an env value from a secretKeyRef is visible to anyone who can exec or read /proc/<pid>/environ).
 The data plane's `--kafka-*-file` flags (kvs2.kafka_security) take the mounted paths.
 
 Why the operator reads the Secrets itself: it runs in another namespace and pod, and a store's Secrets

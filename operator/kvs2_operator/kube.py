@@ -43,6 +43,7 @@ _PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Event": "events",
     "Secret": "secrets",
+    "ConfigMap": "configmaps",  # spec.kafka.tls.ca.configMapName
     "KeyValueStore": "keyvaluestores",
 }
 
