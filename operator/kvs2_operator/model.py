@@ -16,6 +16,7 @@ from typing import Any
 
 from kvs2_operator.crd import GROUP, KIND, VERSION
 from kvs2_operator.errors import SpecError
+from kvs2_operator.grpc_tls import GrpcTls, parse_grpc_tls
 from kvs2_operator.kafka_security import KafkaSasl, KafkaTls, check_client_config, parse_sasl, parse_tls
 
 DEFAULT_PARTITIONS = 3
@@ -104,6 +105,8 @@ class StoreSpec:
     resources: Mapping[str, Any]
     pdb: PdbSpec
     topic_deletion_policy: str
+    # gRPC TLS, mTLS and per-subject rights (kvs2_operator.grpc_tls).
+    tls: GrpcTls | None = None
 
 
 @dataclass(frozen=True)
@@ -342,6 +345,7 @@ def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreS
             default="Retain",
             choices=DELETION_POLICIES,
         ),
+        tls=parse_grpc_tls(spec.get("tls")),
     )
 
 

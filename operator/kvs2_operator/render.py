@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvs2_operator import grpc_tls
 from kvs2_operator.crd import (
     APP_NAME,
     DATA_DIR,
@@ -89,7 +90,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
     if kafka.client_config:
         joined = ",".join(f"{k}={v}" for k, v in sorted(kafka.client_config.items()))
         env.append({"name": "KVS2_KAFKA_CONFIG", "value": joined})
-    env += pod_parts(kafka.tls, kafka.sasl)[0]
+    env += pod_parts(kafka.tls, kafka.sasl)[0] + grpc_tls.pod_parts(spec.tls)[0]
     auth = kafka.authentication
     if auth is not None:
         env += [
@@ -114,14 +115,18 @@ def _container(store: Store) -> dict[str, Any]:
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["kvs2", "serve"],
-        "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            *grpc_tls.pod_parts(spec.tls)[3],
+        ],
         "env": container_env(store),
         "volumeMounts": [
             {"name": VOLUME_NAME, "mountPath": DATA_DIR},
             *pod_parts(spec.kafka.tls, spec.kafka.sasl)[2],
+            *grpc_tls.pod_parts(spec.tls)[2],
         ],
         "readinessProbe": {
-            "grpc": {"port": GRPC_PORT},
+            "grpc": {"port": grpc_tls.probe_port(spec.tls, GRPC_PORT)},
             "periodSeconds": 5,
             "timeoutSeconds": 2,
             "failureThreshold": 2,
@@ -182,7 +187,9 @@ def _pod_spec(store: Store) -> dict[str, Any]:
     }
     if store.spec.storage.ephemeral:
         pod["volumes"] = [{"name": VOLUME_NAME, "emptyDir": {}}]
-    secret_volumes = pod_parts(store.spec.kafka.tls, store.spec.kafka.sasl)[1]
+    secret_volumes = (
+        pod_parts(store.spec.kafka.tls, store.spec.kafka.sasl)[1] + grpc_tls.pod_parts(store.spec.tls)[1]
+    )
     if secret_volumes:
         pod["volumes"] = [*pod.get("volumes", []), *secret_volumes]
     return pod
