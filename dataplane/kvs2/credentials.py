@@ -114,7 +114,9 @@ def read_material(tls: ServerTls) -> Material:
     try:
         # Paths, not bytes: the ssl module loads chains only from files. The bytes compared below
         # prove the files did not change between the two reads.
-        context.load_cert_chain(tls.cert, tls.key)
+        # An explicit (empty) password: an encrypted key fails here instead of OpenSSL prompting on a
+        # terminal. gRPC cannot use encrypted keys anyway.
+        context.load_cert_chain(tls.cert, tls.key, password=b"")
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(
             f"the server certificate {tls.cert} and key {tls.key} are not a usable pair: {exc}"

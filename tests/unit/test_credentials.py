@@ -319,3 +319,18 @@ def test_bad_authorization_entries(entries: list[str], message: str) -> None:
 def test_leaf_pem_is_unencrypted_pkcs8() -> None:
     leaf: Leaf = CertificateAuthority().issue("x")
     assert leaf.key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_an_encrypted_key_is_a_config_error_not_a_password_prompt(pki: Pki) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    directory = pki.server_dir(mutual=False)
+    key = serialization.load_pem_private_key((directory / "tls.key").read_bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    (directory / "tls.key").write_bytes(encrypted)
+    with pytest.raises(ConfigError, match="are not a usable pair"):
+        server_tls_from_options(str(directory), "", "", "")
