@@ -185,7 +185,14 @@ def add_port(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> in
     """Bind `address` with TLS when configured, plaintext otherwise; the bound port (0: failed)."""
     if tls is None:
         return server.add_insecure_port(address)
-    return server.add_secure_port(address, server_credentials(tls))
+    port = server.add_secure_port(address, server_credentials(tls))
+    log.info(
+        "gRPC on %s: TLS with %s, %s",
+        address,
+        tls.cert,
+        f"client certificates signed by {tls.client_ca} required" if tls.mutual else "no client certificates",
+    )
+    return port
 
 
 # ----- clients -----------------------------------------------------------------------------------
