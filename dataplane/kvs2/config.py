@@ -52,6 +52,8 @@ class ServeSettings:
     log_level: str = "INFO"
     # Server processes for this replica (kvs2.workers): one runs the ingester, all serve on the port.
     workers: int = 1
+    # HOST:PORT for Redis-protocol clients (kvs2.redis_server); empty: off.
+    redis_listen: str = ""
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -61,6 +63,10 @@ class ServeSettings:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"--listen must be HOST:PORT, got {self.listen!r}")
+        if self.redis_listen:
+            host, sep, port = self.redis_listen.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"--redis-listen must be HOST:PORT, got {self.redis_listen!r}")
         if self.limits.max_multiget_keys < 1:
             raise ConfigError("--max-multiget-keys must be at least 1")
         if self.workers < 1:

@@ -30,6 +30,7 @@ from kvs2.core import KeyRange, Store
 from kvs2.ingest import Ingester, TopicSpec
 from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
 from kvs2.progress import Progress, Snapshot
+from kvs2.redis_server import start_redis
 from kvs2.storage import Entry, Outcome, Replica
 from kvs2.watch import Progressed, watch
 from kvs2.workers import FanIn, Fanout, exited, fork_followers
@@ -328,6 +329,17 @@ async def running_replica(
     if port == 0:
         raise errors.ConfigError(f"cannot listen on {settings.listen}")
     await server.start()
+    redis = (
+        await start_redis(
+            store,
+            settings.redis_listen,
+            topic=settings.topic,
+            timeout=settings.default_write_timeout,
+            reuse_port=settings.workers > 1,
+        )
+        if settings.redis_listen
+        else None
+    )
     stopping = asyncio.Event()
     janitor: asyncio.Task[None] | None = None
     if ingester is not None:
@@ -344,7 +356,10 @@ async def running_replica(
     finally:
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", settings.shutdown_grace)
         await health_servicer.enter_graceful_shutdown()
-        await server.stop(settings.shutdown_grace)
+        await asyncio.gather(
+            server.stop(settings.shutdown_grace),
+            *([redis.close(settings.shutdown_grace)] if redis is not None else []),
+        )
         stopping.set()
         if janitor is not None:
             await janitor
