@@ -126,9 +126,13 @@ class _Resume:
                     return stop.value
 
 
-async def _finish(coro: Coroutine[Any, Any, bytes], waiting: object) -> bytes:
+_NOT_STARTED = object()
+
+
+async def _finish(coro: Coroutine[Any, Any, bytes], waiting: object = _NOT_STARTED) -> bytes:
+    """Run `coro` in a Task: from its start, or from where it suspended at `waiting`."""
     try:
-        result: bytes = await _Resume(coro, waiting)
+        result: bytes = await (coro if waiting is _NOT_STARTED else _Resume(coro, waiting))
         return result
     except errors.Kvs2Error as exc:
         return error_reply(exc)
@@ -208,16 +212,27 @@ class Command:
     last_key: int = 0
     step: int = 0
     categories: tuple[str, ...] = ()
+    # Run the coroutine's first step inline (see the module's docstring). Only for eventual reads: code
+    # below a write may need `asyncio.current_task()` (asyncio.timeout does), so those start as Tasks,
+    # which the loop also starts in command order.
+    eager: bool = False
 
 
 COMMANDS: dict[bytes, Command] = {}
 
 
 def command(
-    name: str, arity: int, flags: Iterable[str], keys: tuple[int, int, int] = (0, 0, 0), cats: str = ""
+    name: str,
+    arity: int,
+    flags: Iterable[str],
+    keys: tuple[int, int, int] = (0, 0, 0),
+    cats: str = "",
+    eager: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        COMMANDS[name.upper().encode()] = Command(handler, arity, tuple(flags), *keys, tuple(cats.split()))
+        COMMANDS[name.upper().encode()] = Command(
+            handler, arity, tuple(flags), *keys, tuple(cats.split()), eager
+        )
         return handler
 
     return register
@@ -229,7 +244,7 @@ CONN = ("noscript", "loading", "stale", "fast")
 
 
 # reads ------------------------------------------------------------------------------------------------
-@command("GET", 2, READ, (1, 1, 1), "@read @string @fast")
+@command("GET", 2, READ, (1, 1, 1), "@read @string @fast", eager=True)
 async def _get(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     entry = await front.store.get(args[1])
     if entry is None:
@@ -238,7 +253,7 @@ async def _get(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-@command("MGET", -2, READ, (1, -1, 1), "@read @string @fast")
+@command("MGET", -2, READ, (1, -1, 1), "@read @string @fast", eager=True)
 async def _mget(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     entries = await front.store.multi_get(args[1:])
     nil = NULL3 if conn.proto >= 3 else NULL2
@@ -247,24 +262,24 @@ async def _mget(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes
     )
 
 
-@command("EXISTS", -2, READ, (1, -1, 1), "@read @keyspace @fast")
+@command("EXISTS", -2, READ, (1, -1, 1), "@read @keyspace @fast", eager=True)
 async def _exists(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     entries = await front.store.multi_get(args[1:])
     return integer(sum(e is not None for e in entries))
 
 
-@command("TYPE", 2, READ, (1, 1, 1), "@read @keyspace @fast")
+@command("TYPE", 2, READ, (1, 1, 1), "@read @keyspace @fast", eager=True)
 async def _type(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     return simple("none" if await front.store.get(args[1]) is None else "string")
 
 
-@command("DBSIZE", 1, ("readonly",), cats="@read @keyspace")
+@command("DBSIZE", 1, ("readonly",), cats="@read @keyspace", eager=True)
 async def _dbsize(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     result = await front.store.range(KeyRange.of(), count_only=True)
     return integer(result.count)
 
 
-@command("SCAN", -2, ("readonly",), cats="@read @keyspace")
+@command("SCAN", -2, ("readonly",), cats="@read @keyspace", eager=True)
 async def _scan(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     cursor = _int(args[1], "cursor")
     key_range, literal = KeyRange.of(), None
@@ -654,7 +669,7 @@ class Connection(asyncio.Protocol):
             else:
                 if args is None:
                     break
-                reply = start(self, args)
+                reply = start(self, args, not pending)
             if not pending and type(reply) is bytes:
                 out.append(reply)
             else:
@@ -738,8 +753,11 @@ class RedisFront:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
 
-    def start(self, conn: Connection, args: list[bytes]) -> bytes | asyncio.Task[bytes]:
-        """Run one command: its reply, or a Task for one that has to wait."""
+    def start(self, conn: Connection, args: list[bytes], inline: bool = True) -> bytes | asyncio.Task[bytes]:
+        """Run one command: its reply, or a Task for one that has to wait.
+
+        `inline=False` while earlier commands of the connection are still running: then this one starts
+        as a Task too, after them (the loop starts Tasks in order), so commands start in command order."""
         name = args[0].upper()
         cmd = COMMANDS.get(name)
         if cmd is None:
@@ -751,6 +769,8 @@ class RedisFront:
             result = cmd.handler(self, conn, args)
             if isinstance(result, bytes):
                 return result
+            if not (cmd.eager and inline):
+                return self._loop.create_task(_finish(result))
             try:
                 waiting = result.send(None)
             except StopIteration as stop:
