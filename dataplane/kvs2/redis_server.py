@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kvs2 import __version__, errors
 from kvs2.conditional import ConditionalResult
@@ -70,6 +70,8 @@ ERROR_PREFIX: dict[type[errors.Kvs2Error], str] = {
 
 # What HELLO and INFO report as the Redis version: the command set clients may assume (RESP3, HELLO).
 REDIS_COMPAT_VERSION = "7.2.0"
+# What `CONFIG GET` reports: kvs2 persists through Kafka and LMDB, not RDB snapshots or an AOF.
+CONFIG = {"save": "", "appendonly": "no"}
 # SCAN cursors kept per server process (see `_Cursors`).
 MAX_CURSORS = 100_000
 DEFAULT_SCAN_COUNT = 10
@@ -558,8 +560,9 @@ def _client(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
 
 @command("CONFIG", -2, ("admin", "noscript", "loading", "stale"), cats="@admin @slow")
 def _config(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
-    if args[1].upper() == b"GET":  # tools probe settings (redis-benchmark: save, appendonly): none here
-        return encode({}, conn.proto)
+    if args[1].upper() == b"GET":  # tools probe settings (redis-benchmark: save, appendonly)
+        wanted = {a.decode(errors="replace").lower() for a in args[2:]}
+        return encode({k: v for k, v in CONFIG.items() if k in wanted}, conn.proto)
     raise _bad("kvs2 has no Redis configuration: settings are `kvs2 serve` flags")
 
 
@@ -633,8 +636,7 @@ class Connection(asyncio.Protocol):
 
     # asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.front.connections.add(self)

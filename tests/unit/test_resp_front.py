@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from kvs2.config import Limits
+from kvs2.config import Limits, ServeSettings
 from kvs2.core import Store
+from kvs2.errors import ConfigError
 from kvs2.progress import Progress, Snapshot
 from kvs2.redis_server import RedisFront
 from kvs2.storage import Record, Replica, TopicIdentity
@@ -194,6 +195,7 @@ async def test_hello_client_info_command(front: Front) -> None:
         commands = await r.command()  # redis-py's own parser of COMMAND's reply
         assert commands["get"]["arity"] == 2
         assert commands["mget"]["first_key_pos"] == 1
+        assert await cmd(r, "CONFIG", "GET", "save") == {b"save": b""}  # redis-benchmark's probe
         with pytest.raises(ResponseError, match="NOPROTO"):
             await cmd(r, "HELLO", "4")
         with pytest.raises(ResponseError, match="no AUTH yet"):
@@ -212,3 +214,9 @@ async def test_reads_see_writes_made_behind_the_scenes(front: Front) -> None:
         front.writer.replica.apply([Record(b"x", b"1", 0, 7)], {0: 8})
         front.progress.update(replace(front.progress.now, applied={0: 8}))
         assert await r.get(b"x") == b"1"
+
+
+def test_redis_listen_must_be_host_port(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--redis-listen must be HOST:PORT, got '6379'"):
+        ServeSettings("k:9092", "t", tmp_path, redis_listen="6379")
+    assert ServeSettings("k:9092", "t", tmp_path).redis_listen == ""  # off by default
