@@ -38,6 +38,7 @@ from kvs2.resp import (
     NULL3,
     OK,
     PONG,
+    FastParser,
     Parser,
     ProtocolError,
     Value,
@@ -48,6 +49,7 @@ from kvs2.resp import (
     error,
     integer,
     null,
+    parser_for,
     simple,
 )
 
@@ -629,7 +631,7 @@ class Connection(asyncio.Protocol):
         self.closing = False  # QUIT, a protocol error or shutdown: close once every reply is out
         self.created = time.monotonic()
         self.peer = ""
-        self._parser = Parser()
+        self._parser: Parser | FastParser | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: deque[bytes | asyncio.Task[bytes]] = deque()
         self._pause = 0  # bit 1: too many pending replies; bit 2: the socket's send buffer is full
@@ -658,6 +660,8 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         parser = self._parser
+        if parser is None:
+            parser = self._parser = parser_for(data)
         parser.feed(data)
         pending = self._pending
         out: list[bytes] = []

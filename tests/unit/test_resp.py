@@ -6,30 +6,45 @@ from __future__ import annotations
 import re
 
 import pytest
-from kvs2.resp import NULL2, NULL3, Parser, ProtocolError, Value, bulk_or_null, encode, error
+from kvs2.resp import (
+    NULL2,
+    NULL3,
+    FastParser,
+    Parser,
+    ProtocolError,
+    Value,
+    bulk_or_null,
+    encode,
+    error,
+    parser_for,
+)
+
+PARSERS = [Parser, FastParser]
 
 
 def _request(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
 
 
-def _all(parser: Parser) -> list[list[bytes]]:
+def _all(parser: Parser | FastParser) -> list[list[bytes]]:
     out = []
     while (command := parser.get()) is not None:
         out.append(command)
     return out
 
 
-def test_one_command_and_a_pipeline_in_one_chunk() -> None:
-    parser = Parser()
+@pytest.mark.parametrize("make", PARSERS)
+def test_one_command_and_a_pipeline_in_one_chunk(make: type[Parser | FastParser]) -> None:
+    parser = make()
     parser.feed(_request(b"GET", b"k") + _request(b"SET", b"k", b"a\r\nb") + _request(b"PING"))
     assert _all(parser) == [[b"GET", b"k"], [b"SET", b"k", b"a\r\nb"], [b"PING"]]
-    assert parser.pending() == 0
+    assert parser.get() is None
 
 
-def test_split_at_every_byte_gives_the_same_commands() -> None:
+@pytest.mark.parametrize("make", PARSERS)
+def test_split_at_every_byte_gives_the_same_commands(make: type[Parser | FastParser]) -> None:
     stream = _request(b"MGET", b"a", b"bb", b"") + _request(b"SET", b"\x00\xff", b"x" * 300)
-    parser = Parser()
+    parser = make()
     seen: list[list[bytes]] = []
     for i in range(len(stream)):
         parser.feed(stream[i : i + 1])
@@ -59,6 +74,29 @@ def test_malformed_streams_are_protocol_errors(stream: bytes, message: str) -> N
     parser.feed(stream)
     with pytest.raises(ProtocolError, match=re.escape(message)):
         parser.get()
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [b"*2\r\n$3\r\nGET\r\n:1\r\n", b"*1\r\n*1\r\n$1\r\na\r\n", b"+OK\r\n", b"PING\r\n", b"*1\r\n$x\r\n"],
+)
+def test_the_fast_parser_takes_arrays_of_bulk_strings_only(stream: bytes) -> None:
+    parser = FastParser()
+    parser.feed(stream)
+    with pytest.raises(ProtocolError):
+        parser.get()
+
+
+def test_the_fast_parser_bounds_what_an_incomplete_request_buffers() -> None:
+    parser = FastParser(max_bulk=10)
+    parser.feed(b"*1\r\n$1000000\r\n" + b"x" * 70_000)
+    with pytest.raises(ProtocolError, match="the limit is 10 bytes"):
+        parser.get()
+
+
+def test_a_connection_starting_inline_gets_the_inline_parser() -> None:
+    assert isinstance(parser_for(b"PING\r\n"), Parser)
+    assert isinstance(parser_for(b"*1\r\n"), FastParser)
 
 
 def test_an_unterminated_inline_request_is_bounded() -> None:

@@ -206,6 +206,9 @@ async def test_quit_and_protocol_errors_close_after_the_reply(front: Front) -> N
     assert await _raw(front.port, b"PING\r\nQUIT\r\nPING\r\n", b"never") == b"+PONG\r\n+OK\r\n"
     got = await _raw(front.port, b"PING\r\n*1\r\n$x\r\nPING\r\n", b"never")
     assert got == b"+PONG\r\n-ERR Protocol error: invalid length b'x'\r\n"
+    got = await _raw(front.port, b"*1\r\n$4\r\nPING\r\n*1\r\n$x\r\n*1\r\n$4\r\nPING\r\n", b"never")
+    assert got.startswith(b"+PONG\r\n-ERR Protocol error: ")
+    assert got.count(b"\r\n") == 2  # closed after the error: the last PING is not answered
 
 
 async def test_reads_see_writes_made_behind_the_scenes(front: Front) -> None:
