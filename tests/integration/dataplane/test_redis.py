@@ -32,10 +32,16 @@ def redis_cli(pytestconfig: pytest.Config) -> Path:
 
 
 def _start(
-    start_replica: StartReplica, bootstrap: str, topic: str, name: str, **kw: Any
+    start_replica: StartReplica,
+    bootstrap: str,
+    topic: str,
+    name: str,
+    extra: tuple[str, ...] = (),
+    **kw: Any,
 ) -> tuple[ReplicaProcess, int]:
     port = free_port()
-    replica = start_replica(bootstrap, topic, name, extra_args=("--redis-listen", f"127.0.0.1:{port}"), **kw)
+    args = ("--redis-listen", f"127.0.0.1:{port}", *extra)
+    replica = start_replica(bootstrap, topic, name, extra_args=args, **kw)
     return replica, port
 
 
@@ -180,3 +186,32 @@ def test_a_replica_not_serving_answers_loading(
         with pytest.raises(BusyLoadingError, match="catching up"):
             r.mget(["a", "b"])
         assert r.ping() is True
+
+
+def test_every_worker_process_serves_the_redis_port(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """`--workers 2`: both processes accept on the Redis port (SO_REUSEPORT); whichever a connection
+    reaches, it reads the same data, and a scan continued on its connection covers every key once."""
+    _, port = _start(start_replica, kafka.bootstrap_servers, topic, "a", extra=("--workers", "2"))
+    with _client(port) as writer:
+        pipe = writer.pipeline(transaction=False)
+        for i in range(200):
+            pipe.set(f"w:{i:03d}", str(i))
+        pipe.execute()
+        last = cmd(writer, "KVS2.SET", "w:last", "x")
+        token = last[last.index(b"token") + 1].decode()
+    pids = set()
+    for _ in range(12):  # fresh connections: the kernel spreads them over both processes
+        with _client(port) as r:
+            assert cmd(r, "KVS2.GET", "w:last", "AFTER", token) == b"x"
+
+            def applied(client: redis.Redis = r) -> bool:
+                return bool(client.dbsize() == 201)
+
+            wait_until(applied, timeout=15, what="all writes applied")
+            pids.add(r.info("server")["process_id"])
+            assert sorted(r.scan_iter(match="w:*", count=9)) == sorted(
+                [f"w:{i:03d}".encode() for i in range(200)] + [b"w:last"]
+            )
+    assert len(pids) == 2, f"12 connections all reached one process: {pids}"
