@@ -223,3 +223,15 @@ def test_redis_listen_must_be_host_port(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--redis-listen must be HOST:PORT, got '6379'"):
         ServeSettings("k:9092", "t", tmp_path, redis_listen="6379")
     assert ServeSettings("k:9092", "t", tmp_path).redis_listen == ""  # off by default
+
+
+async def test_pipelined_writes_reach_the_producer_in_command_order(front: Front) -> None:
+    async with front.client() as r:
+        await r.set("k1", "old")
+        await r.set("k2", "old")
+        pipe = r.pipeline(transaction=False)
+        pipe.delete("k1", "k2")
+        pipe.set("k1", "new")
+        pipe.set("k2", "new")
+        assert await pipe.execute() == [2, True, True]
+        assert await r.mget(["k1", "k2"]) == [b"new", b"new"]  # not deleted by a DEL sent before
