@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from kvs2 import __version__, errors
 from kvs2.conditional import ConditionalResult
@@ -54,6 +54,7 @@ from kvs2.resp import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The one table from core errors to Redis error prefixes; the most specific class wins (MRO order).
 # Clients map the prefix to an exception type (redis-py: LOADING → BusyLoadingError, TRYAGAIN →
@@ -128,6 +129,17 @@ class _Resume:
                     waiting = coro.send(sent)
                 except StopIteration as stop:
                     return stop.value
+
+
+def _start_now(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """Run `coro` up to its first wait right now, and the rest in a Task (see `_Resume`)."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration as stop:
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        done.set_result(stop.value)
+        return done
+    return asyncio.ensure_future(_Resume(coro, waiting))
 
 
 _NOT_STARTED = object()
@@ -378,8 +390,10 @@ async def _set(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
 async def _del(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     keys = args[1:]
     # Redis counts the keys that existed: as this replica sees them when the delete is accepted.
-    existed = sum(e is not None for e in await front.store.multi_get(keys))
-    await asyncio.gather(*(front.store.delete(k, front.timeout) for k in keys))
+    existed = sum(e is not None for e in await front.store.multi_get(keys))  # also validates every key
+    # Each delete is produced now, in key order, before any later command of the pipeline starts
+    # (gather would only schedule them); then the acks are awaited together.
+    await asyncio.gather(*[_start_now(front.store.delete(k, front.timeout)) for k in keys])
     return integer(existed)
 
 
