@@ -8,11 +8,13 @@ translates RESP commands to the same `kvs2.core.Store` calls the gRPC servicer m
 beyond the shape of Redis's commands.
 
 How a command runs: the connection parses every command that has arrived and starts each at once, in
-order. Store calls are coroutines that usually finish without waiting (an eventual read is one LMDB
-transaction), so `_start` drives the coroutine by hand and only makes a Task when it really waits
-(a write waiting for Kafka's ack, a read waiting for freshness) — what Python 3.12's eager tasks do.
-Replies go out in command order (pipelining), batched into one write per received chunk. Commands are
-started in order, so a pipeline's writes reach the producer in order: per key, the last one wins.
+order. An eventual read (GET, MGET, EXISTS, SCAN) is a Store coroutine that finishes without waiting
+(one LMDB transaction), so `RedisFront.start` drives it by hand and answers inline — no Task, what
+Python 3.12's eager tasks do. Everything else (writes waiting for Kafka's ack, reads waiting for
+freshness), and any command behind one still running on the connection, runs in a Task; the loop starts
+Tasks in creation order, so commands start in command order and a pipeline's writes reach the producer
+in order (per key, the last one wins). Replies go out in command order, batched into one socket write
+per received chunk.
 """
 
 from __future__ import annotations
