@@ -30,6 +30,7 @@ async def cmd(r: aioredis.Redis, *args: bytes | str) -> Any:
 @dataclass
 class Front:
     port: int
+    server: RedisFront
     writer: FakeWriter
     progress: Progress
     end_offsets: dict[int, int]
@@ -49,7 +50,7 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
     store = Store(replica, writer, progress, Limits(max_multiget_keys=3), end_offsets=lambda: end_offsets)
     server = RedisFront(store, timeout=1.0, topic="t", listen="127.0.0.1:0")
     port = await server.serve("127.0.0.1", 0, reuse_port=False)
-    yield Front(port, writer, progress, end_offsets)
+    yield Front(port, server, writer, progress, end_offsets)
     await server.close(1.0)
     replica.close()
 
@@ -235,3 +236,17 @@ async def test_pipelined_writes_reach_the_producer_in_command_order(front: Front
         pipe.set("k2", "new")
         assert await pipe.execute() == [2, True, True]
         assert await r.mget(["k1", "k2"]) == [b"new", b"new"]  # not deleted by a DEL sent before
+
+
+async def test_shutdown_answers_in_flight_commands_then_closes(front: Front) -> None:
+    front.writer.hang = True  # the SET waits for Kafka until its deadline (1 s), then answers
+    reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+    writer.write(b"PING\r\nSET k v\r\n")
+    assert await reader.readline() == b"+PONG\r\n"
+    closing = asyncio.create_task(front.server.close(10.0))
+    rest = await asyncio.wait_for(reader.read(), 10)  # everything until the server closes
+    assert rest.startswith(b"-TRYAGAIN Kafka did not acknowledge the write")
+    await closing
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", front.port)  # no longer listening
+    writer.close()
