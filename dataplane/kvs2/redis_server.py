@@ -416,7 +416,7 @@ async def _kvs2_get(front: RedisFront, conn: Connection, args: list[bytes]) -> b
     while i < len(args):
         option = args[i].upper()
         value = args[i + 1] if i + 1 < len(args) else None
-        if option == b"AFTER" and value is not None:
+        if option == b"AFTER" and value is not None and b":" in value:
             while i + 1 < len(args) and b":" in args[i + 1]:
                 after.append(_token(args[i + 1]))
                 i += 1

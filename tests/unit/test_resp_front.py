@@ -121,6 +121,8 @@ async def test_a_waiting_write_holds_back_later_replies(front: Front) -> None:
         ((b"SCAN", b"12345"), "invalid cursor 12345"),
         ((b"SELECT", b"1"), "DB index is out of range"),
         ((b"KVS2.GET", b"k", b"AFTER", b"9:0"), "token names partition 9; the topic has partitions 0..0"),
+        ((b"KVS2.GET", b"k", b"AFTER", b"LINEARIZABLE"), "syntax error: KVS2.GET key [AFTER P:O ...]"),
+        ((b"KVS2.GET", b"k", b"AFTER", b"1:x"), "AFTER takes PARTITION:OFFSET tokens, got '1:x'"),
     ],
 )
 async def test_bad_requests_are_redis_errors_and_the_connection_lives_on(
