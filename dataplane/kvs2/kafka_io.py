@@ -12,7 +12,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -144,6 +144,30 @@ class Admin:
                 out[tp.partition] = fut.result(timeout=timeout + 5).offset
         except Exception as exc:
             raise _map_exception(exc, f"listing end offsets of {topic!r}") from exc
+        return out
+
+    def end_offsets_each(
+        self, topic: str, partitions: Collection[int], timeout: float = 10.0
+    ) -> dict[int, int | Kvs2Error]:
+        """End offsets of just `partitions`, each answer on its own: a partition whose leader is down
+        gives its error without failing the others (linearizable reads and staleness proofs need only
+        the partitions they touch)."""
+        if not partitions:
+            return {}
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(topic, p): latest for p in sorted(set(partitions))}
+        try:
+            futures = self._client.list_offsets(
+                request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
+            )
+        except Exception as exc:
+            raise _map_exception(exc, f"listing end offsets of {topic!r}") from exc
+        out: dict[int, int | Kvs2Error] = {}
+        for tp, fut in futures.items():
+            try:
+                out[tp.partition] = fut.result(timeout=timeout + 5).offset
+            except Exception as exc:
+                out[tp.partition] = _map_exception(exc, f"listing the end offset of {topic!r}[{tp.partition}]")
         return out
 
     def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
