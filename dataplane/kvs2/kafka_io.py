@@ -167,7 +167,9 @@ class Admin:
             try:
                 out[tp.partition] = fut.result(timeout=timeout + 5).offset
             except Exception as exc:
-                out[tp.partition] = _map_exception(exc, f"listing the end offset of {topic!r}[{tp.partition}]")
+                out[tp.partition] = _map_exception(
+                    exc, f"listing the end offset of {topic!r}[{tp.partition}]"
+                )
         return out
 
     def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
