@@ -1,0 +1,58 @@
+"""Regressions of issue 8's fault-handling defects, against real Kafka and real `kvs2 serve` processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+
+from kvs2.client import Client
+
+from tests.harness.common import wait_until
+from tests.harness.kafka import KafkaBroker
+from tests.integration.dataplane.conftest import StartReplica
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_a_stopped_follower_cannot_stall_the_replica(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """Issue 8, defect 4: the leader fed followers with blocking writes under a lock, so one follower
+    that stopped reading (SIGSTOP here; a busy one is the same) filled its pipe and stopped ingestion
+    for the whole replica. The leader must keep ingesting, drop that follower, and say so."""
+    a = start_replica(kafka.bootstrap_servers, topic, "a", extra_args=("--workers", "2"))
+    b = start_replica(kafka.bootstrap_servers, topic, "b")
+    assert a.process is not None
+    (follower,) = _children(a.process.pid)
+    os.kill(follower, signal.SIGSTOP)
+    try:
+        # Writes through b reach a's leader through Kafka; each batch it applies is news for the
+        # follower, whose pipe fills after a few hundred of them.
+        last = None
+        with b.client() as c:
+            for i in range(4000):
+                last = c.set(f"k{i}".encode(), b"v")
+                if i % 200 == 0 and "killed it" in a.log_text():
+                    break
+        wait_until(
+            lambda: "killed it" in a.log_text(),
+            timeout=90,
+            what=f"replica a's leader to drop the stopped follower (log {a.log_path})",
+        )
+        assert last is not None
+        assert a.process.alive(), a.log_text()[-3000:]
+        # Only the leader listens now: every new connection reaches it.
+        with Client(a.target, timeout=30) as c:
+            assert c.health() == "SERVING"
+            assert c.get(b"k0", after=[last]) is not None  # the leader ingested everything b wrote
+            assert c.set_if(b"lock", b"a", 0)  # and compare-and-set still gets its verdict
+            assert not c.set_if(b"lock", b"b", 0)
+        assert f"worker process {follower}" in a.log_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(follower, signal.SIGCONT)
