@@ -373,6 +373,9 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
         nonlocal failed
         while not stop.is_set():
             for pid, code in exited(role.followers):
+                if role.fanout is not None and pid in role.fanout.dropped:
+                    role.followers.remove(pid)  # killed for not keeping up (logged); the others serve on
+                    continue
                 log.error(
                     "worker process %d exited (%d): stopping the replica so it can be restarted", pid, code
                 )
@@ -401,4 +404,4 @@ def run_replica(settings: ServeSettings) -> int:
     pids, fds = fork_followers(
         settings.workers - 1, lambda fd: asyncio.run(serve(settings, Role(fanin_fd=fd)))
     )
-    return asyncio.run(serve(settings, Role(fanout=Fanout(fds), followers=pids)))
+    return asyncio.run(serve(settings, Role(fanout=Fanout(fds, pids), followers=pids)))
