@@ -215,6 +215,32 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
 
 
 # ----- the process ---------------------------------------------------------------------------------
+class HealthGate:
+    """gRPC health is SERVING only while every part of the replica can serve: caught up with Kafka
+    ("replica"), a usable producer ("producer"), a live ingester ("ingester"). Calls `apply` on changes.
+
+    Why one gate: each part is reported from a different place (the ingester's snapshots, the
+    producer's error callback, the supervisor); none of them may flip health back to SERVING alone.
+    """
+
+    def __init__(self, apply: Callable[[bool], None], parts: Mapping[str, bool]) -> None:
+        self._apply = apply
+        self._parts = dict(parts)
+        self._state = all(self._parts.values())
+        apply(self._state)
+
+    def set(self, part: str, ok: bool) -> None:
+        self._parts[part] = ok
+        state = all(self._parts.values())
+        if state != self._state:
+            self._state = state
+            self._apply(state)
+
+    @property
+    def serving(self) -> bool:
+        return self._state
+
+
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -323,7 +349,14 @@ async def running_replica(
             task.add_done_callback(health_tasks.discard)
         log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
 
-    progress.on_serving_change(on_serving)
+    health = HealthGate(on_serving, {"replica": False, "producer": True, "ingester": True})
+    progress.on_serving_change(lambda serving: health.set("replica", serving))
+
+    def on_producer_health(ok: bool) -> None:  # the producer's poll thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+            loop.call_soon_threadsafe(health.set, "producer", ok)
+
+    writer.on_health = on_producer_health
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise errors.ConfigError(f"cannot listen on {settings.listen}")

@@ -26,7 +26,9 @@ class FakeProducer:
         self.produced: list[tuple[bytes, Callable[..., None]]] = []
         self.purged = False
 
-    def produce(self, topic: str, key: bytes, value: bytes | None, on_delivery: Callable[..., None], **kw: Any) -> None:
+    def produce(
+        self, topic: str, key: bytes, value: bytes | None, on_delivery: Callable[..., None], **kw: Any
+    ) -> None:
         self.produced.append((key, on_delivery))
 
     def poll(self, timeout: float) -> int:
@@ -162,3 +164,15 @@ def test_successful_delivery_resolves_the_token(factory: Factory) -> None:
         assert pending.result(timeout=5) == WriteToken(2, 7)
     finally:
         writer.close(timeout=1)
+
+
+def test_health_needs_every_part() -> None:
+    from kvs2.server import HealthGate
+
+    states: list[bool] = []
+    gate = HealthGate(states.append, {"replica": False, "producer": True})
+    gate.set("replica", True)
+    gate.set("producer", False)  # the producer hit a fatal error: not SERVING, however caught up
+    gate.set("replica", True)
+    gate.set("producer", True)
+    assert states == [False, True, False, True]
