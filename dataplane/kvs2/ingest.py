@@ -80,6 +80,11 @@ class Ingester:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the ingester thread runs (the server supervises it: a dead one ends the process)."""
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout)

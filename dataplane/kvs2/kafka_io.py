@@ -114,8 +114,17 @@ RDKAFKA_LOG.addFilter(_Throttle())
 
 
 def client_config(bootstrap_servers: str, extra: Mapping[str, str]) -> dict[str, Any]:
-    """Settings shared by every client; librdkafka's own log lines go through Python logging."""
-    return {"bootstrap.servers": bootstrap_servers, "logger": RDKAFKA_LOG, **extra}
+    """Settings shared by every client; librdkafka's own log lines go through Python logging.
+
+    No client may make Kafka create the topic: a deleted topic must be reported, never silently
+    replaced by an empty one with the broker's default (non-compacted) settings.
+    """
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "logger": RDKAFKA_LOG,
+        **extra,
+        "allow.auto.create.topics": "false",
+    }
 
 
 # ----- admin -------------------------------------------------------------------------------------
@@ -402,8 +411,8 @@ class Writer:
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (poll thread): fatal errors start a re-creation."""
-        if not err.fatal():
-            RDKAFKA_LOG.warning("producer: %s", err.str())
+        if not err.fatal():  # transient; librdkafka retries, and its own log line already said it
+            log.debug("producer: %s", err.str())
             return
         with self._lock:
             if self._fatal is not None:

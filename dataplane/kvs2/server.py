@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import grpc
@@ -263,11 +264,19 @@ class Role:
 
 @contextlib.asynccontextmanager
 async def running_replica(
-    settings: ServeSettings, role: Role | None = None, stop: asyncio.Event | None = None
+    settings: ServeSettings,
+    role: Role | None = None,
+    stop: asyncio.Event | None = None,
+    on_fatal: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[grpc.aio.Server, int, Progress]]:
-    """Start everything a replica (process) is; on exit shut it down in order (see `serve`)."""
+    """Start everything a replica (process) is; on exit shut it down in order (see `serve`).
+
+    `on_fatal(why)` is called when the replica can no longer work (its ingester thread died); by
+    default it sets `stop`.
+    """
     role = role or Role()
     stop = stop or asyncio.Event()
+    fatal = on_fatal or (lambda _why: stop.set())
     loop = asyncio.get_running_loop()
     kafka = client_config(settings.bootstrap_servers, settings.kafka_config)
     replica = Replica(settings.data_dir, map_size=settings.map_size)
@@ -363,9 +372,27 @@ async def running_replica(
     await server.start()
     stopping = asyncio.Event()
     janitor: asyncio.Task[None] | None = None
+    supervisor: asyncio.Task[None] | None = None
     if ingester is not None:
         ingester.start()
         janitor = loop.create_task(conditional.janitor(stopping))
+
+        async def supervise(ingester: Ingester) -> None:
+            """A dead ingester thread (a bug, even one inside its own error handling) leaves a replica
+            that never learns another write: stop serving and end the process so it is restarted."""
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 0.5)
+                if not stopping.is_set() and not ingester.alive:
+                    log.error("the ingester thread died: NOT_SERVING; stopping so the replica is restarted")
+                    health.set("ingester", False)
+                    progress.update(replace(progress.now, serving=False))  # reads refused too
+                    if fanout is not None:
+                        fanout.send("snapshot", progress.now)
+                    fatal("the ingester thread died")
+                    return
+
+        supervisor = loop.create_task(supervise(ingester))
     log.info(
         "kvs2 replica of topic %r listening on %s (data in %s)",
         settings.topic,
@@ -375,21 +402,34 @@ async def running_replica(
     try:
         yield server, port, progress
     finally:
+        # Every step runs whatever happened to the ones before: the producer is always flushed and
+        # LMDB always closed (issue 8).
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", settings.shutdown_grace)
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(settings.shutdown_grace)
+        await _step("health", health_servicer.enter_graceful_shutdown)
+        await _step("gRPC server", lambda: server.stop(settings.shutdown_grace))
         stopping.set()
-        if janitor is not None:
-            await janitor
-        writer.close(timeout=settings.shutdown_grace)
+        for task in (janitor, supervisor):
+            if task is not None:
+                await _step("background task", lambda task=task: task)  # type: ignore[misc]
+        await _step("producer", lambda: writer.close(timeout=settings.shutdown_grace))
         if ingester is not None:
-            ingester.stop()
+            await _step("ingester", ingester.stop)
         if fanin is not None:
-            fanin.detach(loop)
+            await _step("leader pipe", lambda: fanin.detach(loop))
         if fanout is not None:
-            fanout.close()  # followers see end-of-file and stop too
-        replica.close()
+            await _step("follower pipes", fanout.close)  # followers see end-of-file and stop too
+        await _step("LMDB", replica.close)
         log.info("stopped")
+
+
+async def _step(what: str, action: Callable[[], object]) -> None:
+    """One shutdown step; a failure is logged and the next step still runs."""
+    try:
+        result = action()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("shutting down: %s failed; going on", what)
 
 
 async def serve(settings: ServeSettings, role: Role | None = None) -> int:
@@ -416,8 +456,13 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
                 stop.set()
             await asyncio.sleep(1.0)
 
+    def on_fatal(why: str) -> None:
+        nonlocal failed
+        failed = True
+        stop.set()
+
     monitor = loop.create_task(watch_followers()) if role.followers else None
-    async with running_replica(settings, role, stop):
+    async with running_replica(settings, role, stop, on_fatal):
         await stop.wait()
         for pid in role.followers:  # in Kubernetes only PID 1 gets the SIGTERM
             with contextlib.suppress(ProcessLookupError):

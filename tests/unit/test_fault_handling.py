@@ -27,7 +27,7 @@ from kvs2.conditional import ConditionalWrites
 from kvs2.config import ServeSettings, kafka_config_from_env
 from kvs2.errors import ConfigError, KafkaUnavailable
 from kvs2.ingest import Ingester
-from kvs2.kafka_io import WriteToken, client_config
+from kvs2.kafka_io import Writer, WriteToken, client_config
 from kvs2.progress import Progress, Snapshot
 from kvs2.storage import REQUEST_ID_BYTES, Outcome, Replica, TopicIdentity, side_key
 
@@ -47,6 +47,7 @@ def _settings(tmp_path: Path, **kwargs: Any) -> ServeSettings:
 
 
 # ----- ingester death --------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the point of the test
 async def test_an_ingester_that_dies_in_its_error_handling_stops_the_replica_non_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -69,6 +70,7 @@ class RecordingWriter:
     def __init__(self) -> None:
         self.tombstones: list[bytes] = []
         self.full = False
+        self.on_conditional: Callable[[bytes], object] = lambda _request_id: None
 
     def tombstone(self, side: bytes, partition: int) -> Future[WriteToken]:
         if self.full:
@@ -81,6 +83,7 @@ class RecordingWriter:
     ) -> Future[WriteToken]:
         fut: Future[WriteToken] = Future()
         fut.set_result(WriteToken(partition, 5))
+        self.on_conditional(request_id)
         return fut
 
 
@@ -129,9 +132,9 @@ async def test_shutdown_flushes_and_closes_even_when_the_janitor_failed(
     async def broken_janitor(self: ConditionalWrites, stop: asyncio.Event) -> None:
         raise RuntimeError("a janitor bug")
 
-    real_close_writer, real_close_replica = server.Writer.close, server.Replica.close
+    real_close_writer, real_close_replica = Writer.close, Replica.close
 
-    def close_writer(self: server.Writer, timeout: float = 10.0) -> int:
+    def close_writer(self: Writer, timeout: float = 10.0) -> int:
         steps.append("producer flushed")
         return real_close_writer(self, timeout=0.1)
 
@@ -140,8 +143,8 @@ async def test_shutdown_flushes_and_closes_even_when_the_janitor_failed(
         real_close_replica(self)
 
     monkeypatch.setattr(ConditionalWrites, "janitor", broken_janitor)
-    monkeypatch.setattr(server.Writer, "close", close_writer)
-    monkeypatch.setattr(server.Replica, "close", close_replica)
+    monkeypatch.setattr(Writer, "close", close_writer)
+    monkeypatch.setattr(Replica, "close", close_replica)
     async with server.running_replica(_settings(tmp_path)):
         await asyncio.sleep(0.1)  # the janitor has failed by now
     assert steps == ["producer flushed", "lmdb closed"]
@@ -155,17 +158,11 @@ async def test_a_known_condition_failed_survives_a_full_queue_for_its_tombstone(
     replica = Replica(tmp_path / "db", map_size=1 << 22)
     replica.reset(TopicIdentity("t", "id", 1))
     conditional = ConditionalWrites(writer, replica, progress)  # type: ignore[arg-type]
+    # Every replica (this one too) applies the record and finds the condition false.
+    loop = asyncio.get_running_loop()
+    writer.on_conditional = lambda rid: loop.call_soon(conditional.resolve, [Outcome(rid, False, 9, 0, 5)])
     try:
-
-        async def resolve_soon() -> None:
-            while not conditional._pending:
-                await asyncio.sleep(0.001)
-            (request_id,) = conditional._pending
-            conditional.resolve([Outcome(request_id, False, 9, 0, 5)])
-
-        resolver = asyncio.create_task(resolve_soon())
         result = await conditional.write(b"k", b"v", 0, timeout=10)
-        await resolver
         assert (result.applied, result.revision) == (False, 9)  # CONDITION_FAILED, not UNAVAILABLE
     finally:
         replica.close()
@@ -210,4 +207,3 @@ def test_harmless_settings_pass(tmp_path: Path) -> None:
 
 def test_no_client_lets_kafka_auto_create_the_topic() -> None:
     assert client_config("b:9092", {})["allow.auto.create.topics"] == "false"
-
