@@ -22,10 +22,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from kvs2.errors import DeadlineExceeded, InvalidArgument, Kvs2Error
+from kvs2.errors import DeadlineExceeded, InvalidArgument, Kvs2Error, Unavailable
 from kvs2.kafka_io import WriteToken
 from kvs2.progress import Progress, Snapshot
 
@@ -54,35 +54,54 @@ class ReadOptions:
 EVENTUAL = ReadOptions()
 
 
+EndOffsetLookup = Callable[[Collection[int]], Mapping[int, "int | Kvs2Error"]]
+
+
 class EndOffsetOracle:
-    """Kafka's end offsets, looked up by a call that *starts after* the caller asked.
+    """Kafka's end offsets of given partitions, looked up by a call that *starts after* the caller asked.
 
     Why: a linearizable read must see every write acknowledged before it began; an answer from a
     look-up already in flight might predate such a write. Concurrent callers share the next
-    look-up, so a burst of linearizable reads costs one Kafka round trip, not one each.
+    look-up (over the union of their partitions), so a burst of linearizable reads costs one Kafka
+    round trip, not one each. Each partition's answer stands alone: a partition whose leader is down
+    fails only the reads that touch it.
     """
 
-    def __init__(self, lookup: Callable[[], Mapping[int, int]]) -> None:
+    def __init__(self, lookup: EndOffsetLookup) -> None:
         self._lookup = lookup
-        self._pending: asyncio.Future[Mapping[int, int]] | None = None
+        self._pending: asyncio.Future[Mapping[int, int | Kvs2Error]] | None = None
+        self._wanted: set[int] = set()
         self._runner: asyncio.Task[None] | None = None
 
-    async def end_offsets(self) -> Mapping[int, int]:
+    async def end_offsets(self, partitions: Collection[int]) -> dict[int, int]:
+        """End offsets of `partitions`; the first partition Kafka could not answer for raises its error."""
         if self._pending is None:
             self._pending = asyncio.get_running_loop().create_future()
+            self._wanted = set()
+        self._wanted.update(partitions)
         pending = self._pending
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run())
-        return await asyncio.shield(pending)
+        answers = await asyncio.shield(pending)
+        out: dict[int, int] = {}
+        for p in sorted(set(partitions)):
+            answer = answers.get(p)
+            if answer is None:
+                raise Unavailable(f"Kafka did not report the end offset of partition {p}")
+            if isinstance(answer, Kvs2Error):
+                raise answer
+            out[p] = answer
+        return out
 
     async def _run(self) -> None:
         while self._pending is not None:
-            future, self._pending = self._pending, None
+            future, wanted, self._pending = self._pending, self._wanted, None
             try:
-                result = await asyncio.to_thread(self._lookup)
-            except Kvs2Error as exc:
+                result = await asyncio.to_thread(self._lookup, sorted(wanted))
+            except Exception as exc:
+                error = exc if isinstance(exc, Kvs2Error) else Unavailable(f"listing end offsets: {exc}")
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(error)
                     future.exception()  # mark retrieved: callers may have gone
             else:
                 if not future.done():
@@ -188,10 +207,12 @@ async def wait_fresh(
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            ends = await asyncio.wait_for(oracle.end_offsets(), timeout)
+            ends = await asyncio.wait_for(oracle.end_offsets(parts), timeout)
         except TimeoutError as exc:
-            raise DeadlineExceeded(
-                "linearizable read: Kafka did not report its end offsets within the deadline"
+            # Kafka did not answer: that is Kafka being unreachable, not the replica being behind.
+            raise Unavailable(
+                "linearizable read: Kafka did not report the end offsets of partitions "
+                f"{', '.join(map(str, parts))} within the deadline"
             ) from exc
         if timeout is not None:
             timeout = max(0.0, timeout - (loop.time() - started))

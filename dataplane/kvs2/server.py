@@ -289,7 +289,7 @@ async def running_replica(
         writer,
         progress,
         settings.limits,
-        end_offsets=lambda: admin.end_offsets(settings.topic, progress.now.partitions),
+        end_offsets=lambda partitions: admin.end_offsets_each(settings.topic, partitions),
         conditional=conditional,
     )
 

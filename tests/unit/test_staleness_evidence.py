@@ -154,7 +154,7 @@ def _snapshot(proven_ago: float) -> Snapshot:
 async def _read(snapshot: Snapshot, options: ReadOptions) -> None:
     progress = Progress(asyncio.get_running_loop())
     progress.update(snapshot)
-    await wait_fresh(progress, EndOffsetOracle(lambda: {}), options, [0], timeout=0.2)
+    await wait_fresh(progress, EndOffsetOracle(lambda parts: {}), options, [0], timeout=0.2)
 
 
 async def test_bounded_lag_needs_recent_end_offsets() -> None:
