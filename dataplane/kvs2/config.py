@@ -15,8 +15,9 @@ from pathlib import Path
 from kvs2.errors import ConfigError
 
 KAFKA_ENV_PREFIX = "KVS2_KAFKA_"
-# Variables with the prefix that are not librdkafka settings.
-_RESERVED_KAFKA_ENV = {"KVS2_KAFKA_CONFIG"}
+# Variables with the prefix that are not librdkafka settings (KVS2_KAFKA_VERSION: the test harness's
+# choice of broker release, often exported in the environment replicas inherit).
+_RESERVED_KAFKA_ENV = {"KVS2_KAFKA_CONFIG", "KVS2_KAFKA_VERSION"}
 
 # Kafka settings kvs2's guarantees rest on: refused from --kafka-config / KVS2_KAFKA_*, with the reason.
 PROTECTED_KAFKA_SETTINGS = {

@@ -427,8 +427,8 @@ class Writer:
         """Replace a producer that hit a fatal error. Returns whether it worked (poll thread)."""
         old = self._producer
         with contextlib.suppress(Exception):
-            old.purge(in_queue=True, in_flight=True, blocking=False)
-            old.flush(0)  # serves the purged writes' delivery reports: their callers learn now
+            old.purge(in_queue=True, in_flight=True)
+            old.flush(1.0)  # serves the purged writes' delivery reports: their callers learn now
         try:
             new = self._factory(self._settings)
         except Exception as exc:
