@@ -56,3 +56,14 @@ def test_a_stopped_follower_cannot_stall_the_replica(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(follower, signal.SIGCONT)
+
+
+def test_serve_refuses_kafka_settings_that_break_its_guarantees(start_replica: StartReplica) -> None:
+    """Issue 8, defect 9: `KVS2_KAFKA_*` silently overrode acks, idempotence or the partitioner."""
+    # librdkafka itself would accept this one and put keys where no other Kafka client looks for them.
+    extra = ("--kafka-config", "partitioner=consistent_random")
+    replica = start_replica("127.0.0.1:1", "t", "a", wait=False, extra_args=extra)
+    assert replica.process is not None and replica.process.popen is not None
+    assert replica.process.popen.wait(timeout=60) == 2
+    assert "Kafka setting 'partitioner'" in replica.log_text()
+    assert "cannot be changed" in replica.log_text()
