@@ -111,13 +111,15 @@ class ConditionalWrites:
         Survives any exception (logged): a bug or an LMDB surprise must not end clean-up for the life
         of the process.
         """
+        delay = 1.0
         while not stop.is_set():
             try:
                 await self._janitor(stop)
             except Exception:
-                log.exception("the conditional-record clean-up failed; trying again shortly")
+                log.exception("the conditional-record clean-up failed; trying again in %.0fs", delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 60.0)
 
     async def _janitor(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
