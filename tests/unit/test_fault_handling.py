@@ -20,8 +20,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvs2 import server
+from kvs2._proto import kvs2_pb2 as pb
+from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.cli import main as cli_main
 from kvs2.conditional import ConditionalWrites
 from kvs2.config import ServeSettings, kafka_config_from_env
@@ -63,6 +67,34 @@ async def test_an_ingester_that_dies_in_its_error_handling_stops_the_replica_non
         code = await asyncio.wait_for(server.serve(_settings(tmp_path)), timeout=120)
     assert code != 0
     assert "ingester thread died" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_serving_replica_whose_ingester_dies_stops_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def session(self: Ingester) -> None:
+        self._on_progress(Snapshot(serving=True, partitions=1, topic_id="id"))  # caught up, serving
+        time.sleep(1.0)
+        raise RuntimeError("a bug in the ingester")
+
+    def next_offsets(self: Replica) -> dict[int, int]:
+        raise RuntimeError("and another one in its error handler")
+
+    monkeypatch.setattr(Ingester, "_session", session)
+    monkeypatch.setattr(Replica, "next_offsets", next_offsets)
+    died: list[str] = []
+    replica = server.running_replica(_settings(tmp_path), on_fatal=died.append)
+    async with replica as (_srv, port, progress), grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        await _wait(lambda: progress.serving, "serving")
+        await _wait(lambda: bool(died), "the supervisor to notice the dead ingester")
+        assert not progress.serving
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.Kvs2Stub(channel).Get(pb.GetRequest(key=b"k"))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 # ----- janitor and shutdown ----------------------------------------------------------------------------
