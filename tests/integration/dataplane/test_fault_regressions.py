@@ -7,10 +7,14 @@ import os
 import signal
 import subprocess
 
+import grpc
+import pytest
+from kvs2._proto import kvs2_pb2 as pb
+from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.client import Client
 
 from tests.harness.common import wait_until
-from tests.harness.kafka import KafkaBroker
+from tests.harness.kafka import KafkaBroker, create_topic
 from tests.integration.dataplane.conftest import StartReplica
 
 
@@ -67,3 +71,30 @@ def test_serve_refuses_kafka_settings_that_break_its_guarantees(start_replica: S
     assert replica.process.popen.wait(timeout=60) == 2
     assert "Kafka setting 'partitioner'" in replica.log_text()
     assert "cannot be changed" in replica.log_text()
+
+
+def test_a_linearizable_read_kafka_does_not_answer_is_unavailable(
+    private_kafka: KafkaBroker, topic_name: str, start_replica: StartReplica
+) -> None:
+    """Issue 8, defect 7: with the broker frozen (SIGSTOP: connections open, no answers), the end-offset
+    look-up of a linearizable read never returns; the read used to end in DEADLINE_EXCEEDED ("the
+    replica did not catch up") instead of the documented UNAVAILABLE ("Kafka unreachable").
+    A raw stub: the client library would retry UNAVAILABLE."""
+    create_topic(private_kafka.bootstrap_servers, topic_name, 2, config={"cleanup.policy": "compact"})
+    replica = start_replica(private_kafka.bootstrap_servers, topic_name, "a")
+    with replica.client() as c:
+        assert c.get(b"k", after=[c.set(b"k", b"v")]) is not None
+    broker = private_kafka._process  # the harness has no freeze yet (the nemesis adds one)
+    assert broker is not None
+    linearizable = pb.ReadOptions(consistency=pb.ReadOptions.LINEARIZABLE)
+    broker.signal(signal.SIGSTOP)
+    try:
+        with grpc.insecure_channel(replica.target) as channel:
+            stub = pb_grpc.Kvs2Stub(channel)
+            assert stub.Get(pb.GetRequest(key=b"k"), timeout=10).data == b"v"  # eventual reads go on
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Get(pb.GetRequest(key=b"k", read=linearizable), timeout=3)
+    finally:
+        broker.signal(signal.SIGCONT)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+    assert "end offset" in (info.value.details() or "")
