@@ -448,6 +448,10 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
             for pid, code in exited(role.followers):
                 if role.fanout is not None and pid in role.fanout.dropped:
                     role.followers.remove(pid)  # killed for not keeping up (logged); the others serve on
+                    if not stop.is_set():
+                        replacement = role.fanout.replace(settings)
+                        role.followers.append(replacement)
+                        log.warning("started worker process %d in place of %d", replacement, pid)
                     continue
                 log.error(
                     "worker process %d exited (%d): stopping the replica so it can be restarted", pid, code

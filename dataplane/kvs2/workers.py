@@ -20,6 +20,8 @@ import pickle
 import select
 import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,12 +47,18 @@ class _Follower:
         self.stuck_since: float | None = None  # when queued bytes last stopped draining
 
 
+# Kinds of news a follower that joins late needs at once: the latest of each. (Verdicts it missed
+# belong to calls other processes took.)
+_STICKY = ("limit", "snapshot")
+
+
 class Fanout:
     """The leader's side: send a message to every follower (any thread), never blocking.
 
     Each follower's pipe is non-blocking; what it cannot take at once waits in a bounded queue that a
     small thread drains as the pipe empties. A follower that stops draining is killed and dropped
-    (`dropped` names it); the leader and the other followers go on serving.
+    (`dropped` names it); the leader and the other followers go on serving, and the leader's monitor
+    starts a replacement (`replace`).
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class Fanout:
         self._stall_timeout = stall_timeout
         self._max_queued = max_queued
         self.dropped: set[int] = set()
+        self._last: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._queued = threading.Event()
         self._closed = False
@@ -78,6 +87,8 @@ class Fanout:
         frame = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
         data = _LEN.pack(len(frame)) + frame
         with self._lock:
+            if kind in _STICKY:
+                self._last[kind] = data
             for f in list(self._followers):
                 f.queued += data
                 self._flush(f)
@@ -143,6 +154,34 @@ class Fanout:
                 for f in list(self._followers):
                     if f.queued:
                         self._flush(f)
+
+    def replace(self, settings: object) -> int:
+        """Start a follower in place of a dropped one; returns its PID.
+
+        Exec'd as a fresh program, not forked: the leader now holds gRPC, LMDB and Kafka state that a
+        forked child must not inherit. Its settings travel as the first message on its pipe, then the
+        latest news, then everything that follows.
+        """
+        read_fd, write_fd = os.pipe()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "kvs2.workers", str(read_fd)], pass_fds=(read_fd,), close_fds=True
+            )
+        finally:
+            os.close(read_fd)
+        _spawned.append(child)
+        frame = pickle.dumps(settings, protocol=pickle.HIGHEST_PROTOCOL)
+        follower = _Follower(write_fd, child.pid)
+        follower.queued += _LEN.pack(len(frame)) + frame
+        os.set_blocking(write_fd, False)
+        with self._lock:
+            for kind in _STICKY:
+                follower.queued += self._last.get(kind, b"")
+            self._followers.append(follower)
+            self._flush(follower)
+            if follower.queued:
+                self._queued.set()
+        return child.pid
 
     def close(self) -> None:
         with self._lock:
@@ -221,6 +260,38 @@ def fork_followers(count: int, child: Callable[[int], int]) -> tuple[list[int], 
     return pids, fds
 
 
+# Replacement followers (kvs2.workers run as a program); kept so that their Popen objects are not
+# collected while running. The leader reaps them with waitpid like forked ones.
+_spawned: list[subprocess.Popen[bytes]] = []
+
+
+def _read_frame(fd: int) -> object:
+    def exactly(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = os.read(fd, n - len(out))
+            if not chunk:
+                raise EOFError("the leader closed the pipe before sending the settings")
+            out += chunk
+        return out
+
+    (size,) = _LEN.unpack(exactly(_LEN.size))
+    return pickle.loads(exactly(size))  # only ever from our own leader process
+
+
+def _replacement_follower(fd: int) -> int:
+    """`python -m kvs2.workers FD`: a follower started by the leader in place of a dropped one."""
+    settings = _read_frame(fd)
+    from kvs2.config import ServeSettings
+    from kvs2.server import Role, serve
+
+    assert isinstance(settings, ServeSettings)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(serve(settings, Role(fanin_fd=fd)))
+
+
 def exited(pids: list[int]) -> list[tuple[int, int]]:
     """(pid, exit status) of the followers that have exited, without waiting."""
     out = []
@@ -232,3 +303,7 @@ def exited(pids: list[int]) -> list[tuple[int, int]]:
         if done:
             out.append((pid, os.waitstatus_to_exitcode(status)))
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(_replacement_follower(int(sys.argv[1])))

@@ -28,7 +28,8 @@ def test_a_stopped_follower_cannot_stall_the_replica(
 ) -> None:
     """Issue 8, defect 4: the leader fed followers with blocking writes under a lock, so one follower
     that stopped reading (SIGSTOP here; a busy one is the same) filled its pipe and stopped ingestion
-    for the whole replica. The leader must keep ingesting, drop that follower, and say so."""
+    for the whole replica. The leader must keep ingesting, drop that follower, say so, and start
+    another in its place."""
     a = start_replica(kafka.bootstrap_servers, topic, "a", extra_args=("--workers", "2"))
     b = start_replica(kafka.bootstrap_servers, topic, "b")
     assert a.process is not None
@@ -50,13 +51,21 @@ def test_a_stopped_follower_cannot_stall_the_replica(
         )
         assert last is not None
         assert a.process.alive(), a.log_text()[-3000:]
-        # Only the leader listens now: every new connection reaches it.
-        with Client(a.target, timeout=30) as c:
-            assert c.health() == "SERVING"
-            assert c.get(b"k0", after=[last]) is not None  # the leader ingested everything b wrote
-            assert c.set_if(b"lock", b"a", 0)  # and compare-and-set still gets its verdict
-            assert not c.set_if(b"lock", b"b", 0)
         assert f"worker process {follower}" in a.log_text()
+        # The leader starts a replacement; then each new connection reaches the leader or it.
+        wait_until(
+            lambda: f"in place of {follower}" in a.log_text(), timeout=60, what="a replacement follower"
+        )
+        (replacement,) = _children(a.process.pid)
+        assert replacement != follower
+        # Leader, first follower, replacement: each says where it listens once it serves.
+        wait_until(lambda: a.log_text().count("listening on") >= 3, timeout=60, what="the replacement")
+        for i in range(20):
+            with Client(a.target, timeout=30) as c:
+                assert c.health() == "SERVING"
+                assert c.get(b"k0", after=[last]) is not None  # the leader ingested everything b wrote
+                assert c.set_if(f"lock{i}".encode(), b"a", 0)  # compare-and-set still gets its verdict
+                assert not c.set_if(f"lock{i}".encode(), b"b", 0)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(follower, signal.SIGCONT)
