@@ -15,8 +15,19 @@ from pathlib import Path
 from kvs2.errors import ConfigError
 
 KAFKA_ENV_PREFIX = "KVS2_KAFKA_"
-# Variables with the prefix that are not librdkafka settings.
-_RESERVED_KAFKA_ENV = {"KVS2_KAFKA_CONFIG"}
+# Variables with the prefix that are not librdkafka settings (KVS2_KAFKA_VERSION: the test harness's
+# choice of broker release, often exported in the environment replicas inherit).
+_RESERVED_KAFKA_ENV = {"KVS2_KAFKA_CONFIG", "KVS2_KAFKA_VERSION"}
+
+# Kafka settings kvs2's guarantees rest on: refused from --kafka-config / KVS2_KAFKA_*, with the reason.
+PROTECTED_KAFKA_SETTINGS = {
+    "acks": "a write is acknowledged only once every in-sync replica has it (acks=all)",
+    "request.required.acks": "a write is acknowledged only once every in-sync replica has it (acks=all)",
+    "enable.idempotence": "a retried write is never duplicated or reordered (idempotent producer)",
+    "partitioner": "every replica and every Kafka client puts a key in the same partition (murmur2_random)",
+    "allow.auto.create.topics": "a missing topic is reported, never silently re-created empty",
+    "transactional.id": "its producer is not transactional",
+}
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MULTIGET_KEYS = 10_000
@@ -73,6 +84,19 @@ class ServeSettings:
             raise ConfigError("--workers must be at least 1")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigError("--partitions and --replication-factor must be at least 1")
+        check_kafka_config(self.kafka_config)
+
+
+def check_kafka_config(config: Mapping[str, str]) -> None:
+    """Refuse settings that would silently break kvs2's guarantees (issue 8)."""
+    for name in sorted(config):
+        why = PROTECTED_KAFKA_SETTINGS.get(name.strip().lower())
+        if why is not None:
+            env = KAFKA_ENV_PREFIX + name.upper().replace(".", "_")
+            raise ConfigError(
+                f"Kafka setting {name!r} (from --kafka-config, KVS2_KAFKA_CONFIG or {env}) cannot be "
+                f"changed: kvs2 sets it so that {why}"
+            )
 
 
 def parse_kafka_pairs(pairs: Sequence[str]) -> dict[str, str]:

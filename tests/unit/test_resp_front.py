@@ -47,7 +47,13 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
     progress.update(Snapshot(serving=True, partitions=1, topic_id="id"))
     writer = FakeWriter(replica, progress)
     end_offsets: dict[int, int] = {}
-    store = Store(replica, writer, progress, Limits(max_multiget_keys=3), end_offsets=lambda: end_offsets)
+    store = Store(
+        replica,
+        writer,
+        progress,
+        Limits(max_multiget_keys=3),
+        end_offsets=lambda parts: {p: end_offsets.get(p, 0) for p in parts},
+    )
     server = RedisFront(store, timeout=1.0, topic="t", listen="127.0.0.1:0")
     port = await server.serve("127.0.0.1", 0, reuse_port=False)
     yield Front(port, server, writer, progress, end_offsets)
