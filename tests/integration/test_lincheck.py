@@ -28,3 +28,68 @@ def test_checker_catches_two_winners_of_create_if_absent() -> None:
         Op(2, "cas", "k", 0, 10, value="b", expected=0, applied=True, revision=4),
     ]
     assert check(history) == "violation"
+
+
+def test_checker_accepts_a_delete_then_create_if_absent() -> None:
+    history = [
+        Op(1, "put", "k", 0, 10, value="a", revision=5),
+        Op(2, "del", "k", 11, 20, revision=6),
+        Op(3, "get", "k", 21, 22, found=False),
+        Op(3, "cas", "k", 23, 30, value="b", expected=0, applied=True, revision=8),
+        Op(1, "cas_del", "k", 31, 40, expected=8, applied=True, revision=9),
+        Op(2, "get", "k", 41, 42, found=False),
+    ]
+    assert check(history) == "ok"
+
+
+def test_checker_catches_a_read_of_a_deleted_key() -> None:
+    history = [
+        Op(1, "put", "k", 0, 10, value="a", revision=5),
+        Op(2, "del", "k", 11, 20, revision=6),
+        Op(3, "get", "k", 21, 22, found=True, out_value="a", revision=5),
+    ]
+    assert check(history) == "violation"
+
+
+def test_checker_catches_a_compare_and_delete_that_ignores_its_condition() -> None:
+    history = [
+        Op(1, "put", "k", 0, 10, value="a", revision=5),
+        Op(2, "cas_del", "k", 11, 20, expected=4, applied=True, revision=6),
+    ]
+    assert check(history) == "violation"
+
+
+def test_checker_catches_a_refused_compare_and_set_whose_condition_held() -> None:
+    history = [
+        Op(1, "put", "k", 0, 10, value="a", revision=5),
+        Op(2, "cas", "k", 11, 20, value="b", expected=5, applied=False, revision=5),
+    ]
+    assert check(history) == "violation"
+
+
+def test_checker_lets_an_ambiguous_write_be_applied_or_not() -> None:
+    applied = [
+        Op(1, "put", "k", 0, 10, value="a", ambiguous=True),
+        Op(2, "get", "k", 20, 30, found=True, out_value="a", revision=7),
+        Op(2, "cas", "k", 31, 40, value="b", expected=7, applied=True, revision=9),
+    ]
+    never = [Op(1, "put", "k", 0, 10, value="a", ambiguous=True), Op(2, "get", "k", 20, 30, found=False)]
+    assert check(applied) == "ok"
+    assert check(never) == "ok"
+
+
+def test_checker_catches_a_value_nobody_wrote_even_with_ambiguous_writes() -> None:
+    history = [
+        Op(1, "put", "k", 0, 10, value="a", ambiguous=True),
+        Op(2, "get", "k", 20, 30, found=True, out_value="z", revision=7),
+    ]
+    assert check(history) == "violation"
+
+
+def test_checker_catches_an_ambiguous_write_read_then_lost() -> None:
+    history = [
+        Op(1, "put", "k", 0, 10, value="a", ambiguous=True),
+        Op(2, "get", "k", 20, 30, found=True, out_value="a", revision=7),
+        Op(2, "get", "k", 40, 50, found=False),
+    ]
+    assert check(history) == "violation"
