@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from tests.harness import checkers
+from tests.harness.history import History
+from tests.harness.history import Op as HOp
 from tests.harness.lincheck import Op, check
 
 
@@ -93,3 +96,22 @@ def test_checker_catches_an_ambiguous_write_read_then_lost() -> None:
         Op(2, "get", "k", 40, 50, found=False),
     ]
     assert check(history) == "violation"
+
+
+def test_history_checker_names_the_key_porcupine_rejects() -> None:
+    """checkers.linearizable on a recorded History: a lost delete under an ambiguous write is caught."""
+    ms = 1_000_000
+    ops = [
+        HOp(1, 1, "set", "a", "r0", 0, 10 * ms, outcome="ok", value="1", applied=True, revision=1),
+        HOp(2, 2, "delete", "a", "r1", 20 * ms, 30 * ms, outcome="ok", applied=True, revision=2),
+        HOp(3, 1, "set", "a", "r0", 31 * ms, 32 * ms, outcome="info", value="2"),
+        HOp(4, 2, "get", "a", "r1", 40 * ms, 50 * ms, outcome="ok", read="linearizable", found=True,
+            out_value="1", revision=1),
+        HOp(5, 1, "set", "b", "r0", 0, 10 * ms, outcome="ok", value="x", applied=True, revision=3),
+        HOp(6, 2, "get", "b", "r1", 40 * ms, 50 * ms, outcome="ok", read="linearizable", found=True,
+            out_value="x", revision=3),
+    ]  # fmt: skip
+    verdict = checkers.linearizable(History(ops=ops))
+    assert verdict.checked == 6
+    assert len(verdict.violations) == 1 and verdict.violations[0].startswith("key 0/a is not linearizable")
+    assert checkers.linearizable(History(ops=[ops[0], *ops[2:]])).ok  # without the delete: fine
