@@ -24,20 +24,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
-from kvs2.client import CasResult, Client, Value, Written, watch_request
+from kvs2.client import Client, watch_request
 
 from tests.harness import checkers
 from tests.harness.common import progress
-from tests.harness.history import Delivery, History, Op, WatchSession
+from tests.harness.history import Delivery, History, WatchSession
 from tests.harness.nemesis import FAULT_KINDS, FaultStack, Nemesis, StackConfig
+from tests.harness.recorder import Recorder
 
 PREFIX = "k"
-T = TypeVar("T")
 FILLER = "~filler"  # outside PREFIX: written at the end only to make Kafka roll and clean segments
 
 
@@ -103,8 +102,7 @@ class Worker:
     """One client process of the history: a random operation on a random replica, again and again."""
 
     def __init__(self, process: int, stack: FaultStack, history: History, config: TortureConfig) -> None:
-        self.process = process
-        self.history = history
+        self.recorder = Recorder(history, process)
         self.config = config
         self.rng = random.Random(config.seed * 1000 + process)
         self.keys = [f"{PREFIX}{i}" for i in range(config.keys)]
@@ -112,7 +110,6 @@ class Worker:
             name: Client(r.target, timeout=config.call_timeout, retries=0)
             for name, r in stack.replicas.items()
         }
-        self.seen: dict[str, int] = {}
         self.n = 0
 
     def run(self, stop: threading.Event) -> None:
@@ -126,70 +123,29 @@ class Worker:
 
     def one(self) -> None:
         self.n += 1
-        key = self.rng.choice(self.keys)
-        k = key.encode()
-        target = self.rng.choice(sorted(self.clients))
+        rec, rng = self.recorder, self.rng
+        key = rng.choice(self.keys)
+        target = rng.choice(sorted(self.clients))
         c = self.clients[target]
-        value = f"p{self.process}-{self.n}"
-        v = value.encode()
-        roll = self.rng.random()
-        expected = 0 if self.rng.random() < 0.35 else self.seen.get(key, 0)
-
-        def begin(kind: str, **fields: object) -> Op:
-            return self.history.begin(self.process, kind, key, target, self.config.call_timeout, **fields)
-
+        value = f"p{rec.process}-{self.n}"
+        roll = rng.random()
+        expected = 0 if rng.random() < 0.35 else rec.seen.get(key, 0)
         if roll < 0.18:
-            self._write(begin("set", value=value), lambda: c.set(k, v))
+            rec.set(c, target, key, value)
         elif roll < 0.26:
-            self._write(begin("delete"), lambda: c.delete(k))
+            rec.delete(c, target, key)
         elif roll < 0.44:
-            self._cas(begin("cas_set", value=value, expected=expected), lambda: c.set_if(k, v, expected))
+            rec.set_if(c, target, key, value, expected)
         elif roll < 0.52:
-            self._cas(begin("cas_delete", expected=expected), lambda: c.delete_if(k, expected))
+            rec.delete_if(c, target, key, expected)
         elif roll < 0.72:
-            self._read(begin("get", read="linearizable"), lambda: c.get(k, consistency="linearizable"))
+            rec.get(c, target, key, "linearizable")
         elif roll < 0.84:
-            bound = self.config.staleness_ms
-            self._read(begin("get", read="staleness", bound=bound), lambda: c.get(k, max_staleness_ms=bound))
+            rec.get(c, target, key, "staleness", self.config.staleness_ms)
         elif roll < 0.92:
-            lag = self.config.max_lag
-            self._read(begin("get", read="lag", bound=lag), lambda: c.get(k, max_lag=lag))
+            rec.get(c, target, key, "lag", self.config.max_lag)
         else:
-            self._read(begin("get"), lambda: c.get(k))
-
-    def _attempt(self, op: Op, call: Callable[[], T]) -> tuple[bool, T | None]:
-        try:
-            return True, call()
-        except grpc.RpcError as exc:
-            self.history.failed(op, exc)
-            return False, None
-
-    def _write(self, op: Op, call: Callable[[], Written]) -> None:
-        done, w = self._attempt(op, call)
-        if done and w is not None:
-            at = {"partition": w.partition, "offset": w.offset}
-            self.history.finish(op, "ok", applied=True, revision=w.offset + 1, **at)
-
-    def _cas(self, op: Op, call: Callable[[], CasResult]) -> None:
-        done, r = self._attempt(op, call)
-        if not done or r is None:
-            return
-        deleted = r.applied and op.kind == "cas_delete"
-        revision = r.written.offset + 1 if deleted else r.revision  # a delete's revision: its position
-        at = {"partition": r.written.partition, "offset": r.written.offset}
-        self.history.finish(op, "ok", applied=r.applied, revision=revision, **at)
-        self.seen[op.key] = 0 if deleted else r.revision
-
-    def _read(self, op: Op, call: Callable[[], Value | None]) -> None:
-        done, got = self._attempt(op, call)
-        if not done:
-            return
-        if got is None:
-            self.history.finish(op, "ok", found=False)
-            self.seen[op.key] = 0
-        else:
-            self.history.finish(op, "ok", found=True, out_value=got.data.decode(), revision=got.revision)
-            self.seen[op.key] = got.revision
+            rec.get(c, target, key)
 
 
 # ----- watchers ----------------------------------------------------------------------------------------
@@ -317,7 +273,7 @@ def _threads(
     return threads
 
 
-def _final_read(
+def final_read(
     stack: FaultStack, name: str, target: str, timeout: float = 180.0
 ) -> tuple[dict[str, tuple[str, int]], dict[int, int]]:
     """A full linearizable Range of the key space, retried until the replica answers."""
@@ -368,7 +324,7 @@ def run(config: TortureConfig) -> Report:
         stack.heal_all()
         final_positions: dict[int, int] = {}
         for name, replica in stack.replicas.items():
-            state, applied = _final_read(stack, name, replica.target)
+            state, applied = final_read(stack, name, replica.target)
             history.final[name] = state
             for p, o in applied.items():
                 final_positions[p] = max(final_positions.get(p, 0), o)
@@ -378,9 +334,9 @@ def run(config: TortureConfig) -> Report:
         for t in watch_threads:
             t.join()
         if config.fresh_replica:
-            _let_compaction_run(stack)
+            let_compaction_run(stack)
             fresh = stack.start_fresh_replica()
-            history.final["fresh"], _ = _final_read(stack, "fresh", fresh.target)
+            history.final["fresh"], _ = final_read(stack, "fresh", fresh.target)
     except Exception as exc:
         errors.append(f"the run broke: {type(exc).__name__}: {exc}")
     finally:
@@ -392,7 +348,7 @@ def run(config: TortureConfig) -> Report:
     return report
 
 
-def _let_compaction_run(stack: FaultStack, seconds: float = 6.0) -> None:
+def let_compaction_run(stack: FaultStack, seconds: float = 6.0) -> None:
     """Roll segments (writes after `segment.ms`) so the cleaner compacts the log and drops expired
     tombstones before a fresh replica replays it."""
     with Client(stack.replicas["r0"].target, timeout=10.0, retries=0) as c:
