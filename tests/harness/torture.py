@@ -46,7 +46,7 @@ class TortureConfig:
     duration: float = 60.0
     replicas: int = 2
     clients: int = 4
-    keys: int = 5
+    keys: int = 6
     watchers: int = 1
     faults: Sequence[str] = FAULT_KINDS
     call_timeout: float = 3.0
@@ -129,7 +129,7 @@ class Worker:
         c = self.clients[target]
         value = f"p{rec.process}-{self.n}"
         roll = rng.random()
-        expected = 0 if rng.random() < 0.35 else rec.seen.get(key, 0)
+        expected = 0 if rng.random() < 0.5 else rec.seen.get(key, 0)
         if roll < 0.18:
             rec.set(c, target, key, value)
         elif roll < 0.26:
@@ -199,6 +199,7 @@ class Watcher:
         s = WatchSession(self.watcher, self.session, target, time.monotonic_ns(), dict(applied))
         self.history.sessions.append(s)
         cursor = dict(applied)
+        time.sleep(self.rng.uniform(0.0, 1.0))  # scan, then watch: writes may land in between
         while not self._reached(cursor):
             if self._finished():
                 s.stalled = True
@@ -207,6 +208,8 @@ class Watcher:
             if ended is not None:
                 s.note = ended
                 break
+            if self.final is None and self.rng.random() < 0.15:
+                break  # a new session from a new snapshot, now and then
             target = self.rng.choice(sorted(stubs))
             s.resumes += 1
         s.end_positions = dict(cursor)
@@ -367,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of operations and faults")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--keys", type=int, default=5)
+    parser.add_argument("--keys", type=int, default=6)
     parser.add_argument(
         "--faults",
         default=",".join(FAULT_KINDS),
