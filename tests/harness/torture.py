@@ -45,7 +45,7 @@ class TortureConfig:
     seed: int = 1
     duration: float = 60.0
     replicas: int = 2
-    clients: int = 4
+    clients: int = 6
     keys: int = 6
     watchers: int = 1
     faults: Sequence[str] = FAULT_KINDS
@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of operations and faults")
     parser.add_argument("--replicas", type=int, default=2)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--keys", type=int, default=6)
     parser.add_argument(
         "--faults",
