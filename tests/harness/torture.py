@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -362,6 +363,10 @@ def let_compaction_run(stack: FaultStack, seconds: float = 6.0) -> None:
             time.sleep(stack.config.segment_ms / 1000 + 0.1)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.harness.torture", description=__doc__.splitlines()[0] if __doc__ else None
@@ -395,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cas_cleanup_grace=args.cas_cleanup_grace,
         workdir=args.workdir,
     )
+    # `timeout`/CI stop us with SIGTERM: raise, so the stack's processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupted)
     report = run(config)
     print(report.render())
     return 0 if report.ok else 1
