@@ -6,9 +6,10 @@ Outcomes follow Jepsen: `ok` (the call answered), `fail` (it certainly had no ef
 a write that timed out or met UNAVAILABLE may still be applied). Times are `time.monotonic_ns()`.
 
 Topic recreation splits a history into *epochs*: the data of the old topic is gone, offsets and
-revisions start again. A call that overlaps a recreation window belongs to no epoch of its own; a
-write among them is ambiguous in the next epoch (it may have landed in either topic), a read among them
-is not judged.
+revisions start again. The boundary is the *creation* of the new topic (while the topic is merely absent,
+replicas must keep serving their data or refuse, never show it wiped). A call that overlaps a creation
+window belongs to no epoch of its own; a write among them is ambiguous in the next epoch (it may have
+landed in either topic), a read among them is not judged.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class History:
     faults: list[Fault] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     sessions: list[WatchSession] = field(default_factory=list)
-    # (delete started, recreated) of each topic recreation, in order
+    # (creation started, creation done) of each recreated topic, in order
     recreations: list[tuple[int, int]] = field(default_factory=list)
     # replica -> key -> (value, revision) read after quiescence
     final: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)

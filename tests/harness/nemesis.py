@@ -258,11 +258,12 @@ class Nemesis:
         raise ValueError(f"unknown fault {fault.kind!r}; known: {', '.join(FAULT_KINDS)}")
 
     def _recreate_topic(self, fault: Fault) -> Callable[[], None]:
-        """Delete now, recreate on heal; the window between is outside every epoch of the history."""
-        started = fault.start
+        """Delete now, recreate on heal. While the topic is only absent the old epoch goes on (a replica
+        must keep its data until a *different* topic exists); the creation is the epoch boundary."""
         self.stack.delete_topic()
 
         def recreate() -> None:
+            started = time.monotonic_ns()
             self.stack.create_topic()
             self.history.recreations.append((started, time.monotonic_ns()))
 
