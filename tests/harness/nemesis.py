@@ -224,11 +224,13 @@ class Nemesis:
             kind = self.rng.choices(kinds, weights=[FAULT_WEIGHTS[k] for k in kinds])[0]
             target = self.rng.choice(self.stack.names)
             fault = Fault(kind, "kafka" if kind in ("broker-kill", "topic-recreate") else target, 0)
-            heal = self._inject(fault)
             self.history.add_fault(fault)
-            stop.wait(self.rng.uniform(*self.hold))
-            heal()
-            fault.end = time.monotonic_ns()
+            heal = self._inject(fault)
+            try:
+                stop.wait(self.rng.uniform(*self.hold))
+            finally:
+                heal()
+                fault.end = time.monotonic_ns()
 
     def _inject(self, fault: Fault) -> Callable[[], None]:
         s, name = self.stack, fault.target

@@ -346,7 +346,8 @@ def run(config: TortureConfig) -> Report:
     finally:
         stack.stop()
         history.save(workdir / "history.json")
-    verdicts = checkers.judge(history, config.checks) if not errors else []
+    # Judge whatever was recorded once the final reads are in, even if a thread broke on the way.
+    verdicts = checkers.judge(history, config.checks) if history.final else []
     report = Report(config, history, verdicts, workdir, errors)
     (workdir / "report.txt").write_text(report.render(max_violations=1000) + "\n")
     return report
