@@ -252,3 +252,16 @@ def test_history_round_trips_through_a_file(tmp_path: Any) -> None:
     assert loaded.sessions == history.sessions
     assert loaded.final == history.final
     assert loaded.recreations == history.recreations
+
+
+def test_epochs_make_writes_across_a_topic_recreation_ambiguous_and_drop_such_reads() -> None:
+    before, during_w, during_r, after = (
+        put("a", "1", 0, 0, 10),
+        put("a", "2", 0, 90, 120),  # acknowledged while the new topic was being created
+        get("a", 95, 125, "1", 1),
+        put("a", "3", 1, 200, 210),
+    )
+    history = History(ops=[before, during_w, during_r, after], recreations=[(100 * MS, 150 * MS)])
+    epochs = history.epochs()
+    assert [o.id for o in epochs[0]] == [before.id]
+    assert [(o.id, o.outcome, o.epoch) for o in epochs[1]] == [(during_w.id, "info", 1), (after.id, "ok", 1)]
