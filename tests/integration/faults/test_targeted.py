@@ -17,6 +17,8 @@ from tests.harness.nemesis import FaultStack
 from tests.harness.recorder import Recorder
 from tests.harness.torture import PREFIX, final_read, let_compaction_run
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.xfail(strict=True, reason="issue 8 defect 3: fixed on h/relfaults")
 def test_bounded_reads_on_a_replica_cut_off_from_kafka_stay_within_their_bound(stack: FaultStack) -> None:

@@ -10,6 +10,8 @@ import pytest
 from tests.harness.common import progress
 from tests.harness.torture import TortureConfig, run
 
+pytestmark = pytest.mark.integration
+
 SEED = 8
 DURATION = 30.0
 
