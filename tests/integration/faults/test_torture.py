@@ -14,6 +14,9 @@ pytestmark = pytest.mark.integration
 
 SEED = 8
 DURATION = 30.0
+# Many keys: each is one more chance for the known defects to show in 30 s (with 6 keys a run came out
+# clean once in three, and a strict xfail must fail every time until the fixes are merged).
+KEYS = 16
 
 
 @pytest.mark.xfail(
@@ -26,7 +29,7 @@ def test_short_fixed_seed_torture_finds_no_violation(pytestconfig: pytest.Config
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     assert capture is not None
     with capture.global_and_fixture_disabled():  # progress and the verdicts on the terminal
-        report = run(TortureConfig(seed=SEED, duration=DURATION, workdir=tmp_path / "torture"))
+        report = run(TortureConfig(seed=SEED, duration=DURATION, keys=KEYS, workdir=tmp_path / "torture"))
         progress("\n" + report.render())
     assert not report.errors, report.render()
     counts = report.history.counts()
