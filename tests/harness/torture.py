@@ -385,7 +385,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delete-retention-ms", type=int, default=100)
     parser.add_argument("--cas-cleanup-grace", type=float, default=30.0)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--judge", type=Path, default=None, help="only judge a saved history.json again")
     args = parser.parse_args(argv)
+    if args.judge is not None:
+        verdicts = checkers.judge(History.load(args.judge))
+        for v in verdicts:
+            print(v.line())
+            for text in v.violations:
+                print(f"  [{v.name}] {text}")
+        return 0 if all(v.ok for v in verdicts) else 1
     faults = tuple(f for f in args.faults.split(",") if f)
     unknown = sorted(set(faults) - set(FAULT_KINDS))
     if unknown:
