@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv proto up down test test-unit lint fmt bench cluster cluster-down clean
+.PHONY: help venv proto up down test test-unit lint fmt bench cluster cluster-down clean torture
 
 help:
 	@echo "make up          start Kafka (127.0.0.1:19092) and two replicas (127.0.0.1:50051, :50052)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint        ruff + mypy --strict"
 	@echo "make bench       benchmarks; results land in bench/RESULTS.md"
 	@echo "make cluster     Kafka + a local Kubernetes control plane + process kubelet + operator + demo store"
+	@echo "make torture     randomized faults + operations, then every checker's verdict (SEED=1 DURATION=60)"
 
 venv:
 	@scripts/venv.sh
@@ -45,6 +46,11 @@ test-unit: venv
 
 bench: venv
 	$(PY) -m bench.run
+
+SEED ?= 1
+DURATION ?= 60
+torture: venv
+	$(PY) -m tests.harness.torture --seed $(SEED) --duration $(DURATION) $(TORTURE_ARGS)
 
 cluster: venv
 	$(PY) -m tests.harness.cluster up

@@ -6,6 +6,8 @@ What is measured (each with the settings printed beside it):
   MultiGet   ghz, 100 keys per call → keys/s
   Set        ghz, unary Set (acks=all, idempotent)
   peers      etcd serializable Range (etcd's own benchmark tool) and redis GET (redis-benchmark), same box
+  RESP       the Redis front door (`--redis-listen`) and redis-server under the same redis-benchmark GET and
+             MGET(100 keys), with each server's CPU per request from /proc (`--only resp` runs just these)
 The server under test is pinned to CPU 0 and every load generator to CPU 1 (2-core machine).
 Nothing here is a pass/fail test: targets live in RESULTS.md, not in assertions.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import datetime as dt
 import json
 import os
@@ -33,6 +36,7 @@ from confluent_kafka import Producer, libversion
 
 from bench.consistency import read_levels, watch_fanout
 from tests.harness.common import ManagedProcess, free_port, progress, wait_until
+from tests.harness.debian import AptUnavailable, ensure_apt
 from tests.harness.gobuild import ETCD_VERSION, TOOLS, ensure_tool
 from tests.harness.kafka import KAFKA_VERSION, KafkaBroker, create_topic
 from tests.harness.replica import ReplicaProcess
@@ -298,21 +302,24 @@ def bench_etcd(work: Path, duration: str, cpus: str = SERVER_CPU) -> Figure:
 
         wait_until(put, timeout=30, what="etcd to accept a put")
         request = {"key": _b64(b"key-0000001"), "serializable": True}
+        cpu_before, started = cpu_seconds(proc.pid), time.monotonic()
         load = _ghz(endpoint, "etcdserverpb.KV.Range", request, 32, duration, proto=ETCD_PROTO)
+        per_call = (cpu_seconds(proc.pid) - cpu_before) / max(1.0, load.rps * (time.monotonic() - started))
         return Figure(
             f"peer: etcd serializable Range (server on CPU {cpus})",
             f"{load.rps:,.0f} req/s",
-            f"etcd {ETCD_VERSION}, one key; {load.latency()}; ghz -c 32, 4 conns, {duration}; {load.ok}",
+            f"etcd {ETCD_VERSION}, one key; {load.latency()}; ghz -c 32, 4 conns, {duration}; {load.ok};"
+            f" server CPU ≈ {per_call * 1e6:.0f} µs/request (/proc, over the ghz run)",
         )
     finally:
         proc.stop()
 
 
 def bench_redis(duration_s: int) -> Figure | None:
-    if shutil.which("redis-server") is None:
-        progress("installing redis-server (Debian package) for the peer comparison")
-        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=False, capture_output=True)
-    if shutil.which("redis-server") is None:
+    try:
+        ensure_apt("redis-server", "redis-server")  # redis-benchmark and redis-cli come with it
+    except AptUnavailable as exc:
+        progress(f"redis-server not measured: {exc}")
         return None
     port = free_port()
     proc = ManagedProcess(
@@ -376,6 +383,137 @@ def bench_redis(duration_s: int) -> Figure | None:
         proc.stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_benchmark(port: int, clients: int, requests: int, command: list[str]) -> tuple[float, str]:
+    """One redis-benchmark run of a custom command on CPU LOAD_CPU: (requests/s, its CSV latency line)."""
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            str(clients),
+            "-n",
+            str(requests),
+            "--csv",
+            *command,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    row = next(csv.reader([out.stdout.strip().splitlines()[-1]]))
+    rps = float(row[1])
+    return rps, f"p50 {float(row[4]):.2f} ms, p99 {float(row[6]):.2f} ms"
+
+
+def _resp_rows(label: str, pid: int, port: int, seconds: int, keys: list[str]) -> list[Figure]:
+    """GET of one key and MGET of 100 keys through redis-benchmark, with the server's CPU per request."""
+    figures = []
+    for name, command, clients, per_request_keys, rate in (
+        ("GET", ["GET", keys[1]], 32, 1, 20_000),
+        ("MGET(100 keys)", ["MGET", *keys[:100]], 32, 100, 2_000),
+    ):
+        requests = rate * seconds
+        idle_from = cpu_seconds(pid)
+        time.sleep(2.0)
+        idle = (cpu_seconds(pid) - idle_from) / 2.0  # background threads (Kafka consumer, ingester)
+        before, started = cpu_seconds(pid), time.monotonic()
+        rps, latency = _redis_benchmark(port, clients, requests, command)
+        busy = cpu_seconds(pid) - before - idle * (time.monotonic() - started)
+        per_request = busy / requests
+        value = (
+            f"{rps:,.0f} req/s" if per_request_keys == 1 else f"{rps * 100:,.0f} keys/s ({rps:,.0f} req/s)"
+        )
+        figures.append(
+            Figure(
+                f"{label} {name}",
+                value,
+                f"server CPU {per_request * 1e6:.1f} µs/request (/proc, less its idle"
+                f" {idle * 100:.1f}% of a core); {latency}; "
+                f"redis-benchmark -c {clients} -n {requests:,}, no pipelining",
+            )
+        )
+    return figures
+
+
+def bench_resp(work: Path, seconds: int) -> list[Figure]:
+    """The Redis front door (`--redis-listen`) against redis-server, same load, same pinning."""
+    ensure_apt("redis-server", "redis-server")
+    keys = [f"key-{i:07d}" for i in range(10_000)]
+    figures: list[Figure] = []
+    broker = KafkaBroker(work / "kafka-resp").start()
+    try:
+        create_topic(broker.bootstrap_servers, "resp", 6, config={"cleanup.policy": "compact"})
+        _prefill(broker.bootstrap_servers, "resp", len(keys), len(keys), 100)
+        port = free_port()
+        replica = ReplicaProcess(
+            broker.bootstrap_servers,
+            "resp",
+            work / "replica-resp",
+            work / "replica-resp.log",
+            extra_args=("--redis-listen", f"127.0.0.1:{port}"),
+        )
+        replica.start()
+        assert replica.process is not None
+        _pin(replica.process.pid, SERVER_CPU)
+        try:
+            replica.wait_serving(timeout=300)
+            figures += _resp_rows(
+                f"kvs2 RESP (server on CPU {SERVER_CPU})", replica.process.pid, port, seconds, keys
+            )
+        finally:
+            replica.stop()
+    finally:
+        broker.stop()
+    port = free_port()
+    server = ManagedProcess(
+        "redis",
+        [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ],
+        work / "redis-server.log",
+    ).start()
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        wait_until(lambda: _pings(client), timeout=30, what="redis-server")
+        client.mset({k: b"v" * 100 for k in keys})
+        figures += _resp_rows(f"peer: redis-server (on CPU {SERVER_CPU})", server.pid, port, seconds, keys)
+        client.close()
+    finally:
+        server.stop()
+    return figures
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     with open("/proc/cpuinfo") as fh:
@@ -393,11 +531,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10, help="duration of each load run")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the Markdown file to append to")
+    parser.add_argument(
+        "--only", choices=["resp"], help="run only these rows (resp: the Redis front door vs redis-server)"
+    )
     args = parser.parse_args(argv)
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
+    if args.only == "resp":
+        return _append(args.results, bench_resp(args.work, args.seconds), "--only resp")
     figures, _ = bench_kvs2(args.work, args.records, f"{args.seconds}s")
+    try:
+        figures += bench_resp(args.work, args.seconds)
+    except Exception as exc:
+        figures.append(Figure("kvs2 RESP", "not measured", f"{exc}"))
     for cpus in (SERVER_CPU, BOTH_CPUS):
         try:
             figures.append(bench_etcd(args.work, f"{args.seconds}s", cpus))
@@ -408,6 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(redis or Figure("peer: redis GET", "not measured", "redis-server not installable"))
     except Exception as exc:
         figures.append(Figure("peer: redis GET", "not measured", f"{exc}"))
+    return _append(args.results, figures, "")
+
+
+def _append(results: Path, figures: list[Figure], note: str) -> int:
     versions = (
         f"Python {platform.python_version()}, grpcio {metadata.version('grpcio')}, "
         f"confluent-kafka {metadata.version('confluent-kafka')} (librdkafka {libversion()[0]}), "
@@ -416,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = "\n".join(f"| {f.name} | {f.value} | {f.detail} |" for f in figures)
     section = f"""
-## {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+## {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}{f" ({note})" if note else ""}
 
 - machine: {machine()}
 - versions: {versions}
@@ -427,11 +578,9 @@ def main(argv: list[str] | None = None) -> int:
 |---|---|---|
 {rows}
 """
-    if not args.results.exists():
-        args.results.write_text(
-            "# Benchmark results\n\nAppended by `make bench` (bench/run.py), newest last.\n"
-        )
-    with args.results.open("a") as fh:
+    if not results.exists():
+        results.write_text("# Benchmark results\n\nAppended by `make bench` (bench/run.py), newest last.\n")
+    with results.open("a") as fh:
         fh.write(section)
     print(section)
     return 0

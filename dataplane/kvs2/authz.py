@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +117,9 @@ class Policy:
     inline: Rules = field(default_factory=dict)
     path: Path | None = None
     _from_file: Rules = field(default_factory=dict)
+    # No lock: calls are checked on the server's event loop, one at a time. (And the settings that hold
+    # this policy are pickled to replacement worker processes: kvs2.workers.)
     _stamp: tuple[int, int, int] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.path is not None:
@@ -142,15 +142,12 @@ class Policy:
             return  # mid-swap or removed: keep what we have
         if (st.st_mtime_ns, st.st_size, st.st_ino) == self._stamp:
             return
-        with self._lock:
-            try:
-                self._from_file, self._stamp = self._load(self.path)
-            except ConfigError as exc:
-                log.warning(
-                    "authorization file changed but is unusable (keeping the previous rules): %s", exc
-                )
-                self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # report once per version
-                return
+        try:
+            self._from_file, self._stamp = self._load(self.path)
+        except ConfigError as exc:
+            log.warning("authorization file changed but is unusable (keeping the previous rules): %s", exc)
+            self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # report once per version
+            return
         log.info("authorization: reloaded %s (%d subjects)", self.path, len(self._from_file))
 
     def rights(self, identities: Iterable[str]) -> frozenset[str]:

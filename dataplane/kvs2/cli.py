@@ -84,6 +84,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=int(_env("KVS2_WORKERS", "1")),
         help="server processes sharing the port (SO_REUSEPORT); one of them runs the ingester",
     )
+    p.add_argument(
+        "--redis-listen",
+        default=_env("KVS2_REDIS_LISTEN", ""),
+        metavar="HOST:PORT",
+        help="also serve Redis-protocol clients (RESP2/RESP3) here; off by default, no TLS or AUTH yet",
+    )
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
@@ -167,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_write_timeout=args.write_timeout,
         cas_cleanup_grace=args.cas_cleanup_grace,
         workers=args.workers,
+        redis_listen=args.redis_listen,
         create_topic=args.create_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,

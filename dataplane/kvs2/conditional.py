@@ -97,12 +97,31 @@ class ConditionalWrites:
         finally:
             self._pending.pop(request_id, None)
         if not result.applied:
-            # Replay never needs a failed conditional record: tombstone it now.
-            self._writer.tombstone(side_key(request_id, key), result.partition)
+            # Replay never needs a failed conditional record: tombstone it now. The verdict is known
+            # whatever happens to the tombstone (the janitor retries it later).
+            try:
+                self._writer.tombstone(side_key(request_id, key), result.partition)
+            except Unavailable as exc:
+                log.warning("could not tombstone a failed conditional record yet (the janitor will): %s", exc)
         return ConditionalResult(result.applied, result.revision, result.partition, result.offset)
 
     async def janitor(self, stop: asyncio.Event) -> None:
-        """Tombstone conditional records nobody needs any more (after a grace delay), while serving."""
+        """Tombstone conditional records nobody needs any more (after a grace delay), while serving.
+
+        Survives any exception (logged): a bug or an LMDB surprise must not end clean-up for the life
+        of the process.
+        """
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self._janitor(stop)
+            except Exception:
+                log.exception("the conditional-record clean-up failed; trying again in %.0fs", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 60.0)
+
+    async def _janitor(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):

@@ -17,12 +17,23 @@ from kvs2.credentials import ServerTls
 from kvs2.errors import ConfigError
 
 KAFKA_ENV_PREFIX = "KVS2_KAFKA_"
-# Variables with the prefix that are not librdkafka settings.
-_RESERVED_KAFKA_ENV = {"KVS2_KAFKA_CONFIG"}
+# Variables with the prefix that are not librdkafka settings (KVS2_KAFKA_VERSION: the test harness's
+# choice of broker release, often exported in the environment replicas inherit).
+_RESERVED_KAFKA_ENV = {"KVS2_KAFKA_CONFIG", "KVS2_KAFKA_VERSION"}
 # The Kafka TLS/SASL files of kvs2.kafka_security are flags, not librdkafka settings.
 _RESERVED_KAFKA_ENV |= {
     f"KVS2_KAFKA_{name}_FILE" for name in ("CA", "CERT", "KEY", "SASL_USERNAME", "SASL_PASSWORD")
 } | {"KVS2_KAFKA_TLS"}
+
+# Kafka settings kvs2's guarantees rest on: refused from --kafka-config / KVS2_KAFKA_*, with the reason.
+PROTECTED_KAFKA_SETTINGS = {
+    "acks": "a write is acknowledged only once every in-sync replica has it (acks=all)",
+    "request.required.acks": "a write is acknowledged only once every in-sync replica has it (acks=all)",
+    "enable.idempotence": "a retried write is never duplicated or reordered (idempotent producer)",
+    "partitioner": "every replica and every Kafka client puts a key in the same partition (murmur2_random)",
+    "allow.auto.create.topics": "a missing topic is reported, never silently re-created empty",
+    "transactional.id": "its producer is not transactional",
+}
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MULTIGET_KEYS = 10_000
@@ -58,6 +69,8 @@ class ServeSettings:
     log_level: str = "INFO"
     # Server processes for this replica (kvs2.workers): one runs the ingester, all serve on the port.
     workers: int = 1
+    # HOST:PORT for Redis-protocol clients (kvs2.redis_server); empty: off.
+    redis_listen: str = ""
     # gRPC TLS (kvs2.credentials; mutual when it has a client CA), per-subject rights (kvs2.authz), and
     # a plaintext port serving only grpc.health.v1 for probes that cannot speak TLS.
     tls: ServerTls | None = None
@@ -67,6 +80,11 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if self.authz is not None and (self.tls is None or not self.tls.mutual):
             raise ConfigError("--authz/--authz-file need mutual TLS (a client CA: --tls-client-ca or ca.crt)")
+        if self.redis_listen and self.tls is not None and self.tls.mutual:
+            raise ConfigError(
+                "--redis-listen has no TLS or authentication: it would let any client around the mutual TLS "
+                "(and --authz) of the gRPC port; turn one of them off"
+            )
         if not self.bootstrap_servers:
             raise ConfigError("--bootstrap-servers (KVS2_BOOTSTRAP_SERVERS) is required")
         if not self.topic:
@@ -74,12 +92,29 @@ class ServeSettings:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"--listen must be HOST:PORT, got {self.listen!r}")
+        if self.redis_listen:
+            host, sep, port = self.redis_listen.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"--redis-listen must be HOST:PORT, got {self.redis_listen!r}")
         if self.limits.max_multiget_keys < 1:
             raise ConfigError("--max-multiget-keys must be at least 1")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigError("--partitions and --replication-factor must be at least 1")
+        check_kafka_config(self.kafka_config)
+
+
+def check_kafka_config(config: Mapping[str, str]) -> None:
+    """Refuse settings that would silently break kvs2's guarantees (issue 8)."""
+    for name in sorted(config):
+        why = PROTECTED_KAFKA_SETTINGS.get(name.strip().lower())
+        if why is not None:
+            env = KAFKA_ENV_PREFIX + name.upper().replace(".", "_")
+            raise ConfigError(
+                f"Kafka setting {name!r} (from --kafka-config, KVS2_KAFKA_CONFIG or {env}) cannot be "
+                f"changed: kvs2 sets it so that {why}"
+            )
 
 
 def parse_kafka_pairs(pairs: Sequence[str]) -> dict[str, str]:

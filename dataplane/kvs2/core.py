@@ -7,14 +7,14 @@ codes; tests drive this class directly without a network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
 from kvs2.conditional import ConditionalResult, ConditionalWrites
 from kvs2.config import Limits
-from kvs2.consistency import EVENTUAL, EndOffsetOracle, ReadOptions, validate, wait_fresh
+from kvs2.consistency import EVENTUAL, EndOffsetLookup, EndOffsetOracle, ReadOptions, validate, wait_fresh
 from kvs2.errors import InvalidArgument, Unavailable, WriteOutcomeUnknown
 from kvs2.kafka_io import WriteToken
 from kvs2.partitioner import partition_for
@@ -80,13 +80,13 @@ class Store:
         writer: RecordWriter,
         progress: Progress,
         limits: Limits,
-        end_offsets: Callable[[], Mapping[int, int]] | None = None,
+        end_offsets: EndOffsetLookup | None = None,
         conditional: ConditionalWrites | None = None,
     ) -> None:
         self._replica = replica
         self._writer = writer
         self._progress = progress
-        self._oracle = EndOffsetOracle(end_offsets or (lambda: {}))
+        self._oracle = EndOffsetOracle(end_offsets or (lambda _partitions: {}))
         self._max_key = min(limits.max_key_bytes, replica.max_key_bytes)
         self._max_keys = limits.max_multiget_keys
         self._conditional = conditional

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from kvs2.consistency import EndOffsetProbe
 from kvs2.errors import Kvs2Error, TopicNotFound
 from kvs2.kafka_io import Admin, ChangelogReader, OffsetGone
 from kvs2.progress import Snapshot
@@ -78,6 +79,11 @@ class Ingester:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the ingester thread runs (the server supervises it: a dead one ends the process)."""
+        return self._thread.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -144,12 +150,16 @@ class Ingester:
             self._problem = None
 
         reader = self._make_reader()
+        # Staleness and lag bounds rest on Kafka's answers, never on the consumer's cache (issue 8).
+        probe = EndOffsetProbe(lambda: self._admin.end_offsets_each(self._topic, range(identity.partitions)))
         try:
             reader.assign(identity.partitions, offsets)
-            self._follow(reader, identity, offsets, targets)
+            probe.start()
+            self._follow(reader, identity, offsets, targets, probe)
         except OffsetGone as exc:
             raise _Rebuild(str(exc)) from exc
         finally:
+            probe.stop()
             reader.close()
 
     def _follow(
@@ -158,6 +168,7 @@ class Ingester:
         identity: TopicIdentity,
         offsets: dict[int, int],
         targets: Mapping[int, int],
+        probe: EndOffsetProbe,
     ) -> None:
         serving = _caught_up(offsets, targets)
         if serving:
@@ -166,11 +177,13 @@ class Ingester:
         caught_up_at: dict[int, float] = {}
 
         def publish() -> None:
-            watermarks = reader.high_watermarks(identity.partitions)
-            now = time.monotonic()
-            for p, high in watermarks.items():
-                if offsets.get(p, 0) >= high:
-                    caught_up_at[p] = now
+            ends, ends_at = probe.latest()
+            # The consumer's cache is often newer under load: take the larger end (more lag, never less).
+            watermarks = {**ends}
+            for p, high in reader.high_watermarks(identity.partitions).items():
+                watermarks[p] = max(high, ends.get(p, high))
+            for p, at in probe.caught_up_since(offsets).items():
+                caught_up_at[p] = max(at, caught_up_at.get(p, at))
             self._on_progress(
                 Snapshot(
                     applied=dict(offsets),
@@ -179,6 +192,7 @@ class Ingester:
                     partitions=identity.partitions,
                     topic_id=identity.topic_id,
                     caught_up_at=dict(caught_up_at),
+                    ends_proven_at=ends_at,
                 )
             )
 

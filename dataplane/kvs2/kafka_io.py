@@ -7,12 +7,13 @@ the rest of the code should see a small set of meaningful exceptions instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from kvs2.errors import (
     Kvs2Error,
     PermissionDenied,
     TopicNotFound,
+    WriteOutcomeUnknown,
 )
 from kvs2.kafka_security import ConnectionProblems
 from kvs2.storage import SIDE_MARKER, Conditional, Record, TopicIdentity, parse_side_key, side_key
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 # Upper bound of what a single record adds to its key and value on the wire (record batch header,
 # record framing, varints). Values are checked against the limit minus key and this overhead.
 RECORD_OVERHEAD = 256
+# message.timeout.ms is the write timeout plus this: a caller's wait always ends first (kvs2.core).
+MESSAGE_TIMEOUT_MARGIN = 30.0
+# Delivery failures after which the record may nevertheless be in the log.
+_AMBIGUOUS = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._PURGE_INFLIGHT}
 # librdkafka's default `message.max.bytes`.
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 
@@ -119,8 +125,18 @@ def _on_error(err: KafkaError) -> None:
 
 
 def client_config(bootstrap_servers: str, extra: Mapping[str, str]) -> dict[str, Any]:
-    """Settings shared by every client; librdkafka's own log lines go through Python logging."""
-    return {"bootstrap.servers": bootstrap_servers, "logger": RDKAFKA_LOG, "error_cb": _on_error, **extra}
+    """Settings shared by every client; librdkafka's own log lines go through Python logging.
+
+    No client may make Kafka create the topic: a deleted topic must be reported, never silently
+    replaced by an empty one with the broker's default (non-compacted) settings.
+    """
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "logger": RDKAFKA_LOG,
+        "error_cb": _on_error,
+        **extra,
+        "allow.auto.create.topics": "false",
+    }
 
 
 # ----- admin -------------------------------------------------------------------------------------
@@ -155,6 +171,32 @@ class Admin:
                 out[tp.partition] = fut.result(timeout=timeout + 5).offset
         except Exception as exc:
             raise _map_exception(exc, f"listing end offsets of {topic!r}") from exc
+        return out
+
+    def end_offsets_each(
+        self, topic: str, partitions: Collection[int], timeout: float = 10.0
+    ) -> dict[int, int | Kvs2Error]:
+        """End offsets of just `partitions`, each answer on its own: a partition whose leader is down
+        gives its error without failing the others (linearizable reads and staleness proofs need only
+        the partitions they touch)."""
+        if not partitions:
+            return {}
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(topic, p): latest for p in sorted(set(partitions))}
+        try:
+            futures = self._client.list_offsets(
+                request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
+            )
+        except Exception as exc:
+            raise _map_exception(exc, f"listing end offsets of {topic!r}") from exc
+        out: dict[int, int | Kvs2Error] = {}
+        for tp, fut in futures.items():
+            try:
+                out[tp.partition] = fut.result(timeout=timeout + 5).offset
+            except Exception as exc:
+                out[tp.partition] = _map_exception(
+                    exc, f"listing the end offset of {topic!r}[{tp.partition}]"
+                )
         return out
 
     def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
@@ -341,24 +383,75 @@ class Writer:
 
     The `murmur2_random` partitioner is the Java client's: a Java or Kafka Connect producer puts a
     key in the same partition as we do, so any Kafka producer can write to a store.
+
+    A fatal producer error (librdkafka's idempotence guarantees can no longer hold) makes the producer
+    unusable for good. The writer then re-creates it: writes fail with UNAVAILABLE until the new one is
+    in place, and `on_health(False)` reports the replica unfit to take writes while there is none.
     """
 
-    def __init__(self, config: Mapping[str, Any], topic: str, *, message_timeout: float) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topic: str,
+        *,
+        message_timeout: float,
+        producer_factory: Callable[[dict[str, Any]], Any] = Producer,
+        on_health: Callable[[bool], None] = lambda _ok: None,
+    ) -> None:
         self.topic = topic
-        settings: dict[str, Any] = {
+        self._settings: dict[str, Any] = {
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
             "linger.ms": 1,
-            "message.timeout.ms": int(message_timeout * 1000),
+            # Longer than any wait for an acknowledgement, so the caller's own timer fires first and
+            # says the write may still be applied; a delivery timeout says so too (_AMBIGUOUS).
+            "message.timeout.ms": int((message_timeout + MESSAGE_TIMEOUT_MARGIN) * 1000),
             **config,
+            "error_cb": self._on_error,
         }
-        self._producer = Producer(settings)
-        self._message_max_bytes = int(settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
+        self._factory = producer_factory
+        self.on_health = on_health
+        self._lock = threading.Lock()
+        self._fatal: KafkaError | None = None
+        self._producer = producer_factory(self._settings)
+        self._message_max_bytes = int(self._settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
         self.topic_max_message_bytes: int | None = None
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="kvs2-producer-poll", daemon=True)
         self._poller.start()
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (poll thread): fatal errors start a re-creation."""
+        if not err.fatal():  # transient; librdkafka retries, and its own log line already said it
+            log.debug("producer: %s", err.str())
+            return
+        with self._lock:
+            if self._fatal is not None:
+                return
+            self._fatal = err
+        log.error(
+            "the Kafka producer hit a fatal error (%s): re-creating it; writes fail until then", err.str()
+        )
+        self.on_health(False)
+
+    def _recreate(self) -> bool:
+        """Replace a producer that hit a fatal error. Returns whether it worked (poll thread)."""
+        old = self._producer
+        with contextlib.suppress(Exception):
+            old.purge(in_queue=True, in_flight=True)
+            old.flush(1.0)  # serves the purged writes' delivery reports: their callers learn now
+        try:
+            new = self._factory(self._settings)
+        except Exception as exc:
+            log.error("could not re-create the Kafka producer: %s; retrying (writes fail meanwhile)", exc)
+            return False
+        with self._lock:
+            self._producer = new
+            self._fatal = None
+        log.warning("re-created the Kafka producer after a fatal error; writes go through again")
+        self.on_health(True)
+        return True
 
     def max_record_bytes(self) -> int:
         """The largest key+value the topic and the producer both accept."""
@@ -379,7 +472,13 @@ class Writer:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if not fut.set_running_or_notify_cancel():
                 return  # the caller gave up (deadline); nobody is waiting for this report
-            if err is not None:
+            if err is not None and (err.code() in _AMBIGUOUS or err.fatal()):
+                fut.set_exception(
+                    WriteOutcomeUnknown(
+                        f"writing to Kafka: {err.str()}; the write may still be applied later"
+                    )
+                )
+            elif err is not None:
                 fut.set_exception(map_error(err, "writing to Kafka"))
             else:
                 fut.set_result(WriteToken(_int(msg.partition()), _int(msg.offset())))
@@ -390,7 +489,13 @@ class Writer:
         if headers:
             extra["headers"] = headers
         try:
-            self._producer.produce(self.topic, key=key, value=value, on_delivery=on_delivery, **extra)
+            with self._lock:  # never onto a producer being replaced
+                if self._fatal is not None:
+                    raise KafkaUnavailable(
+                        f"the Kafka producer hit a fatal error ({self._fatal.str()}) and is being "
+                        "re-created; retry shortly"
+                    )
+                self._producer.produce(self.topic, key=key, value=value, on_delivery=on_delivery, **extra)
         except BufferError as exc:
             raise KafkaUnavailable(
                 "the producer's queue is full: Kafka is not accepting writes fast enough"
@@ -413,7 +518,15 @@ class Writer:
         return self._produce(side, None, partition, None)
 
     def _poll_loop(self) -> None:
+        delay = 0.1
         while not self._stop.is_set():
+            if self._fatal is not None:
+                if self._recreate():
+                    delay = 0.1
+                else:
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
+                continue
             self._producer.poll(0.1)
 
     def close(self, timeout: float = 10.0) -> int:

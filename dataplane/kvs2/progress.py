@@ -23,8 +23,11 @@ class Snapshot:
     high_watermarks: Mapping[int, int] = field(default_factory=dict)
     partitions: int = 0
     topic_id: str = ""
-    # time.monotonic() at which each partition was last seen caught up with its high watermark.
+    # time.monotonic() of the latest end-offset look-up (kvs2.consistency.EndOffsetProbe) whose answer the
+    # replica has applied: it reflects every write acknowledged before then.
     caught_up_at: Mapping[int, float] = field(default_factory=dict)
+    # time.monotonic() at which Kafka was last asked for (and answered) each partition's end offset.
+    ends_proven_at: Mapping[int, float] = field(default_factory=dict)
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.applied.get(partition, 0) > offset

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import grpc
@@ -33,6 +34,7 @@ from kvs2.health_port import start_health_server
 from kvs2.ingest import Ingester, TopicSpec
 from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
 from kvs2.progress import Progress, Snapshot
+from kvs2.redis_server import start_redis
 from kvs2.storage import Entry, Outcome, Replica
 from kvs2.watch import Progressed, watch
 from kvs2.workers import FanIn, Fanout, exited, fork_followers
@@ -218,6 +220,32 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
 
 
 # ----- the process ---------------------------------------------------------------------------------
+class HealthGate:
+    """gRPC health is SERVING only while every part of the replica can serve: caught up with Kafka
+    ("replica"), a usable producer ("producer"), a live ingester ("ingester"). Calls `apply` on changes.
+
+    Why one gate: each part is reported from a different place (the ingester's snapshots, the
+    producer's error callback, the supervisor); none of them may flip health back to SERVING alone.
+    """
+
+    def __init__(self, apply: Callable[[bool], None], parts: Mapping[str, bool]) -> None:
+        self._apply = apply
+        self._parts = dict(parts)
+        self._state = all(self._parts.values())
+        apply(self._state)
+
+    def set(self, part: str, ok: bool) -> None:
+        self._parts[part] = ok
+        state = all(self._parts.values())
+        if state != self._state:
+            self._state = state
+            self._apply(state)
+
+    @property
+    def serving(self) -> bool:
+        return self._state
+
+
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -240,11 +268,19 @@ class Role:
 
 @contextlib.asynccontextmanager
 async def running_replica(
-    settings: ServeSettings, role: Role | None = None, stop: asyncio.Event | None = None
+    settings: ServeSettings,
+    role: Role | None = None,
+    stop: asyncio.Event | None = None,
+    on_fatal: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[grpc.aio.Server, int, Progress]]:
-    """Start everything a replica (process) is; on exit shut it down in order (see `serve`)."""
+    """Start everything a replica (process) is; on exit shut it down in order (see `serve`).
+
+    `on_fatal(why)` is called when the replica can no longer work (its ingester thread died); by
+    default it sets `stop`.
+    """
     role = role or Role()
     stop = stop or asyncio.Event()
+    fatal = on_fatal or (lambda _why: stop.set())
     loop = asyncio.get_running_loop()
     kafka = client_config(settings.bootstrap_servers, settings.kafka_config)
     replica = Replica(settings.data_dir, map_size=settings.map_size)
@@ -257,7 +293,7 @@ async def running_replica(
         writer,
         progress,
         settings.limits,
-        end_offsets=lambda: admin.end_offsets(settings.topic, progress.now.partitions),
+        end_offsets=lambda partitions: admin.end_offsets_each(settings.topic, partitions),
         conditional=conditional,
     )
 
@@ -327,7 +363,14 @@ async def running_replica(
             task.add_done_callback(health_tasks.discard)
         log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
 
-    progress.on_serving_change(on_serving)
+    health = HealthGate(on_serving, {"replica": False, "producer": True, "ingester": True})
+    progress.on_serving_change(lambda serving: health.set("replica", serving))
+
+    def on_producer_health(ok: bool) -> None:  # the producer's poll thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+            loop.call_soon_threadsafe(health.set, "producer", ok)
+
+    writer.on_health = on_producer_health
     port = add_port(server, settings.listen, settings.tls)
     if port == 0:
         raise errors.ConfigError(f"cannot listen on {settings.listen}")
@@ -335,11 +378,40 @@ async def running_replica(
     health_server = await start_health_server(
         settings.health_listen, health_servicer, reuse_port=settings.workers > 1
     )
+    redis = (
+        await start_redis(
+            store,
+            settings.redis_listen,
+            topic=settings.topic,
+            timeout=settings.default_write_timeout,
+            reuse_port=settings.workers > 1,
+        )
+        if settings.redis_listen
+        else None
+    )
     stopping = asyncio.Event()
     janitor: asyncio.Task[None] | None = None
+    supervisor: asyncio.Task[None] | None = None
     if ingester is not None:
         ingester.start()
         janitor = loop.create_task(conditional.janitor(stopping))
+
+        async def supervise(ingester: Ingester) -> None:
+            """A dead ingester thread (a bug, even one inside its own error handling) leaves a replica
+            that never learns another write: stop serving and end the process so it is restarted."""
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 0.5)
+                if not stopping.is_set() and not ingester.alive:
+                    log.error("the ingester thread died: NOT_SERVING; stopping so the replica is restarted")
+                    health.set("ingester", False)
+                    progress.update(replace(progress.now, serving=False))  # reads refused too
+                    if fanout is not None:
+                        fanout.send("snapshot", progress.now)
+                    fatal("the ingester thread died")
+                    return
+
+        supervisor = loop.create_task(supervise(ingester))
     log.info(
         "kvs2 replica of topic %r listening on %s (data in %s)",
         settings.topic,
@@ -349,23 +421,44 @@ async def running_replica(
     try:
         yield server, port, progress
     finally:
+        # Every step runs whatever happened to the ones before: the producer is always flushed and
+        # LMDB always closed (issue 8).
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", settings.shutdown_grace)
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(settings.shutdown_grace)
+        await _step("health", health_servicer.enter_graceful_shutdown)
+
+        async def stop_fronts() -> None:  # gRPC and the Redis port finish their in-flight calls together
+            await asyncio.gather(
+                server.stop(settings.shutdown_grace),
+                *([redis.close(settings.shutdown_grace)] if redis is not None else []),
+            )
+
+        await _step("front doors", stop_fronts)
         if health_server is not None:
-            await health_server.stop(None)
+            stop_health = health_server.stop
+            await _step("health port", lambda: stop_health(None))
         stopping.set()
-        if janitor is not None:
-            await janitor
-        writer.close(timeout=settings.shutdown_grace)
+        for task in (janitor, supervisor):
+            if task is not None:
+                await _step("background task", lambda task=task: task)  # type: ignore[misc]
+        await _step("producer", lambda: writer.close(timeout=settings.shutdown_grace))
         if ingester is not None:
-            ingester.stop()
+            await _step("ingester", ingester.stop)
         if fanin is not None:
-            fanin.detach(loop)
+            await _step("leader pipe", lambda: fanin.detach(loop))
         if fanout is not None:
-            fanout.close()  # followers see end-of-file and stop too
-        replica.close()
+            await _step("follower pipes", fanout.close)  # followers see end-of-file and stop too
+        await _step("LMDB", replica.close)
         log.info("stopped")
+
+
+async def _step(what: str, action: Callable[[], object]) -> None:
+    """One shutdown step; a failure is logged and the next step still runs."""
+    try:
+        result = action()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("shutting down: %s failed; going on", what)
 
 
 async def serve(settings: ServeSettings, role: Role | None = None) -> int:
@@ -382,6 +475,13 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
         nonlocal failed
         while not stop.is_set():
             for pid, code in exited(role.followers):
+                if role.fanout is not None and pid in role.fanout.dropped:
+                    role.followers.remove(pid)  # killed for not keeping up (logged); the others serve on
+                    if not stop.is_set():
+                        replacement = role.fanout.replace(settings)
+                        role.followers.append(replacement)
+                        log.warning("started worker process %d in place of %d", replacement, pid)
+                    continue
                 log.error(
                     "worker process %d exited (%d): stopping the replica so it can be restarted", pid, code
                 )
@@ -389,8 +489,13 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
                 stop.set()
             await asyncio.sleep(1.0)
 
+    def on_fatal(why: str) -> None:
+        nonlocal failed
+        failed = True
+        stop.set()
+
     monitor = loop.create_task(watch_followers()) if role.followers else None
-    async with running_replica(settings, role, stop):
+    async with running_replica(settings, role, stop, on_fatal):
         await stop.wait()
         for pid in role.followers:  # in Kubernetes only PID 1 gets the SIGTERM
             with contextlib.suppress(ProcessLookupError):
@@ -410,4 +515,4 @@ def run_replica(settings: ServeSettings) -> int:
     pids, fds = fork_followers(
         settings.workers - 1, lambda fd: asyncio.run(serve(settings, Role(fanin_fd=fd)))
     )
-    return asyncio.run(serve(settings, Role(fanout=Fanout(fds), followers=pids)))
+    return asyncio.run(serve(settings, Role(fanout=Fanout(fds, pids), followers=pids)))

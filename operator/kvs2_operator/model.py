@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs2_operator.crd import GROUP, KIND, VERSION
+from kvs2_operator.crd import GROUP, GRPC_PORT, KIND, VERSION
 from kvs2_operator.errors import SpecError
 from kvs2_operator.grpc_tls import GrpcTls, parse_grpc_tls
 from kvs2_operator.kafka_security import KafkaSasl, KafkaTls, check_client_config, parse_sasl, parse_tls
@@ -29,6 +29,7 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SECURITY_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 DELETION_POLICIES = ("Retain", "Delete")
+DEFAULT_REDIS_PORT = 6379
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,15 @@ class PdbSpec:
 
 
 @dataclass(frozen=True)
+class RedisSpec:
+    """spec.redis: the Redis-protocol port of the data plane (`kvs2 serve --redis-listen`); off unless
+    enabled. No TLS or AUTH on it yet: enable it only where the pods' network is trusted."""
+
+    enabled: bool = False
+    port: int = DEFAULT_REDIS_PORT
+
+
+@dataclass(frozen=True)
 class StoreSpec:
     replicas: int
     image: str
@@ -105,6 +115,7 @@ class StoreSpec:
     resources: Mapping[str, Any]
     pdb: PdbSpec
     topic_deletion_policy: str
+    redis: RedisSpec = field(default_factory=RedisSpec)
     # gRPC TLS, mTLS and per-subject rights (kvs2_operator.grpc_tls).
     tls: GrpcTls | None = None
 
@@ -345,8 +356,20 @@ def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreS
             default="Retain",
             choices=DELETION_POLICIES,
         ),
+        redis=_parse_redis(spec.get("redis")),
         tls=parse_grpc_tls(spec.get("tls")),
     )
+
+
+def _parse_redis(raw: Any) -> RedisSpec:
+    redis = _obj(raw, "spec.redis")
+    enabled = redis.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SpecError(f"spec.redis.enabled must be true or false, got {enabled!r}")
+    port = _int(redis.get("port"), "spec.redis.port", default=DEFAULT_REDIS_PORT, minimum=1, maximum=65535)
+    if port == GRPC_PORT:
+        raise SpecError(f"spec.redis.port must differ from the gRPC port {GRPC_PORT}")
+    return RedisSpec(enabled=enabled, port=port)
 
 
 def parse_ref(body: Mapping[str, Any]) -> StoreRef:

@@ -87,6 +87,8 @@ def container_env(store: Store) -> list[dict[str, Any]]:
         {"name": "KVS2_SHUTDOWN_GRACE", "value": str(spec.shutdown_grace_seconds)},
         {"name": "KVS2_WORKERS", "value": str(spec.workers)},
     ]
+    if spec.redis.enabled:
+        env.append({"name": "KVS2_REDIS_LISTEN", "value": f"$(POD_IP):{spec.redis.port}"})
     if kafka.client_config:
         joined = ",".join(f"{k}={v}" for k, v in sorted(kafka.client_config.items()))
         env.append({"name": "KVS2_KAFKA_CONFIG", "value": joined})
@@ -118,6 +120,11 @@ def _container(store: Store) -> dict[str, Any]:
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             *grpc_tls.pod_parts(spec.tls)[3],
+            *(
+                [{"name": "redis", "containerPort": spec.redis.port, "protocol": "TCP"}]
+                if spec.redis.enabled
+                else []
+            ),
         ],
         "env": container_env(store),
         "volumeMounts": [
@@ -234,6 +241,14 @@ def _grpc_port() -> dict[str, Any]:
     }
 
 
+def _ports(store: Store) -> list[dict[str, Any]]:
+    """gRPC, and the Redis protocol when `spec.redis.enabled`."""
+    if not store.spec.redis.enabled:
+        return [_grpc_port()]
+    redis = {"name": "redis", "port": store.spec.redis.port, "targetPort": "redis", "protocol": "TCP"}
+    return [_grpc_port(), redis]
+
+
 def render_headless_service(store: Store) -> dict[str, Any]:
     """The StatefulSet's governing Service: per-pod DNS, not-ready pods published (peers, debugging)."""
     return {
@@ -244,7 +259,7 @@ def render_headless_service(store: Store) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": selector_labels(store.name),
-            "ports": [_grpc_port()],
+            "ports": _ports(store),
         },
     }
 
@@ -255,7 +270,7 @@ def render_client_service(store: Store) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(store, client_service_name(store.name)),
-        "spec": {"type": "ClusterIP", "selector": selector_labels(store.name), "ports": [_grpc_port()]},
+        "spec": {"type": "ClusterIP", "selector": selector_labels(store.name), "ports": _ports(store)},
     }
 
 

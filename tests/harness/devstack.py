@@ -1,4 +1,5 @@
-"""`make up` / `make down`: Kafka on 127.0.0.1:19092 and two replicas on 127.0.0.1:50051 and :50052.
+"""`make up` / `make down`: Kafka on 127.0.0.1:19092 and two replicas on 127.0.0.1:50051 and :50052
+(Redis protocol on 127.0.0.1:16379 and :16380).
 
 Everything runs in the background and outlives the command; PID files and logs live in `.kvs2/`.
 `down` stops exactly the PIDs `up` recorded (replicas first, then Kafka). Data stays for the next `up`.
@@ -19,6 +20,7 @@ KAFKA_PORT = 19092
 TOPIC = "kvs2"
 PARTITIONS = 6
 REPLICAS = {"a": 50051, "b": 50052}
+REDIS_PORTS = {"a": 16379, "b": 16380}  # `--redis-listen`: the Redis-protocol front door
 
 
 def _replica_dir(name: str) -> Path:
@@ -47,6 +49,8 @@ def _start_replica(name: str, port: int, bootstrap: str) -> None:
         str(_replica_dir(name)),
         "--listen",
         target,
+        "--redis-listen",
+        f"127.0.0.1:{REDIS_PORTS[name]}",
         "--create-topic",
         "--partitions",
         str(PARTITIONS),
@@ -54,7 +58,10 @@ def _start_replica(name: str, port: int, bootstrap: str) -> None:
     process = ManagedProcess(f"replica-{name}", argv, log_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     process.start()
     _pid_file(name).write_text(f"{process.pid}\n")
-    progress(f"replica {name}: pid {process.pid}, gRPC {target}, log {log_path}")
+    progress(
+        f"replica {name}: pid {process.pid}, gRPC {target}, "
+        f"Redis 127.0.0.1:{REDIS_PORTS[name]}, log {log_path}"
+    )
 
 
 def up() -> int:
@@ -85,6 +92,13 @@ Try it:
   {kvs2} get --target 127.0.0.1:50052 hello
   {kvs2} mget --target 127.0.0.1:50052 --json hello missing
   grpcurl -plaintext 127.0.0.1:50051 list          (reflection is on)
+
+Any Redis client works too (RESP2/RESP3; replica a: 127.0.0.1:16379, replica b: 127.0.0.1:16380):
+  redis-cli -p 16379 SET hello world               (redis-cli: apt-get install redis-tools)
+  redis-cli -p 16380 GET hello
+  redis-cli -p 16380 --scan --pattern 'h*'
+  redis-cli -p 16379 KVS2.SET k v                  (replies with the write's token P:O)
+  redis-cli -p 16380 KVS2.GET k AFTER P:O          (read-your-writes through the other replica)
 Stop it with: make down
 """
     )

@@ -294,8 +294,15 @@ class KafkaBroker:
         *,
         version: str = KAFKA_VERSION,
         heap: str = DEFAULT_HEAP,
+        proxied_listeners: Mapping[str, int] | None = None,
     ) -> None:
+        """`proxied_listeners` (name -> advertised port): one extra PLAINTEXT listener each, bound to a free
+        port of its own (`listener_ports[name]`) but advertised at the given port, where a fault-injecting
+        proxy (tests/harness/nemesis.py) forwards to it — so a client bootstrapping through the proxy keeps
+        talking through it after the metadata round trip."""
         self.workdir = Path(workdir).resolve()
+        self.proxied_listeners = dict(proxied_listeners or {})
+        self.listener_ports = {name: free_port() for name in self.proxied_listeners}
         self.version = version
         self.heap = heap
         saved = self._saved_ports()
@@ -345,7 +352,7 @@ class KafkaBroker:
         lib = ensure_kafka(self.version)
         java = java_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for port in (self.port, self.controller_port):
+        for port in (self.port, self.controller_port, *self.listener_ports.values()):
             _check_bindable(port)
         self._save_ports()
         properties = self._write_config()
@@ -427,6 +434,14 @@ class KafkaBroker:
 
     def settings(self) -> dict[str, str]:
         """server.properties: one node, loopback only, sized for tests on 2 cores."""
+        settings = self._base_settings()
+        for name, advertised in self.proxied_listeners.items():
+            settings["listeners"] += f",{name}://{LOOPBACK}:{self.listener_ports[name]}"
+            settings["advertised.listeners"] += f",{name}://{LOOPBACK}:{advertised}"
+            settings["listener.security.protocol.map"] += f",{name}:PLAINTEXT"
+        return settings
+
+    def _base_settings(self) -> dict[str, str]:
         return {
             "process.roles": "broker,controller",
             "node.id": "1",

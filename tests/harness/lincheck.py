@@ -24,7 +24,7 @@ class Op:
     """One completed operation: what was asked, when, and what came back (nanosecond clock)."""
 
     client: int
-    op: str  # "put", "cas" or "get"
+    op: str  # "put", "del", "cas" (compare-and-set), "cas_del" (compare-and-delete) or "get"
     key: str
     call: int
     ret: int
@@ -34,6 +34,9 @@ class Op:
     found: bool = False
     out_value: str = ""
     revision: int = 0
+    # The call's outcome is unknown (timed out, UNAVAILABLE): it may or may not have been applied. `check`
+    # gives it a return time after every other operation, as Jepsen does.
+    ambiguous: bool = False
 
 
 def _toolset() -> GoToolSet:
@@ -51,7 +54,11 @@ def _toolset() -> GoToolSet:
 def check(history: Sequence[Op]) -> str:
     """ "ok", "violation" or "unknown" (the checker timed out)."""
     binary = ensure_toolset(_toolset()) / "lincheck"
-    payload = [{**{k: v for k, v in asdict(o).items() if k != "ret"}, "return": o.ret} for o in history]
+    forever = max((max(o.call, o.ret) for o in history), default=0) + 1
+    payload = [
+        {**{k: v for k, v in asdict(o).items() if k != "ret"}, "return": forever if o.ambiguous else o.ret}
+        for o in history
+    ]
     result = subprocess.run(
         [str(binary)], input=json.dumps(payload), capture_output=True, text=True, timeout=300, check=False
     )

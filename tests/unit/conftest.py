@@ -78,7 +78,13 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     progress.update(Snapshot(serving=True, partitions=1, topic_id="id"))
     writer = FakeWriter(replica, progress)
     end_offsets: dict[int, int] = {}
-    store = Store(replica, writer, progress, Limits(max_multiget_keys=3), end_offsets=lambda: end_offsets)
+    store = Store(
+        replica,
+        writer,
+        progress,
+        Limits(max_multiget_keys=3),
+        end_offsets=lambda parts: {p: end_offsets.get(p, 0) for p in parts},
+    )
     server = grpc.aio.server()
     pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, default_timeout=5), server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -63,7 +63,10 @@ async def test_linearizable_read_waits_for_kafkas_end_offset(rig: Rig) -> None:
 
 
 async def test_bounded_lag(rig: Rig) -> None:
-    rig.progress.update(replace(rig.progress.now, high_watermarks={0: 5}))
+    # End offsets Kafka confirmed just now (kvs2.consistency.EndOffsetProbe).
+    rig.progress.update(
+        replace(rig.progress.now, high_watermarks={0: 5}, ends_proven_at={0: time.monotonic()})
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await rig.stub.Get(pb.GetRequest(key=b"k", read=pb.ReadOptions(max_lag_records=2)), timeout=0.5)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,9 @@ async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
         replica.reset(TopicIdentity("t", "id", 1))
         progress = Progress(asyncio.get_running_loop())
         progress.update(Snapshot(serving=True, partitions=1, topic_id="id"))
-        store = Store(replica, FakeWriter(replica, progress), progress, Limits(), end_offsets=dict)
+        store = Store(
+            replica, FakeWriter(replica, progress), progress, Limits(), end_offsets=lambda _partitions: {}
+        )
         interceptors = [AuthorizationInterceptor(policy)] if policy is not None else []
         server = grpc.aio.server(interceptors=interceptors)
         pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, default_timeout=5), server)
@@ -301,6 +304,24 @@ def test_authorization_needs_mutual_tls(pki: Pki, tmp_path: Path) -> None:
         ServeSettings("k:9", "t", tmp_path, tls=tls_only, authz=policy)
     with pytest.raises(ConfigError, match="need mutual TLS"):
         ServeSettings("k:9", "t", tmp_path, authz=policy)
+
+
+def test_security_settings_survive_the_trip_to_a_replacement_worker(pki: Pki, tmp_path: Path) -> None:
+    """kvs2.workers pickles ServeSettings to a freshly exec'd follower."""
+    rules = tmp_path / "authz.yaml"
+    rules.write_text("alice: [read]\n")
+    policy = policy_from_options(str(rules), ["bob=write"])
+    tls = ServerTls.from_dir(pki.server_dir(mutual=True))
+    settings = ServeSettings("k:9", "t", tmp_path, tls=tls, authz=policy, health_listen="127.0.0.1:1")
+    copy = pickle.loads(pickle.dumps(settings))
+    assert copy.tls == tls and copy.health_listen == "127.0.0.1:1"
+    assert copy.authz.rights(["alice", "bob"]) == frozenset({"read", "write"})
+
+
+def test_the_plaintext_redis_port_is_refused_next_to_mutual_tls(pki: Pki, tmp_path: Path) -> None:
+    mutual = ServerTls.from_dir(pki.server_dir(mutual=True))
+    with pytest.raises(ConfigError, match="--redis-listen has no TLS or authentication"):
+        ServeSettings("k:9", "t", tmp_path, tls=mutual, redis_listen="127.0.0.1:6379")
 
 
 @pytest.mark.parametrize(
