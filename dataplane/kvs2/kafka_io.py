@@ -423,6 +423,7 @@ class Writer:
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (poll thread): fatal errors start a re-creation."""
+        _on_error(err)  # a TLS/SASL reason, for the messages of the timeouts it causes (kvs2.kafka_security)
         if not err.fatal():  # transient; librdkafka retries, and its own log line already said it
             log.debug("producer: %s", err.str())
             return
