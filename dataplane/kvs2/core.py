@@ -34,6 +34,8 @@ class RecordWriter(Protocol):
 
     def write(self, key: bytes, value: bytes | None) -> Future[WriteToken]: ...
 
+    def tombstone(self, side: bytes, partition: int) -> Future[WriteToken]: ...
+
 
 @dataclass(frozen=True)
 class KeyRange:
@@ -185,7 +187,20 @@ class Store:
         return await self._await_ack(self._writer.write(key, value), timeout)
 
     async def delete(self, key: bytes, timeout: float | None) -> WriteToken:
+        """A plain tombstone, preceded by clean-up tombstones of the key's conditional records.
+
+        Why first, in the key's partition: Kafka may drop this tombstone after delete.retention.ms, and a
+        conditional record before it that outlived it would come back to life on replay. Records
+        tombstoned before it are gone from the log by the time Kafka may drop it (kvs2.conditional).
+        The replica must be caught up to know the key's conditional records: else UNAVAILABLE.
+        """
         self._check_key(key)
+        self.check_serving()
+        sides = self._replica.cleanup_before_delete(key)
+        if sides:
+            partition = partition_for(key, self._progress.now.partitions)
+            for side in sides:
+                self._writer.tombstone(side, partition)
         return await self._await_ack(self._writer.write(key, None), timeout)
 
     async def write_if(

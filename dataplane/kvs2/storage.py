@@ -14,6 +14,9 @@ Layout (named databases):
   cond    (dupsort) user key → request id of each applied conditional record still needed for replay
   garbage request id → side key: conditional records no longer needed (failed, or superseded by a
           plain write), waiting for a tombstone that lets Kafka's compaction drop them
+  garbage_keys (dupsort) user key → request id of each of its `garbage` records
+  urgent  request id → b"": garbage a plain tombstone of its key found untombstoned (see
+          `kvs2.conditional`): it must be tombstoned before Kafka may drop that plain tombstone
   meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped"
 A key's revision is the Kafka offset of its last write plus one, so 0 never names a write and can
 stand for "absent" (what compare-and-set's "must not exist" needs).
@@ -182,7 +185,7 @@ class Replica:
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
-            max_dbs=8,
+            max_dbs=10,
             subdir=True,
             sync=sync,
             metasync=sync,
@@ -195,6 +198,8 @@ class Replica:
         self._history = self._env.open_db(b"history")
         self._cond = self._env.open_db(b"cond", dupsort=True)
         self._garbage = self._env.open_db(b"garbage")
+        self._garbage_keys = self._env.open_db(b"garbage_keys", dupsort=True)
+        self._urgent = self._env.open_db(b"urgent")
         self._gate = _ResizeGate()
         self.max_key_bytes: int = self._env.max_key_size()
         # User keys with applied conditional records still needed for replay (the `cond` database),
@@ -330,6 +335,8 @@ class Replica:
             self._history,
             self._cond,
             self._garbage,
+            self._garbage_keys,
+            self._urgent,
         ):
             txn.drop(db, delete=False)
         self._has_cond = set()
@@ -394,24 +401,29 @@ class Replica:
                 if rec.conditional is not None:
                     cond = rec.conditional
                     if cond.tombstone:
-                        txn.delete(cond.request_id, db=self._garbage)
+                        self._forget_cond(txn, key, cond.request_id)
                         continue
                     raw = data.get(key)
                     current = 0 if raw is None else _REV.unpack_from(raw)[0]
                     if current != cond.expected_revision:
                         outcomes.append(Outcome(cond.request_id, False, current, rec.partition, rec.offset))
-                        txn.put(cond.request_id, side_key(cond.request_id, key), db=self._garbage)
+                        self._put_garbage(txn, key, cond.request_id)
                         continue
                     after = 0 if cond.delete else rec.offset + 1
                     outcomes.append(Outcome(cond.request_id, True, after, rec.partition, rec.offset))
                     txn.put(key, cond.request_id, db=self._cond)
                     has_cond.add(key)
                     value = None if cond.delete else value
-                elif key in has_cond:
-                    # A plain write decides the key's state by itself: earlier conditional records of
-                    # this key are no longer needed to replay it.
-                    self._collect_cond(txn, key)
-                    has_cond.discard(key)
+                else:
+                    if key in has_cond:
+                        # A plain write decides the key's state by itself: earlier conditional records of
+                        # this key are no longer needed to replay it.
+                        self._collect_cond(txn, key)
+                        has_cond.discard(key)
+                    if value is None:
+                        # Conditional records of the key that were not tombstoned before this plain
+                        # tombstone (kvs2.conditional, "the invariant") must be, before Kafka may drop it.
+                        self._mark_urgent(txn, key)
                 change_key = _CHANGE_KEY.pack(rec.partition, rec.offset)
                 if value is None:
                     if data.set_key(key):
@@ -435,9 +447,55 @@ class Replica:
         cursor = txn.cursor(db=self._cond)
         if cursor.set_key(key):
             for request_id in cursor.iternext_dup():
-                txn.put(request_id, side_key(bytes(request_id), key), db=self._garbage)
+                self._put_garbage(txn, key, bytes(request_id))
             cursor.set_key(key)
             cursor.delete(dupdata=True)
+
+    def _put_garbage(self, txn: lmdb.Transaction, key: bytes, request_id: bytes) -> None:
+        txn.put(request_id, side_key(request_id, key), db=self._garbage)
+        txn.put(key, request_id, db=self._garbage_keys)
+
+    def _mark_urgent(self, txn: lmdb.Transaction, key: bytes) -> None:
+        cursor = txn.cursor(db=self._garbage_keys)
+        if cursor.set_key(key):
+            for request_id in cursor.iternext_dup():
+                txn.put(bytes(request_id), b"", db=self._urgent)
+
+    def _forget_cond(self, txn: lmdb.Transaction, key: bytes, request_id: bytes) -> None:
+        """A clean-up tombstone: the record is gone for replay, whether it was garbage or still needed.
+
+        A record still needed is tombstoned only by a plain Delete of its key, just before the Delete's
+        own tombstone (`cleanup_before_delete`), which decides the key's state by itself.
+        """
+        txn.delete(request_id, db=self._garbage)
+        txn.delete(request_id, db=self._urgent)
+        txn.delete(key, request_id, db=self._garbage_keys)
+        removed = key in self._has_cond and txn.delete(key, request_id, db=self._cond)
+        if removed and txn.get(key, db=self._cond) is None:
+            self._has_cond.discard(key)
+
+    def cleanup_before_delete(self, key: bytes) -> list[bytes]:
+        """Kafka keys of every conditional record of `key` this replica knows replay could still meet:
+        the ones a plain Delete tombstones before its own tombstone (see `kvs2.conditional`)."""
+        with self._reading(self._cond) as txn:
+            request_ids: list[bytes] = []
+            for db in (self._cond, self._garbage_keys):
+                cursor = txn.cursor(db=db)
+                if cursor.set_key(key):
+                    request_ids += [bytes(r) for r in cursor.iternext_dup()]
+        return [side_key(r, key) for r in dict.fromkeys(request_ids)]
+
+    def urgent_garbage(self, limit: int = 1000) -> list[bytes]:
+        """Kafka keys of garbage a plain tombstone met untombstoned: to tombstone first, without delay."""
+        with self._reading(self._urgent) as txn:
+            out: list[bytes] = []
+            for request_id in txn.cursor().iternext(keys=True, values=False):
+                side = txn.get(request_id, db=self._garbage)
+                if side is not None:
+                    out.append(bytes(side))
+                if len(out) == limit:
+                    break
+            return out
 
     def _load_cond_keys(self) -> set[bytes]:
         with self._env.begin(db=self._cond, buffers=False) as txn:

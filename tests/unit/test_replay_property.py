@@ -156,16 +156,16 @@ async def _run(history: list[tuple[object, ...]], live: Replica, rebuilt: Replic
                 await store.delete(key, 1.0)
                 model.pop(key, None)
             case ("set_if" | "delete_if", bytes(key), *rest):
-                value = rest[0] if step[0] == "set_if" else None
+                new = rest[0] if step[0] == "set_if" and isinstance(rest[0], bytes) else None
                 want = expected(key, rest[-2])
                 kafka.lose_tombstones = bool(rest[-1])  # the accepting replica dies before its clean-up
-                result = await store.write_if(key, value if isinstance(value, bytes) else None, want, 1.0)
+                result = await store.write_if(key, new, want, 1.0)
                 kafka.lose_tombstones = False
                 current = model[key][1] if key in model else 0
                 assert result.applied == (current == want), f"verdict of {step} against {model}"
                 if result.applied:
-                    if isinstance(value, bytes):
-                        model[key] = (value, result.revision)
+                    if new is not None:
+                        model[key] = (new, result.revision)
                     else:
                         model.pop(key, None)
             case ("janitor", int(mask)):
@@ -206,3 +206,27 @@ def test_every_compacted_log_replays_to_the_live_state(history: list[tuple[objec
         finally:
             live.close()
             rebuilt.close()
+
+
+def test_conditional_records_a_foreign_tombstone_met_are_urgent_garbage(tmp_path: Path) -> None:
+    """A plain tombstone written without the clean-up first (a foreign producer, or a conditional write
+    racing a Delete) leaves conditional records that must be tombstoned before Kafka drops it."""
+    replica = Replica(tmp_path / "db", map_size=1 << 22, sync=False)
+    try:
+        replica.reset(IDENTITY)
+        applied_id, failed_id = b"\x01" * 16, b"\x02" * 16
+        records = [
+            Record(b"k", b"1", 0, 0, Conditional(applied_id, 0, False)),
+            Record(b"k", b"2", 0, 1, Conditional(failed_id, 0, False)),  # fails: k exists
+            Record(b"k", None, 0, 2),  # the plain tombstone, with nothing tombstoned before it
+        ]
+        replica.apply(records, {0: 3})
+        expected = {side_key(applied_id, b"k"), side_key(failed_id, b"k")}
+        assert set(replica.urgent_garbage()) == expected
+        assert set(replica.garbage()) == expected
+        assert set(replica.cleanup_before_delete(b"k")) == expected
+        replica.apply([Record(b"k", None, 0, 3, Conditional(applied_id, 0, False, tombstone=True))], {0: 4})
+        assert replica.urgent_garbage() == [side_key(failed_id, b"k")]
+        assert replica.cleanup_before_delete(b"k") == [side_key(failed_id, b"k")]
+    finally:
+        replica.close()
