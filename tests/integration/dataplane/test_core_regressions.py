@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from kvs2.client import Client
+from kvs2.kafka_io import Admin
 from kvs2.storage import SIDE_MARKER, Replica
 
 from tests.harness.common import wait_until
@@ -78,3 +80,41 @@ def test_a_rebuilt_replica_keeps_a_create_after_a_delete_whose_tombstone_expired
     assert not differing, f"the rebuilt replica disagrees on {len(differing)} of {len(keys)} keys"
     assert rebuilt == live
     assert any(k.startswith(SIDE_MARKER) for k, _ in _records(kafka.bootstrap_servers, topic_name))
+
+
+def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    return Admin({"bootstrap.servers": bootstrap}).end_offsets(topic, PARTITIONS)
+
+
+def _watch_until(client: Client, from_: dict[int, int], ends: dict[int, int]) -> list[bytes]:
+    """Keys of the PUT events a Watch from `from_` delivers until it has covered `ends`."""
+    seen: list[bytes] = []
+    for event in client.watch(from_=from_, progress_interval_ms=100, reconnect=False):
+        if event.kind == "put":
+            seen.append(event.key)
+        elif event.kind == "progress" and all(event.applied.get(p, 0) >= o for p, o in ends.items()):
+            return seen
+    raise AssertionError("the watch ended")
+
+
+def test_watch_from_a_range_applied_misses_no_later_write(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """Range's `applied` must name every partition (an empty one at offset 0): a Watch from it then
+    delivers every later write. Before the fix, partitions never written were left out and the Watch
+    started them at its own current position, after the writes."""
+    a = start_replica(kafka.bootstrap_servers, topic, "a")
+    with a.client() as c:
+        c.set(b"early", b"x")
+        c.get(b"early", consistency="linearizable")
+        page = c.range()
+        keys = [f"later-{i}".encode() for i in range(40)]
+        for key in keys:
+            c.set(key, b"v")
+        c.get(keys[-1], consistency="linearizable")
+        ends = _end_offsets(kafka.bootstrap_servers, topic)
+        c.range(consistency="linearizable")  # the replica has applied everything up to `ends`
+        seen = _watch_until(c, page.applied, ends)
+    assert len(set(seen)) == len(keys), f"the watch delivered {len(set(seen))} of {len(keys)} later writes"
+    assert sorted(seen) == sorted(keys)
+    assert sorted(page.applied) == list(range(PARTITIONS))
