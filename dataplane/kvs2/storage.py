@@ -243,6 +243,18 @@ class Replica:
     def _offsets_in(self, txn: lmdb.Transaction) -> dict[int, int]:
         return {_PART.unpack(k)[0]: _OFFSET.unpack(v)[0] for k, v in txn.cursor(db=self._offsets).iternext()}
 
+    def _applied_in(self, txn: lmdb.Transaction) -> dict[int, int]:
+        """Next offsets of EVERY partition of the topic (0 for one nothing was applied from yet).
+
+        Why every one: a Watch from these positions starts unlisted partitions at its own current
+        position, so a partition left out would lose the writes between the read and the Watch.
+        """
+        applied = self._offsets_in(txn)
+        raw = txn.get(b"partitions", db=self._meta)
+        for p in range(0 if raw is None else int(bytes(raw))):
+            applied.setdefault(p, 0)
+        return applied
+
     def scan(self, start: bytes, end: bytes | None, limit: int, *, keys_only: bool = False) -> Page:
         """Up to `limit` keys in [start, end) (end None: to the last key) and the offsets they reflect."""
         items: list[tuple[bytes, Entry | None]] = []
@@ -259,7 +271,7 @@ class Replica:
                     break
                 items.append((key, None if keys_only else _decode(cursor.value())))
                 found = cursor.next()
-            applied = self._offsets_in(txn)
+            applied = self._applied_in(txn)
         return Page(items, next_key, applied)
 
     def count(self, start: bytes, end: bytes | None) -> tuple[int, dict[int, int]]:
@@ -273,7 +285,7 @@ class Replica:
                     break
                 n += 1
                 found = cursor.next()
-            applied = self._offsets_in(txn)
+            applied = self._applied_in(txn)
         return n, applied
 
     def history_start(self) -> dict[int, int]:
@@ -283,8 +295,20 @@ class Replica:
 
     def changes(self, partition: int, since: int, until: int, limit: int = 10_000) -> list[Change]:
         """Changes of `partition` with since <= offset < until, in offset order (at most `limit`)."""
+        return self.changes_since(partition, since, until, limit)[1]
+
+    def changes_since(
+        self, partition: int, since: int, until: int, limit: int = 10_000
+    ) -> tuple[int, list[Change]]:
+        """The partition's history start and its changes since <= offset < until, from ONE snapshot.
+
+        Why one: the ingester trims history concurrently; a check of the start in one transaction and a
+        read in another could let a trim in between skip changes unnoticed.
+        """
         out: list[Change] = []
         with self._reading(self._changes) as txn:
+            raw_first = txn.get(_PART.pack(partition), db=self._history)
+            first = 0 if raw_first is None else _OFFSET.unpack(raw_first)[0]
             cursor = txn.cursor()
             found = cursor.set_range(_CHANGE_KEY.pack(partition, since))
             while found and len(out) < limit:
@@ -298,7 +322,7 @@ class Replica:
                 value = None if op == _DELETE else raw[head + key_len :]
                 out.append(Change(p, offset, key, value))
                 found = cursor.next()
-        return out
+        return first, out
 
     def identity(self) -> TopicIdentity | None:
         with self._reading(self._meta) as txn:

@@ -62,8 +62,9 @@ async def watch(
         for p in range(partitions):
             until = applied.get(p, 0)
             while positions[p] < until:
-                _check_history(store, {p: positions[p]})
-                batch = store.replica.changes(p, positions[p], until, BATCH)
+                first, batch = store.replica.changes_since(p, positions[p], until, BATCH)
+                if positions[p] < first:
+                    raise HistoryUnavailable(_gone(p, first, positions[p]))
                 for change in batch:
                     if change.key in selector:
                         yield change
@@ -84,8 +85,12 @@ def _check_history(store: Store, positions: Mapping[int, int]) -> None:
     for p, offset in positions.items():
         first = history.get(p, 0)
         if offset < first and offset < applied.get(p, 0):
-            raise HistoryUnavailable(
-                f"partition {p}: changes before offset {first} are no longer held (compacted in Kafka or "
-                f"trimmed from this replica's history); asked from {offset}. Read a snapshot with Range "
-                "and watch from its `applied` positions"
-            )
+            raise HistoryUnavailable(_gone(p, first, offset))
+
+
+def _gone(partition: int, first: int, offset: int) -> str:
+    return (
+        f"partition {partition}: changes before offset {first} are no longer held (compacted in Kafka or "
+        f"trimmed from this replica's history); asked from {offset}. Read a snapshot with Range "
+        "and watch from its `applied` positions"
+    )
