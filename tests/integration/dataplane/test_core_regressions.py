@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import grpc
+import lmdb
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from kvs2.client import Client
 from kvs2.kafka_io import Admin
 from kvs2.storage import SIDE_MARKER, Replica
 
 from tests.harness.common import wait_until
-from tests.harness.kafka import KafkaBroker, create_topic
+from tests.harness.kafka import KafkaBroker, create_topic, delete_topic
 from tests.integration.dataplane.conftest import PARTITIONS, StartReplica
 
 AGGRESSIVE_COMPACTION = {
@@ -118,3 +122,42 @@ def test_watch_from_a_range_applied_misses_no_later_write(
     assert len(set(seen)) == len(keys), f"the watch delivered {len(set(seen))} of {len(keys)} later writes"
     assert sorted(seen) == sorted(keys)
     assert sorted(page.applied) == list(range(PARTITIONS))
+
+
+def _stored_keys(data_dir: Path) -> int:
+    """How many keys the replica's LMDB holds, read beside the running replica (LMDB allows it)."""
+    env = lmdb.open(str(data_dir), readonly=True, max_dbs=16, subdir=True)
+    try:
+        db = env.open_db(b"data", create=False)
+        with env.begin(db=db) as txn:
+            return int(txn.stat(db)["entries"])
+    finally:
+        env.close()
+
+
+def test_a_deleted_topic_stops_serving_but_keeps_the_data_until_a_new_topic_exists(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """A topic that vanishes (deleted by accident, or a metadata glitch) must not wipe the replica: it
+    stops serving and keeps its data; only a topic with a different id makes it rebuild. Before the fix
+    the replica discarded everything as soon as the topic was not found."""
+    a = start_replica(kafka.bootstrap_servers, topic, "a")
+    with a.client() as c:
+        for i in range(200):
+            c.set(f"kept-{i}".encode(), b"v")
+        c.get(b"kept-199", consistency="linearizable")
+    delete_topic(kafka.bootstrap_servers, topic)
+    wait_until(lambda: a.health() == "NOT_SERVING", timeout=60, what="the replica to stop serving")
+    wait_until(lambda: "was deleted" in a.log_text(), timeout=60, what="the replica to notice the deletion")
+    assert _stored_keys(a.data_dir) == 200
+    with a.client() as c, pytest.raises(grpc.RpcError) as refused:
+        c.get(b"kept-0")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    create_topic(kafka.bootstrap_servers, topic, PARTITIONS, config={"cleanup.policy": "compact"})
+    a.wait_serving()
+    with a.client() as c:
+        assert c.count() == 0  # the new topic is empty: the old data is gone now, and only now
+        c.set(b"new", b"n")
+        value = c.get(b"new", consistency="linearizable")
+        assert value is not None
+        assert value.data == b"n"
