@@ -126,6 +126,10 @@ class Store:
         if not self._progress.serving:
             raise Unavailable("this replica is catching up with Kafka and not serving reads yet")
 
+    def _built_from(self) -> str | None:
+        """The topic id the replica must still be built from for a read to use it (None: unknown)."""
+        return self._progress.now.topic_id or None
+
     async def _fresh(self, options: ReadOptions, keys: Sequence[bytes] | None, timeout: float | None) -> None:
         self.check_serving()
         if options.eventual:
@@ -141,7 +145,7 @@ class Store:
     ) -> Entry | None:
         self._check_key(key)
         await self._fresh(options, [key], timeout)
-        return self._replica.get(key)
+        return self._replica.get(key, self._built_from())
 
     async def multi_get(
         self, keys: Sequence[bytes], options: ReadOptions = EVENTUAL, timeout: float | None = None
@@ -152,7 +156,7 @@ class Store:
         for key in keys:
             self._check_key(key)
         await self._fresh(options, keys, timeout)
-        return self._replica.multi_get(keys)
+        return self._replica.multi_get(keys, self._built_from())
 
     async def range(
         self,
@@ -175,9 +179,11 @@ class Store:
             start = page_token
         await self._fresh(options, None, timeout)
         if count_only:
-            n, applied = self._replica.count(start, key_range.end)
+            n, applied = self._replica.count(start, key_range.end, self._built_from())
             return RangeResult([], n, b"", applied)
-        page = self._replica.scan(start, key_range.end, limit or DEFAULT_PAGE, keys_only=keys_only)
+        page = self._replica.scan(
+            start, key_range.end, limit or DEFAULT_PAGE, keys_only=keys_only, topic_id=self._built_from()
+        )
         return RangeResult(page.items, len(page.items), page.next_key or b"", page.applied)
 
     # ----- writes ----------------------------------------------------------------------------------

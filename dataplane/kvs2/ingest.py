@@ -47,6 +47,12 @@ class _Rebuild(Exception):
     """The replica no longer matches the topic; start over from an empty replica."""
 
 
+class _TopicGone(Exception):
+    """The topic is not found. Not a reason to discard anything: a deletion by mistake or a metadata
+    glitch must not destroy what may be the last copies of the data. Stop serving; only a topic with a
+    different id (checked when a session starts) makes the replica rebuild."""
+
+
 class Ingester:
     def __init__(
         self,
@@ -92,8 +98,18 @@ class Ingester:
                 delay = 0.5
             except _Rebuild as why:
                 log.warning("replica is stale (%s): discarding it and rebuilding from the topic", why)
+                # Reads check the replica's identity in their own transaction (`Replica` reads with a
+                # topic id), so none can see the emptied replica even before NOT_SERVING arrives.
                 self._on_progress(Snapshot())
                 self._replica.invalidate()
+            except _TopicGone as why:
+                log.warning(
+                    "%s: not serving; keeping the replica's data until a topic with a different id exists",
+                    why,
+                )
+                self._on_progress(Snapshot(applied=self._replica.next_offsets()))
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
             except Kvs2Error as exc:
                 self._report_problem(str(exc))
                 self._on_progress(Snapshot(applied=self._replica.next_offsets()))
@@ -228,7 +244,7 @@ class Ingester:
         try:
             now = self._admin.describe(self._topic, timeout=5.0)
         except TopicNotFound as exc:
-            raise _Rebuild(f"topic {self._topic!r} was deleted") from exc
+            raise _TopicGone(f"topic {self._topic!r} was deleted or is not visible") from exc
         except Kvs2Error:
             return False
         if now != identity:

@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 
 import lmdb
 
+from kvs2.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = b"2"
@@ -225,14 +227,29 @@ class Replica:
             with self._gate.exclusive():  # no transaction of this process is open now
                 self._env.set_mapsize(0)
 
-    def get(self, key: bytes) -> Entry | None:
+    def _check_built_from(self, txn: lmdb.Transaction, topic_id: str | None) -> None:
+        """Refuse a read whose snapshot is not built from `topic_id` (None: no check).
+
+        Why in the read's own transaction: the ingester discards a stale replica right after announcing
+        NOT_SERVING, and a read that passed the serving check an instant earlier must not see the emptied
+        (or rebuilding) replica as data.
+        """
+        if topic_id is None:
+            return
+        raw = txn.get(b"topic_id", db=self._meta)
+        if raw is None or bytes(raw).decode() != topic_id:
+            raise Unavailable("this replica is rebuilding from its topic and not serving reads yet")
+
+    def get(self, key: bytes, topic_id: str | None = None) -> Entry | None:
         with self._reading(self._data) as txn:
+            self._check_built_from(txn, topic_id)
             raw = txn.get(key)
         return None if raw is None else _decode(raw)
 
-    def multi_get(self, keys: Sequence[bytes]) -> list[Entry | None]:
+    def multi_get(self, keys: Sequence[bytes], topic_id: str | None = None) -> list[Entry | None]:
         """All keys from one read transaction: one consistent snapshot of the replica."""
         with self._reading(self._data) as txn:
+            self._check_built_from(txn, topic_id)
             raws = [txn.get(k) for k in keys]
         return [None if raw is None else _decode(raw) for raw in raws]
 
@@ -255,11 +272,20 @@ class Replica:
             applied.setdefault(p, 0)
         return applied
 
-    def scan(self, start: bytes, end: bytes | None, limit: int, *, keys_only: bool = False) -> Page:
+    def scan(
+        self,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        *,
+        keys_only: bool = False,
+        topic_id: str | None = None,
+    ) -> Page:
         """Up to `limit` keys in [start, end) (end None: to the last key) and the offsets they reflect."""
         items: list[tuple[bytes, Entry | None]] = []
         next_key: bytes | None = None
         with self._reading(self._data) as txn:
+            self._check_built_from(txn, topic_id)
             cursor = txn.cursor()
             found = cursor.set_range(start) if start else cursor.first()
             while found:
@@ -274,10 +300,13 @@ class Replica:
             applied = self._applied_in(txn)
         return Page(items, next_key, applied)
 
-    def count(self, start: bytes, end: bytes | None) -> tuple[int, dict[int, int]]:
+    def count(
+        self, start: bytes, end: bytes | None, topic_id: str | None = None
+    ) -> tuple[int, dict[int, int]]:
         """How many keys are in [start, end), and the offsets that count reflects."""
         n = 0
         with self._reading(self._data) as txn:
+            self._check_built_from(txn, topic_id)
             cursor = txn.cursor()
             found = cursor.set_range(start) if start else cursor.first()
             while found:

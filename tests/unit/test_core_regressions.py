@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 from kvs2.config import Limits
 from kvs2.core import KeyRange, RecordWriter, Store
-from kvs2.errors import HistoryUnavailable
+from kvs2.errors import HistoryUnavailable, Unavailable
 from kvs2.progress import Progress, Snapshot
 from kvs2.storage import Change, Record, Replica, TopicIdentity
 from kvs2.watch import Progressed, watch
@@ -59,3 +59,31 @@ async def test_watch_never_skips_changes_trimmed_between_its_history_check_and_i
     finally:
         replica.close()
     assert trimmed
+
+
+async def test_no_read_sees_a_discarded_replica_even_before_not_serving_arrives(tmp_path: Path) -> None:
+    """The ingester discards a stale replica right after publishing NOT_SERVING, which reaches the
+    event loop a little later: a read in between must be refused, never answered from emptied data."""
+    replica = Replica(tmp_path / "db", map_size=1 << 22, sync=False)
+    replica.reset(IDENTITY)
+    replica.apply([Record(b"k", b"v", 0, 0)], {0: 1})
+    progress = Progress(asyncio.get_running_loop())
+    progress.update(Snapshot(applied={0: 1}, serving=True, partitions=1, topic_id=IDENTITY.topic_id))
+    store = Store(replica, cast(RecordWriter, None), progress, Limits())
+    try:
+        entry = await store.get(b"k")
+        assert entry is not None
+        replica.invalidate()  # still SERVING as far as the loop knows
+        for read in (
+            store.get(b"k"),
+            store.multi_get([b"k"]),
+            store.range(KeyRange(b"", None)),
+            store.range(KeyRange(b"", None), count_only=True),
+        ):
+            with pytest.raises(Unavailable):
+                await read
+        replica.reset(TopicIdentity("t", "another-id", 1))  # rebuilding from a recreated topic
+        with pytest.raises(Unavailable):
+            await store.get(b"k")
+    finally:
+        replica.close()
