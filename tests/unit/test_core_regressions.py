@@ -7,13 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import pytest
+from kvs2._proto import kvs2_pb2 as pb
 from kvs2.config import Limits
+from kvs2.consistency import ReadOptions
 from kvs2.core import KeyRange, RecordWriter, Store
-from kvs2.errors import HistoryUnavailable, Unavailable
+from kvs2.errors import DeadlineExceeded, HistoryUnavailable, Unavailable
+from kvs2.kafka_io import WriteToken
 from kvs2.progress import Progress, Snapshot
 from kvs2.storage import Change, Record, Replica, TopicIdentity
 from kvs2.watch import Progressed, watch
+
+from tests.unit.conftest import Rig
 
 IDENTITY = TopicIdentity("t", "topic-id", 1)
 
@@ -87,3 +93,58 @@ async def test_no_read_sees_a_discarded_replica_even_before_not_serving_arrives(
             await store.get(b"k")
     finally:
         replica.close()
+
+
+async def _store_on_old_topic(tmp_path: Path, **kwargs: Any) -> tuple[Store, Replica]:
+    """A replica still following topic id `topic-id` at offset 100, as one does for up to a second
+    after its topic was deleted and recreated (new id `new-id`, offsets from 0 again)."""
+    replica = Replica(tmp_path / "db", map_size=1 << 22, sync=False)
+    replica.reset(IDENTITY)
+    replica.apply([Record(b"k", b"old", 0, 99)], {0: 100})
+    progress = Progress(asyncio.get_running_loop())
+    progress.update(Snapshot(applied={0: 100}, serving=True, partitions=1, topic_id=IDENTITY.topic_id))
+    return Store(replica, cast(RecordWriter, None), progress, Limits(), **kwargs), replica
+
+
+async def test_a_token_of_a_recreated_topic_is_not_satisfied_by_the_old_topic(tmp_path: Path) -> None:
+    store, replica = await _store_on_old_topic(tmp_path)
+    try:
+        new_topic_write = ReadOptions(after=(WriteToken(0, 5),), topic_id="new-id")
+        with pytest.raises(DeadlineExceeded, match="new-id"):
+            await store.get(b"k", new_topic_write, timeout=0.3)
+        same_topic_write = ReadOptions(after=(WriteToken(0, 5),), topic_id=IDENTITY.topic_id)
+        entry = await store.get(b"k", same_topic_write, timeout=5)
+        assert entry is not None
+        assert entry.value == b"old"
+    finally:
+        replica.close()
+
+
+async def test_a_linearizable_read_never_takes_end_offsets_of_another_topic(tmp_path: Path) -> None:
+    """Kafka's end offsets now are those of the recreated topic (1); the replica has applied 100 of the
+    old one. The read must not take 100 ≥ 1 as "caught up": it fails or waits, never answers."""
+    store, replica = await _store_on_old_topic(
+        tmp_path, end_offsets=lambda: {0: 1}, topic_now=lambda: "new-id"
+    )
+    try:
+        with pytest.raises((Unavailable, DeadlineExceeded)):
+            await store.get(b"k", ReadOptions(linearizable=True), timeout=0.5)
+    finally:
+        replica.close()
+
+
+async def test_write_replies_carry_the_topic_id_and_reads_check_it(rig: Rig) -> None:
+    written = await rig.stub.Set(pb.SetRequest(key=b"k", value=b"v"))
+    assert written.topic_id == "id"
+    deleted = await rig.stub.Delete(pb.DeleteRequest(key=b"gone"))
+    assert deleted.topic_id == "id"
+    token = pb.Position(partition=written.partition, offset=written.offset)
+    read = await rig.stub.Get(pb.GetRequest(key=b"k", read=pb.ReadOptions(after=[token], topic_id="id")))
+    assert read.data == b"v"
+    with pytest.raises(grpc.aio.AioRpcError) as other_topic:
+        await rig.stub.Get(
+            pb.GetRequest(key=b"k", read=pb.ReadOptions(after=[token], topic_id="other")), timeout=0.5
+        )
+    assert other_topic.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    page = await rig.stub.Range(pb.RangeRequest())
+    assert page.topic_id == "id"
