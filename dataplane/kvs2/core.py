@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from kvs2.conditional import ConditionalResult, ConditionalWrites
@@ -73,6 +73,7 @@ class RangeResult:
     count: int
     next_page_token: bytes
     applied: dict[int, int]
+    topic_id: str = ""  # the topic `applied` belongs to
 
 
 class Store:
@@ -84,11 +85,14 @@ class Store:
         limits: Limits,
         end_offsets: Callable[[], Mapping[int, int]] | None = None,
         conditional: ConditionalWrites | None = None,
+        topic_now: Callable[[], str] | None = None,
     ) -> None:
         self._replica = replica
         self._writer = writer
         self._progress = progress
-        self._oracle = EndOffsetOracle(end_offsets or (lambda: {}))
+        self._end_offsets = end_offsets or (lambda: {})
+        self._topic_now = topic_now
+        self._oracle = EndOffsetOracle(self._end_offsets_of_followed_topic)
         self._max_key = min(limits.max_key_bytes, replica.max_key_bytes)
         self._max_keys = limits.max_multiget_keys
         self._conditional = conditional
@@ -130,10 +134,31 @@ class Store:
         """The topic id the replica must still be built from for a read to use it (None: unknown)."""
         return self._progress.now.topic_id or None
 
+    def _end_offsets_of_followed_topic(self) -> Mapping[int, int]:
+        """Kafka's end offsets, proven to be those of the topic the replica follows (runs in a thread).
+
+        Why: a topic deleted and recreated under the same name starts again at offset 0, and ListOffsets
+        does not say which topic it answered for. The replica saw its topic id before this look-up
+        started; if the topic still has that id after it, the topic had it throughout (ids never come
+        back), so the offsets are that topic's.
+        """
+        expected = self._progress.now.topic_id
+        ends = self._end_offsets()
+        if self._topic_now is not None:
+            now = self._topic_now()
+            if now != expected:
+                raise Unavailable(
+                    f"the topic now has id {now}, this replica follows id {expected}: it was deleted and "
+                    "recreated, and this replica is rebuilding from it; retry shortly"
+                )
+        return ends
+
     async def _fresh(self, options: ReadOptions, keys: Sequence[bytes] | None, timeout: float | None) -> None:
         self.check_serving()
         if options.eventual:
             return
+        if options.linearizable and not options.topic_id:
+            options = replace(options, topic_id=self._progress.now.topic_id)
         partitions = self._progress.now.partitions
         validate(options, partitions)
         touched = range(partitions) if keys is None else {partition_for(k, partitions) for k in keys}
@@ -178,13 +203,14 @@ class Store:
                 raise InvalidArgument("page_token does not belong to this range")
             start = page_token
         await self._fresh(options, None, timeout)
+        topic_id = self._built_from()
         if count_only:
-            n, applied = self._replica.count(start, key_range.end, self._built_from())
-            return RangeResult([], n, b"", applied)
+            n, applied = self._replica.count(start, key_range.end, topic_id)
+            return RangeResult([], n, b"", applied, topic_id or "")
         page = self._replica.scan(
-            start, key_range.end, limit or DEFAULT_PAGE, keys_only=keys_only, topic_id=self._built_from()
+            start, key_range.end, limit or DEFAULT_PAGE, keys_only=keys_only, topic_id=topic_id
         )
-        return RangeResult(page.items, len(page.items), page.next_key or b"", page.applied)
+        return RangeResult(page.items, len(page.items), page.next_key or b"", page.applied, topic_id or "")
 
     # ----- writes ----------------------------------------------------------------------------------
     async def set(self, key: bytes, value: bytes, timeout: float | None) -> WriteToken:
