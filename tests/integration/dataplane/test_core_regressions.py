@@ -161,3 +161,30 @@ def test_a_deleted_topic_stops_serving_but_keeps_the_data_until_a_new_topic_exis
         value = c.get(b"new", consistency="linearizable")
         assert value is not None
         assert value.data == b"n"
+
+
+def test_transaction_markers_of_another_producer_are_not_compaction_gaps(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """A transactional producer's commit markers take offsets that no consumer ever sees. They must not
+    read as compaction gaps: a Watch across them must deliver every write, not OUT_OF_RANGE."""
+    a = start_replica(kafka.bootstrap_servers, topic, "a")
+    transactional = Producer(
+        {"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": f"{topic}-foreign"}
+    )
+    transactional.init_transactions(60)
+    plain = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 0})
+    with a.client() as c:
+        page = c.range()
+        written: list[bytes] = []
+        for i in range(30):
+            transactional.begin_transaction()
+            transactional.produce(topic, key=f"txn-{i}".encode(), value=b"t", partition=0)
+            transactional.commit_transaction(30)
+            plain.produce(topic, key=f"plain-{i}".encode(), value=b"p", partition=0)
+            assert plain.flush(30) == 0
+            written += [f"txn-{i}".encode(), f"plain-{i}".encode()]
+        ends = _end_offsets(kafka.bootstrap_servers, topic)
+        c.range(consistency="linearizable")
+        seen = _watch_until(c, page.applied, ends)
+    assert sorted(seen) == sorted(written)
