@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 ProgressSink = Callable[[Snapshot], None]
 # Seconds a topic identity check stays good for applying fetched records (see the module docstring).
 VERIFY_BEFORE_APPLY = 0.25
+# Offsets written after the replica saw a partition's end less than this long ago are too fresh for
+# Kafka's cleaner to have compacted: a gap among them is a transaction marker (Storage.apply).
+FRESH_WINDOW = 1.0
 
 
 @dataclass(frozen=True)
@@ -202,8 +205,13 @@ class Ingester:
         next_check = time.monotonic() + self._identity_check_interval
         verified = time.monotonic()
         next_publish = 0.0
+        seen_end: dict[int, tuple[int, float]] = {}  # partition → (end offset, when a fetch reported it)
         while not self._stop.is_set():
             records, eof = reader.read(self._batch_size, timeout=0.2)
+            read_at = time.monotonic()
+            fresh_from = {p: end for p, (end, at) in seen_end.items() if read_at - at < FRESH_WINDOW}
+            for partition, end in eof.items():
+                seen_end[partition] = (end, read_at)
             self._admin.serve_logs()
             in_doubt = reader.topic_in_doubt or time.monotonic() - verified > VERIFY_BEFORE_APPLY
             # _Rebuild drops this batch unapplied. Kafka not answering: apply it (it was fetched from the
@@ -218,7 +226,7 @@ class Ingester:
                 if end > max(offsets.get(partition, 0), advanced.get(partition, 0)):
                     advanced[partition] = end
             if records or advanced:
-                applied = self._replica.apply(records, advanced)
+                applied = self._replica.apply(records, advanced, fresh_from)
                 if applied.outcomes:
                     self._on_outcomes(applied.outcomes)
                 offsets.update(advanced)

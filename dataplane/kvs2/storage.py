@@ -47,6 +47,7 @@ _CHANGE_KEY = struct.Struct(">Iq")
 _CHANGE_HEAD = struct.Struct(">BI")
 _PUT, _DELETE = 0, 1
 DEFAULT_HISTORY = 100_000
+_NEVER = 1 << 62
 # Kafka keys of conditional records: SIDE_MARKER ‖ 16-byte request id ‖ user key. Unique per request,
 # so compaction never lets one conditional record hide another, or a plain record (kvs2.conditional).
 SIDE_MARKER = b"\x00kvs2:if\x00"
@@ -403,24 +404,36 @@ class Replica:
             txn.put(b"partitions", str(identity.partitions).encode(), db=self._meta)
             txn.put(b"format", FORMAT_VERSION, db=self._meta)
 
-    def apply(self, records: Iterable[Record], next_offsets: Mapping[int, int]) -> Applied:
+    def apply(
+        self,
+        records: Iterable[Record],
+        next_offsets: Mapping[int, int],
+        fresh_from: Mapping[int, int] | None = None,
+    ) -> Applied:
         """Apply records in order and store the partitions' next offsets, all in ONE transaction.
 
         Records whose key cannot be stored (empty, or longer than LMDB's key limit — only producers
         other than kvs2 can write those) are skipped, counted in `meta/skipped` and logged, never
         silently dropped. Conditional records are evaluated against the state they meet; their
         outcomes are returned so the replica that accepted one can answer its client.
+
+        `fresh_from[p]`: offsets of partition p from there on were written after the replica last saw the
+        partition's end, an instant ago, too recently for Kafka's cleaner to have compacted them; a gap
+        among them is a transaction marker or an aborted transaction of another producer, not a lost
+        change, and does not cut the change history.
         """
         records = list(records)
         has_cond = set(self._has_cond)
         while True:
             try:
-                return self._apply_once(records, next_offsets)
+                return self._apply_once(records, next_offsets, fresh_from or {})
             except lmdb.MapFullError:
                 self._has_cond = has_cond  # the aborted transaction's changes to it are void
                 self._grow()
 
-    def _apply_once(self, records: Sequence[Record], next_offsets: Mapping[int, int]) -> Applied:
+    def _apply_once(
+        self, records: Sequence[Record], next_offsets: Mapping[int, int], fresh_from: Mapping[int, int]
+    ) -> Applied:
         skipped = 0
         outcomes: list[Outcome] = []
         max_key = self.max_key_bytes
@@ -431,7 +444,8 @@ class Replica:
             expected = self._offsets_in(txn)
             history = self._history_in(txn)
             for rec in records:
-                if rec.offset != expected.get(rec.partition, rec.offset):
+                gap_from = expected.get(rec.partition, rec.offset)
+                if rec.offset != gap_from and gap_from < fresh_from.get(rec.partition, _NEVER):
                     # A gap: records were compacted away before we read them, so a watcher resuming
                     # from before here would miss changes. History is complete only from here on.
                     history[rec.partition] = rec.offset
