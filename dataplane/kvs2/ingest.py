@@ -35,7 +35,7 @@ ProgressSink = Callable[[Snapshot], None]
 VERIFY_BEFORE_APPLY = 0.25
 # Offsets written after the replica saw a partition's end less than this long ago are too fresh for
 # Kafka's cleaner to have compacted: a gap among them is a transaction marker (Storage.apply).
-FRESH_WINDOW = 1.0
+FRESH_WINDOW = 2.0
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,12 @@ class Ingester:
             fresh_from = {p: end for p, (end, at) in seen_end.items() if read_at - at < FRESH_WINDOW}
             for partition, end in eof.items():
                 seen_end[partition] = (end, read_at)
+            if not records and seen_end:
+                # Idle: the consumer's last fetch responses still put each end where its EOF did.
+                watermarks = reader.high_watermarks(identity.partitions)
+                for partition, (end, _at) in list(seen_end.items()):
+                    if watermarks.get(partition) == end:
+                        seen_end[partition] = (end, read_at)
             self._admin.serve_logs()
             in_doubt = reader.topic_in_doubt or time.monotonic() - verified > VERIFY_BEFORE_APPLY
             # _Rebuild drops this batch unapplied. Kafka not answering: apply it (it was fetched from the

@@ -188,3 +188,37 @@ def test_transaction_markers_of_another_producer_are_not_compaction_gaps(
         c.range(consistency="linearizable")
         seen = _watch_until(c, page.applied, ends)
     assert sorted(seen) == sorted(written)
+
+
+def test_a_token_from_before_the_topic_was_recreated_is_never_satisfied_by_the_new_topic(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """Offsets start again in a recreated topic: a read-your-writes token of the old topic must not be
+    counted as applied by a replica of the new one, however far the new topic's offsets go."""
+    a = start_replica(kafka.bootstrap_servers, topic, "a")
+    with a.client() as c:
+        old = c.set(b"k", b"old-topic")
+        assert old.topic_id
+    delete_topic(kafka.bootstrap_servers, topic)
+    create_topic(kafka.bootstrap_servers, topic, PARTITIONS, config={"cleanup.policy": "compact"})
+
+    def rebuilt() -> bool:
+        if a.health() != "SERVING":
+            return False
+        with a.client() as c:
+            return c.count() == 0
+
+    wait_until(rebuilt, timeout=60, what="the replica to rebuild from the new topic")
+    with a.client(timeout=2.0) as c:
+        for i in range(50):
+            c.set(f"n{i}".encode(), b"new")  # the new topic passes the old token's offset
+        new = c.set(b"k", b"new-topic")
+        assert new.topic_id != old.topic_id
+        assert new.offset > old.offset
+        value = c.get(b"k", after=[new])
+        assert value is not None
+        assert value.data == b"new-topic"
+        with pytest.raises(grpc.RpcError) as stale:
+            c.get(b"k", after=[old])
+    assert stale.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert old.topic_id in (stale.value.details() or "")
