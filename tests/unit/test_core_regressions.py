@@ -148,3 +148,19 @@ async def test_write_replies_carry_the_topic_id_and_reads_check_it(rig: Rig) -> 
     assert other_topic.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     page = await rig.stub.Range(pb.RangeRequest())
     assert page.topic_id == "id"
+
+
+async def test_a_watch_from_positions_of_another_topic_is_out_of_range(tmp_path: Path) -> None:
+    store, replica = await _store_on_old_topic(tmp_path)
+    try:
+        elsewhere = watch(store, KeyRange(b"", None), {0: 5}, 0.1, "new-id")
+        with pytest.raises(HistoryUnavailable, match="new-id"):
+            await anext(elsewhere)
+        here = watch(store, KeyRange(b"", None), {0: 99}, 0.1, IDENTITY.topic_id)
+        first = await anext(here)
+        assert first == Progressed({0: 99}, IDENTITY.topic_id)
+        change = await anext(here)
+        assert isinstance(change, Change)
+        assert change.value == b"old"
+    finally:
+        replica.close()
