@@ -10,7 +10,8 @@ Life of the ingester:
   4. re-check the topic's identity every second while idle, and before applying a batch when the last
      check is older than VERIFY_BEFORE_APPLY or the consumer reported the topic unknown: a topic
      deleted and recreated under the same name serves records at offsets the old one also had, and
-     they must never be mixed into the old replica.
+     they must never be mixed into the old replica. A topic merely not found stops serving but
+     discards nothing (see `_TopicGone`): only a topic with a different id does.
 Kafka unreachable before step 2 keeps the replica NOT_SERVING and retries with backoff; a Kafka
 outage after that leaves it serving what it has (reads are local) while librdkafka reconnects.
 """
