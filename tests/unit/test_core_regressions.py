@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +18,7 @@ from kvs2.core import KeyRange, RecordWriter, Store
 from kvs2.errors import DeadlineExceeded, HistoryUnavailable, Unavailable
 from kvs2.kafka_io import WriteToken
 from kvs2.progress import Progress, Snapshot
-from kvs2.storage import Change, Record, Replica, TopicIdentity
+from kvs2.storage import Change, Conditional, Record, Replica, TopicIdentity, side_key
 from kvs2.watch import Progressed, watch
 
 from tests.unit.conftest import Rig
@@ -162,5 +164,51 @@ async def test_a_watch_from_positions_of_another_topic_is_out_of_range(tmp_path:
         change = await anext(here)
         assert isinstance(change, Change)
         assert change.value == b"old"
+    finally:
+        replica.close()
+
+
+@dataclass
+class _RecordingWriter:
+    """Acknowledges every record at once and remembers them in order."""
+
+    sent: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+
+    def max_record_bytes(self) -> int:
+        return 1 << 20
+
+    def _ack(self, key: bytes, value: bytes | None) -> Future[WriteToken]:
+        self.sent.append((key, value))
+        done: Future[WriteToken] = Future()
+        done.set_result(WriteToken(0, 100 + len(self.sent)))
+        return done
+
+    def write(self, key: bytes, value: bytes | None) -> Future[WriteToken]:
+        return self._ack(key, value)
+
+    def tombstone(self, side: bytes, partition: int) -> Future[WriteToken]:
+        return self._ack(side, None)
+
+
+async def test_a_delete_first_catches_up_with_conditional_writes_acknowledged_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """A conditional write acknowledged through another replica, not yet applied here, must still be
+    tombstoned before this Delete's tombstone (the invariant of kvs2.conditional): the Delete first
+    waits until this replica has applied the key's partition up to Kafka's end offset."""
+    replica = Replica(tmp_path / "db", map_size=1 << 22, sync=False)
+    replica.reset(IDENTITY)
+    progress = Progress(asyncio.get_running_loop())
+    progress.update(Snapshot(applied={0: 0}, serving=True, partitions=1, topic_id=IDENTITY.topic_id))
+    writer = _RecordingWriter()
+    store = Store(replica, writer, progress, Limits(), end_offsets=lambda: {0: 1})
+    request_id = b"\x07" * 16
+    try:
+        deleting = asyncio.create_task(store.delete(b"k", 10))
+        await asyncio.sleep(0.2)  # the Delete has started; then the other replica's record arrives here
+        replica.apply([Record(b"k", b"v", 0, 0, Conditional(request_id, 0, False))], {0: 1})
+        progress.update(replace(progress.now, applied={0: 1}))
+        await deleting
+        assert writer.sent == [(side_key(request_id, b"k"), None), (b"k", None)]
     finally:
         replica.close()
