@@ -15,7 +15,7 @@ from typing import Protocol
 from kvs2.conditional import ConditionalResult, ConditionalWrites
 from kvs2.config import Limits
 from kvs2.consistency import EVENTUAL, EndOffsetOracle, ReadOptions, validate, wait_fresh
-from kvs2.errors import InvalidArgument, Unavailable, WriteOutcomeUnknown
+from kvs2.errors import DeadlineExceeded, InvalidArgument, Unavailable, WriteOutcomeUnknown
 from kvs2.kafka_io import WriteToken
 from kvs2.partitioner import partition_for
 from kvs2.progress import Progress
@@ -224,15 +224,25 @@ class Store:
         Why first, in the key's partition: Kafka may drop this tombstone after delete.retention.ms, and a
         conditional record before it that outlived it would come back to life on replay. Records
         tombstoned before it are gone from the log by the time Kafka may drop it (kvs2.conditional).
-        The replica must be caught up to know the key's conditional records: else UNAVAILABLE.
+        The replica must know the key's conditional records: it must be serving (else UNAVAILABLE), and it
+        first applies the key's partition up to Kafka's end offset, as a linearizable read would, so
+        that every conditional write acknowledged before this Delete began — through any replica — is
+        among them. Only a conditional write concurrent with the Delete can escape (see README).
         """
         self._check_key(key)
         self.check_serving()
+        partition = partition_for(key, self._progress.now.partitions)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await self._fresh(ReadOptions(linearizable=True), [key], timeout)
+        except DeadlineExceeded as exc:
+            raise Unavailable(f"the Delete was not sent: {exc}") from exc
+        if timeout is not None:
+            timeout = max(0.0, timeout - (loop.time() - started))
         sides = self._replica.cleanup_before_delete(key)
-        if sides:
-            partition = partition_for(key, self._progress.now.partitions)
-            for side in sides:
-                self._writer.tombstone(side, partition)
+        for side in sides:
+            self._writer.tombstone(side, partition)
         return await self._await_ack(self._writer.write(key, None), timeout)
 
     async def write_if(
