@@ -282,3 +282,33 @@ def live_pid(pid_file: Path, cmdline_marker: bytes) -> int | None:
     if cmdline_marker not in cmdline or "\nState:\tZ" in status:
         return None
     return pid
+
+
+class CheckedThread(threading.Thread):
+    """A test's helper thread whose failure fails the test: `join()` re-raises what the target raised.
+
+    A plain `threading.Thread` swallows its exception (pytest at most warns): a writer that died on its
+    first call leaves a test that checks "everything written was seen" with nothing written — and green.
+    `check()` lets the test's own loop stop as soon as the helper failed, instead of waiting for it.
+    """
+
+    def __init__(self, target: Callable[[], object], name: str | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self._work = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:
+            self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"helper thread {self.name} failed: {self.error!r}") from self.error
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"helper thread {self.name} still running after {timeout}s")
+        self.check()
