@@ -235,3 +235,28 @@ def test_an_unreachable_replica_exits_3_unavailable(tmp_path: Path) -> None:
     assert write.stderr.startswith("kvs2: UNAVAILABLE: "), write.stderr
     health = kvs2("health", target=nowhere)
     assert (health.returncode, health.stdout) == (1, "UNREACHABLE\n")
+
+
+def test_serve_on_a_port_in_use_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    """A taken --listen address is a bad input like any other: one line saying so, not a traceback."""
+    with socket.socket() as taken, socket.socket() as closed:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        closed.bind((LOOPBACK, 0))
+        listen = f"{LOOPBACK}:{taken.getsockname()[1]}"
+        argv = [
+            *kvs2_command(),
+            "serve",
+            "--bootstrap-servers",
+            f"{LOOPBACK}:{closed.getsockname()[1]}",  # bound, never listening: Kafka is not needed here
+            "--topic",
+            "t",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            listen,
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"kvs2: cannot listen on {listen}" in result.stderr
+    assert "Traceback" not in result.stderr
