@@ -324,9 +324,14 @@ async def running_replica(
         log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
 
     progress.on_serving_change(on_serving)
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError:  # grpc raises when the bind fails; its own message only says "failed"
+        port = 0
     if port == 0:
-        raise errors.ConfigError(f"cannot listen on {settings.listen}")
+        raise errors.ConfigError(
+            f"cannot listen on {settings.listen}: the address is in use or not available on this host"
+        )
     await server.start()
     stopping = asyncio.Event()
     janitor: asyncio.Task[None] | None = None

@@ -16,8 +16,9 @@ from kvs2.client import Client
 
 from tests.harness.common import LOOPBACK, ManagedProcess, free_port, progress, wait_until
 
-# What gRPC says when the port was taken between `free_port()` and the replica's bind.
-PORT_TAKEN_MARKERS = ("Address already in use", "Failed to bind to address")
+# What the replica (and gRPC's own log line) say when the port was taken between `free_port()` and the
+# replica's bind; "Failed to bind to address" is what replicas without a clear bind error printed.
+PORT_TAKEN_MARKERS = ("cannot listen on", "Address already in use", "Failed to bind to address")
 PORT_ATTEMPTS = 5
 
 
