@@ -18,7 +18,8 @@ import pytest
 
 from tests.harness.common import children_die_with_parent, started_processes
 
-TAIL_LINES = 60
+TAIL_LINES = 60  # of a process the failing test started
+SHARED_TAIL_LINES = 25  # of one that outlives the test (the shared broker, the control plane)
 _test_start = pytest.StashKey[tuple[int, dict[int, int]]]()
 
 
@@ -71,7 +72,7 @@ def log_sections(first_new: int, sizes: dict[int, int]) -> list[tuple[str, str]]
             title = f"log of {process.name} while this test ran: {process.log_path}"
         else:
             continue
-        sections.append((title, _tail(text)))
+        sections.append((title, _tail(text, TAIL_LINES if index >= first_new else SHARED_TAIL_LINES)))
     return sections
 
 
