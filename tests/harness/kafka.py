@@ -362,6 +362,8 @@ class KafkaBroker:
                     raise
                 taken = (self.port, self.controller_port)
                 self.port, self.controller_port = free_port(), free_port()
+                while self.controller_port == self.port:
+                    self.controller_port = free_port()
                 if fresh:  # formatted by the failed attempt: format again for the new controller address
                     shutil.rmtree(self.data_dir, ignore_errors=True)
                 progress(f"Kafka: ports {taken} were taken before it could bind; retrying on {self.port}")

@@ -22,6 +22,34 @@ PORT_TAKEN_MARKERS = ("cannot listen on", "Address already in use", "Failed to b
 PORT_ATTEMPTS = 5
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds a listening TCP socket on `port` (IPv4 or IPv6 table: gRPC
+    binds 127.0.0.1 as ::ffff:127.0.0.1). Not "the port answers": that could be whoever took it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].rsplit(":", 1)[1] == f"{port:04X}" and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def kvs2_command() -> list[str]:
     """The installed console script next to this interpreter (the same one `pip install` makes)."""
     script = Path(sys.executable).parent / "kvs2"
@@ -82,7 +110,7 @@ class ReplicaProcess:
         assert process is not None
 
         def settled() -> bool:
-            return not process.alive() or f"listening on {self.target}" in self._log_since(log_offset)
+            return not process.alive() or listens(process.pid, self.port)
 
         try:
             wait_until(settled, timeout=timeout, what=f"replica to listen on {self.target}")
