@@ -56,7 +56,16 @@ def test_starts_children_then_hangs() -> None:
     )
     t.start()
     t.join()
-    OUT.write_text(f"{{main.pid}} {{box[0].pid}}")
+    # Like the process kubelet and its pods: a child that starts its own child through `popen`.
+    grandchild_pid = OUT.parent / "grandchild"
+    starter = (
+        "import time; from pathlib import Path; from tests.harness.common import popen; "
+        f"Path({{str(grandchild_pid)!r}}).write_text(str(popen({{SLEEPER!r}}).pid)); time.sleep(3600)"
+    )
+    ManagedProcess("kubelet-like", [SLEEPER[0], "-c", starter], OUT.parent / "k.log").start()
+    while not grandchild_pid.exists() or not grandchild_pid.read_text():
+        time.sleep(0.1)
+    OUT.write_text(f"{{main.pid}} {{box[0].pid}} {{grandchild_pid.read_text()}}")
     time.sleep(3600)
 """
 
