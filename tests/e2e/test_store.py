@@ -32,7 +32,7 @@ from tests.e2e.conftest import (
     target,
 )
 from tests.harness.cluster import Cluster
-from tests.harness.common import CheckedThread
+from tests.harness.common import CheckedThread, wait_until
 from tests.harness.kafka import KafkaBroker
 from tests.harness.kubelet import KubeletProcess
 
@@ -45,7 +45,15 @@ READY_TIMEOUT = "180s"
 def operator_pod(cluster: Cluster, kubelet: KubeletProcess) -> Iterator[OperatorPod]:
     """deploy/ exactly as a person installs it (server-side, the command the README documents)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(DEPLOY))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/keyvaluestores.kvs2.io", "--timeout=60s")
+
+    def established() -> bool:
+        # Not `kubectl wait`: on a CRD created a moment ago it fails outright (".status.conditions
+        # accessor error") instead of waiting for the conditions to appear.
+        crd = cluster.get_object("default", "crd", "keyvaluestores.kvs2.io") or {}
+        conditions = crd.get("status", {}).get("conditions") or ()
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, timeout=60, what="the KeyValueStore CRD to be Established")
     cluster.kubectl(
         "-n",
         OPERATOR_NAMESPACE,
