@@ -380,9 +380,14 @@ async def running_replica(
             loop.call_soon_threadsafe(health.set, "producer", ok)
 
     writer.on_health = on_producer_health
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError:  # grpc raises when the bind fails; its own message only says "failed"
+        port = 0
     if port == 0:
-        raise errors.ConfigError(f"cannot listen on {settings.listen}")
+        raise errors.ConfigError(
+            f"cannot listen on {settings.listen}: the address is in use or not available on this host"
+        )
     await server.start()
     redis = (
         await start_redis(
