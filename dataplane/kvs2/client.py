@@ -46,6 +46,7 @@ class Written:
 
     partition: int
     offset: int
+    topic_id: str = ""  # the topic written to: a recreated topic's offsets never count for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,9 @@ class CasResult:
 
 
 def _cas(reply: pb.SetReply | pb.DeleteReply) -> CasResult:
-    return CasResult(reply.status == pb.PUBLISHED, reply.revision, Written(reply.partition, reply.offset))
+    return CasResult(
+        reply.status == pb.PUBLISHED, reply.revision, Written(reply.partition, reply.offset, reply.topic_id)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class Page:
     items: list[Item]
     next_page_token: bytes
     applied: dict[int, int]  # the replica's next offset per partition this page reflects
+    topic_id: str = ""  # the topic `applied` belongs to: pass it to watch() with them
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +100,12 @@ class _Session:
 
     read_your_writes: bool
     written: dict[int, int] = field(default_factory=dict)
+    topic_id: str = ""  # the topic of `written`
 
     def note(self, w: Written) -> Written:
+        if w.topic_id != self.topic_id:  # the topic was recreated: older positions name nothing in it
+            self.written.clear()
+            self.topic_id = w.topic_id
         if w.offset > self.written.get(w.partition, -1):
             self.written[w.partition] = w.offset
         return w
@@ -105,9 +113,15 @@ class _Session:
     def options(
         self, consistency: Consistency, after: Iterable[Written], max_lag: int, max_staleness_ms: int = 0
     ) -> pb.ReadOptions:
+        after = list(after)
         tokens = {(w.partition, w.offset) for w in after}
+        topics = {w.topic_id for w in after if w.topic_id}
         if self.read_your_writes:
             tokens.update(self.written.items())
+            if self.written and self.topic_id:
+                topics.add(self.topic_id)
+        if len(topics) > 1:
+            raise ValueError(f"the tokens come from different topics (ids {sorted(topics)})")
         return pb.ReadOptions(
             consistency=pb.ReadOptions.LINEARIZABLE
             if consistency == "linearizable"
@@ -115,6 +129,7 @@ class _Session:
             after=[pb.Position(partition=p, offset=o) for p, o in sorted(tokens)],
             max_lag_records=max_lag,
             max_staleness_ms=max_staleness_ms,
+            topic_id=topics.pop() if topics else "",
         )
 
 
@@ -124,7 +139,8 @@ def _value(status: int, data: bytes, revision: int) -> Value | None:
 
 def _page(reply: pb.RangeReply, keys_only: bool) -> Page:
     items = [Item(i.key, None if keys_only else i.value, i.revision) for i in reply.items]
-    return Page(items, reply.next_page_token, {p.partition: p.offset for p in reply.applied})
+    applied = {p.partition: p.offset for p in reply.applied}
+    return Page(items, reply.next_page_token, applied, reply.topic_id)
 
 
 def _range_request(
@@ -142,9 +158,17 @@ def _range_request(
 
 
 def watch_request(
-    key: bytes, prefix: bytes, start: bytes, end: bytes, positions: Mapping[int, int], interval_ms: int
+    key: bytes,
+    prefix: bytes,
+    start: bytes,
+    end: bytes,
+    positions: Mapping[int, int],
+    interval_ms: int,
+    topic_id: str = "",
 ) -> pb.WatchRequest:
-    request = pb.WatchRequest(key=key, prefix=prefix, start=start, end=end, progress_interval_ms=interval_ms)
+    request = pb.WatchRequest(
+        key=key, prefix=prefix, start=start, end=end, progress_interval_ms=interval_ms, topic_id=topic_id
+    )
     # `from` is a Python keyword, hence getattr.
     getattr(request, "from").extend(pb.Position(partition=p, offset=o) for p, o in sorted(positions.items()))
     return request
@@ -179,13 +203,18 @@ class _WatchCursor:
     positions: dict[int, int]
     interval_ms: int
     reconnect: bool
+    topic_id: str = ""  # the topic `positions` belong to
     attempt: int = 0
 
     def request(self) -> pb.WatchRequest:
-        return watch_request(self.key, self.prefix, self.start, self.end, self.positions, self.interval_ms)
+        return watch_request(
+            self.key, self.prefix, self.start, self.end, self.positions, self.interval_ms, self.topic_id
+        )
 
     def advance(self, msg: pb.WatchEvent) -> Event:
         self.attempt = 0
+        if msg.type == pb.WatchEvent.PROGRESS and msg.topic_id:
+            self.topic_id = msg.topic_id
         return _event(msg, self.positions)
 
     def retry_delay(self, exc: grpc.RpcError) -> float:
@@ -290,11 +319,11 @@ class Client:
 
     def set(self, key: bytes, value: bytes) -> Written:
         reply = self._stub.Set(pb.SetRequest(key=key, value=value), timeout=self.timeout)
-        return self._session.note(Written(reply.partition, reply.offset))
+        return self._session.note(Written(reply.partition, reply.offset, reply.topic_id))
 
     def delete(self, key: bytes) -> Written:
         reply = self._stub.Delete(pb.DeleteRequest(key=key), timeout=self.timeout)
-        return self._session.note(Written(reply.partition, reply.offset))
+        return self._session.note(Written(reply.partition, reply.offset, reply.topic_id))
 
     def set_if(self, key: bytes, value: bytes, revision: int) -> CasResult:
         """Compare-and-set: write only if the key's revision is `revision` (0: must not exist)."""
@@ -356,9 +385,13 @@ class Client:
         from_: Mapping[int, int] | None = None,
         progress_interval_ms: int = 1000,
         reconnect: bool = True,
+        topic_id: str = "",
     ) -> Iterator[Event]:
-        """Changes in apply order, forever; after a disconnect it resumes where it stopped."""
-        cursor = _WatchCursor(key, prefix, start, end, dict(from_ or {}), progress_interval_ms, reconnect)
+        """Changes in apply order, forever; after a disconnect it resumes where it stopped.
+        `topic_id` is the topic `from_` belongs to (a Page's), checked by the replica."""
+        cursor = _WatchCursor(
+            key, prefix, start, end, dict(from_ or {}), progress_interval_ms, reconnect, topic_id
+        )
         while True:
             try:
                 for msg in self._stub.Watch(cursor.request()):
@@ -450,11 +483,11 @@ class AsyncClient:
 
     async def set(self, key: bytes, value: bytes) -> Written:
         reply = await self._stub.Set(pb.SetRequest(key=key, value=value), timeout=self.timeout)
-        return self._session.note(Written(reply.partition, reply.offset))
+        return self._session.note(Written(reply.partition, reply.offset, reply.topic_id))
 
     async def delete(self, key: bytes) -> Written:
         reply = await self._stub.Delete(pb.DeleteRequest(key=key), timeout=self.timeout)
-        return self._session.note(Written(reply.partition, reply.offset))
+        return self._session.note(Written(reply.partition, reply.offset, reply.topic_id))
 
     async def set_if(self, key: bytes, value: bytes, revision: int) -> CasResult:
         request = pb.SetRequest(key=key, value=value, if_revision=revision)
@@ -495,8 +528,11 @@ class AsyncClient:
         from_: Mapping[int, int] | None = None,
         progress_interval_ms: int = 1000,
         reconnect: bool = True,
+        topic_id: str = "",
     ) -> AsyncIterator[Event]:
-        cursor = _WatchCursor(key, prefix, start, end, dict(from_ or {}), progress_interval_ms, reconnect)
+        cursor = _WatchCursor(
+            key, prefix, start, end, dict(from_ or {}), progress_interval_ms, reconnect, topic_id
+        )
         while True:
             try:
                 async for msg in self._stub.Watch(cursor.request()):

@@ -19,6 +19,22 @@ a plain write — are listed by every replica (`Replica.garbage`). The replica t
 record tombstones it at once; any replica tombstones the rest after a grace delay unless the tombstone
 has already been applied (duplicates are harmless). Compaction then drops both. Keys written only
 with conditional writes keep one record per applied write until a plain write comes; see README.
+
+The invariant that makes every compacted log replay to the live state. Kafka may drop a plain
+tombstone once delete.retention.ms has passed since its cleaner first cleaned it; a conditional record
+of the same user key before it has another Kafka key and would outlive it, and replay would apply it
+(and judge every later condition on the key against it). So: *every conditional record of a key that
+precedes a plain tombstone of the key is tombstoned before it, in the same partition.* Kafka's cleaner
+works on a prefix of the log and drops a record in the pass that first sees a later record of its key,
+so by the time it has cleaned the plain tombstone — the earliest it can start counting
+delete.retention.ms — those conditional records are gone. kvs2's Delete enforces it
+(`Store.delete`): it tombstones every conditional record of the key it knows (needed or garbage), then
+writes its own tombstone, through the same idempotent producer, so in that order. A clean-up tombstone
+applied before the record's key is plainly deleted makes the record unneeded at once.
+Residual: a conditional write racing the Delete (applied just before its tombstone, not yet known to
+the Delete's replica), or a plain tombstone from a foreign producer, leaves conditional records after
+the fact; every replica lists them as urgent garbage and tombstones them within about a second, which
+holds as long as a replica serves before delete.retention.ms runs out.
 """
 
 from __future__ import annotations
@@ -39,6 +55,8 @@ from kvs2.storage import REQUEST_ID_BYTES, Outcome, Replica, parse_side_key, sid
 log = logging.getLogger(__name__)
 
 DEFAULT_CLEANUP_GRACE = 30.0  # seconds before a replica tombstones a record nobody else has
+# Urgent garbage (a plain tombstone met it untombstoned: see the invariant above) waits at most this.
+URGENT_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,16 +143,21 @@ class ConditionalWrites:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(5.0, self._grace / 4))
+                await asyncio.wait_for(stop.wait(), min(URGENT_DELAY / 2, self._grace / 4))
             if stop.is_set() or not self._progress.serving:
                 continue
             now = loop.time()
-            garbage = self._replica.garbage()
+            urgent = self._replica.urgent_garbage()
+            garbage = list(dict.fromkeys([*urgent, *self._replica.garbage()]))
             alive = set(garbage)
+            hurry = set(urgent)
             for side in garbage:
                 # Every replica lists the same garbage at about the same moment: a random extra delay lets
                 # one of them tombstone it first and the others see that tombstone instead of repeating it.
-                due = self._due.setdefault(side, now + self._grace + random.uniform(0, self._grace))
+                delay = min(self._grace, URGENT_DELAY) if side in hurry else self._grace
+                due = self._due.setdefault(side, now + delay + random.uniform(0, delay))
+                if side in hurry and due > now + 2 * delay:  # listed before a plain tombstone met it
+                    due = self._due[side] = now + delay + random.uniform(0, delay)
                 if now >= due:
                     parsed = parse_side_key(side)
                     if parsed is None:

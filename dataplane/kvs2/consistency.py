@@ -43,6 +43,9 @@ class ReadOptions:
     after: tuple[WriteToken, ...] = ()
     max_lag_records: int = 0  # 0: no bound
     max_staleness: float = 0.0  # seconds; 0: no bound
+    # The topic id the offsets belong to (tokens' topic; for linearizable reads, the topic whose end
+    # offsets were looked up): a replica following another topic id never counts as fresh. "": unchecked.
+    topic_id: str = ""
 
     @property
     def eventual(self) -> bool:
@@ -223,6 +226,8 @@ async def wait_fresh(
     max_staleness = options.max_staleness
 
     def fresh(s: Snapshot) -> bool:
+        if options.topic_id and s.topic_id != options.topic_id:
+            return False
         if not all(s.has_applied(p, o) for p, o in needed.items()):
             return False
         now = time.monotonic()
@@ -235,12 +240,23 @@ async def wait_fresh(
     try:
         await progress.wait_for(fresh, timeout)
     except TimeoutError as exc:
-        raise DeadlineExceeded(_shortfall(progress.now, needed, parts, max_lag, max_staleness)) from exc
+        shortfall = _shortfall(progress.now, needed, parts, max_lag, max_staleness, options.topic_id)
+        raise DeadlineExceeded(shortfall) from exc
 
 
 def _shortfall(
-    s: Snapshot, needed: Mapping[int, int], parts: Iterable[int], max_lag: int, max_staleness: float
+    s: Snapshot,
+    needed: Mapping[int, int],
+    parts: Iterable[int],
+    max_lag: int,
+    max_staleness: float,
+    topic_id: str = "",
 ) -> str:
+    if topic_id and s.topic_id != topic_id:
+        return (
+            f"the read names topic id {topic_id}; this replica follows topic id {s.topic_id or '(none yet)'} "
+            "(the topic was deleted and recreated): its offsets say nothing about that topic"
+        )
     missing = [
         f"partition {p} needs offset {o} applied, replica is at {s.applied.get(p, 0)}"
         for p, o in sorted(needed.items())

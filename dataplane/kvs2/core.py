@@ -7,15 +7,15 @@ codes; tests drive this class directly without a network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from kvs2.conditional import ConditionalResult, ConditionalWrites
 from kvs2.config import Limits
 from kvs2.consistency import EVENTUAL, EndOffsetLookup, EndOffsetOracle, ReadOptions, validate, wait_fresh
-from kvs2.errors import InvalidArgument, Unavailable, WriteOutcomeUnknown
+from kvs2.errors import DeadlineExceeded, InvalidArgument, Kvs2Error, Unavailable, WriteOutcomeUnknown
 from kvs2.kafka_io import WriteToken
 from kvs2.partitioner import partition_for
 from kvs2.progress import Progress
@@ -33,6 +33,8 @@ class RecordWriter(Protocol):
     def max_record_bytes(self) -> int: ...
 
     def write(self, key: bytes, value: bytes | None) -> Future[WriteToken]: ...
+
+    def tombstone(self, side: bytes, partition: int) -> Future[WriteToken]: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class RangeResult:
     count: int
     next_page_token: bytes
     applied: dict[int, int]
+    topic_id: str = ""  # the topic `applied` belongs to
 
 
 class Store:
@@ -82,11 +85,14 @@ class Store:
         limits: Limits,
         end_offsets: EndOffsetLookup | None = None,
         conditional: ConditionalWrites | None = None,
+        topic_now: Callable[[], str] | None = None,
     ) -> None:
         self._replica = replica
         self._writer = writer
         self._progress = progress
-        self._oracle = EndOffsetOracle(end_offsets or (lambda _partitions: {}))
+        self._end_offsets: EndOffsetLookup = end_offsets or (lambda _partitions: {})
+        self._topic_now = topic_now
+        self._oracle = EndOffsetOracle(self._end_offsets_of_followed_topic)
         self._max_key = min(limits.max_key_bytes, replica.max_key_bytes)
         self._max_keys = limits.max_multiget_keys
         self._conditional = conditional
@@ -124,10 +130,35 @@ class Store:
         if not self._progress.serving:
             raise Unavailable("this replica is catching up with Kafka and not serving reads yet")
 
+    def _built_from(self) -> str | None:
+        """The topic id the replica must still be built from for a read to use it (None: unknown)."""
+        return self._progress.now.topic_id or None
+
+    def _end_offsets_of_followed_topic(self, partitions: Collection[int]) -> Mapping[int, int | Kvs2Error]:
+        """Kafka's end offsets, proven to be those of the topic the replica follows (runs in a thread).
+
+        Why: a topic deleted and recreated under the same name starts again at offset 0, and ListOffsets
+        does not say which topic it answered for. The replica saw its topic id before this look-up
+        started; if the topic still has that id after it, the topic had it throughout (ids never come
+        back), so the offsets are that topic's.
+        """
+        expected = self._progress.now.topic_id
+        ends = self._end_offsets(partitions)
+        if self._topic_now is not None:
+            now = self._topic_now()
+            if now != expected:
+                raise Unavailable(
+                    f"the topic now has id {now}, this replica follows id {expected}: it was deleted and "
+                    "recreated, and this replica is rebuilding from it; retry shortly"
+                )
+        return ends
+
     async def _fresh(self, options: ReadOptions, keys: Sequence[bytes] | None, timeout: float | None) -> None:
         self.check_serving()
         if options.eventual:
             return
+        if options.linearizable and not options.topic_id:
+            options = replace(options, topic_id=self._progress.now.topic_id)
         partitions = self._progress.now.partitions
         validate(options, partitions)
         touched = range(partitions) if keys is None else {partition_for(k, partitions) for k in keys}
@@ -139,7 +170,7 @@ class Store:
     ) -> Entry | None:
         self._check_key(key)
         await self._fresh(options, [key], timeout)
-        return self._replica.get(key)
+        return self._replica.get(key, self._built_from())
 
     async def multi_get(
         self, keys: Sequence[bytes], options: ReadOptions = EVENTUAL, timeout: float | None = None
@@ -150,7 +181,7 @@ class Store:
         for key in keys:
             self._check_key(key)
         await self._fresh(options, keys, timeout)
-        return self._replica.multi_get(keys)
+        return self._replica.multi_get(keys, self._built_from())
 
     async def range(
         self,
@@ -172,11 +203,14 @@ class Store:
                 raise InvalidArgument("page_token does not belong to this range")
             start = page_token
         await self._fresh(options, None, timeout)
+        topic_id = self._built_from()
         if count_only:
-            n, applied = self._replica.count(start, key_range.end)
-            return RangeResult([], n, b"", applied)
-        page = self._replica.scan(start, key_range.end, limit or DEFAULT_PAGE, keys_only=keys_only)
-        return RangeResult(page.items, len(page.items), page.next_key or b"", page.applied)
+            n, applied = self._replica.count(start, key_range.end, topic_id)
+            return RangeResult([], n, b"", applied, topic_id or "")
+        page = self._replica.scan(
+            start, key_range.end, limit or DEFAULT_PAGE, keys_only=keys_only, topic_id=topic_id
+        )
+        return RangeResult(page.items, len(page.items), page.next_key or b"", page.applied, topic_id or "")
 
     # ----- writes ----------------------------------------------------------------------------------
     async def set(self, key: bytes, value: bytes, timeout: float | None) -> WriteToken:
@@ -185,7 +219,30 @@ class Store:
         return await self._await_ack(self._writer.write(key, value), timeout)
 
     async def delete(self, key: bytes, timeout: float | None) -> WriteToken:
+        """A plain tombstone, preceded by clean-up tombstones of the key's conditional records.
+
+        Why first, in the key's partition: Kafka may drop this tombstone after delete.retention.ms, and a
+        conditional record before it that outlived it would come back to life on replay. Records
+        tombstoned before it are gone from the log by the time Kafka may drop it (kvs2.conditional).
+        The replica must know the key's conditional records: it must be serving (else UNAVAILABLE), and it
+        first applies the key's partition up to Kafka's end offset, as a linearizable read would, so
+        that every conditional write acknowledged before this Delete began — through any replica — is
+        among them. Only a conditional write concurrent with the Delete can escape (see README).
+        """
         self._check_key(key)
+        self.check_serving()
+        partition = partition_for(key, self._progress.now.partitions)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await self._fresh(ReadOptions(linearizable=True), [key], timeout)
+        except DeadlineExceeded as exc:
+            raise Unavailable(f"the Delete was not sent: {exc}") from exc
+        if timeout is not None:
+            timeout = max(0.0, timeout - (loop.time() - started))
+        sides = self._replica.cleanup_before_delete(key)
+        for side in sides:
+            self._writer.tombstone(side, partition)
         return await self._await_ack(self._writer.write(key, None), timeout)
 
     async def write_if(

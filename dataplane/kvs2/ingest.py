@@ -10,7 +10,8 @@ Life of the ingester:
   4. re-check the topic's identity every second while idle, and before applying a batch when the last
      check is older than VERIFY_BEFORE_APPLY or the consumer reported the topic unknown: a topic
      deleted and recreated under the same name serves records at offsets the old one also had, and
-     they must never be mixed into the old replica.
+     they must never be mixed into the old replica. A topic merely not found stops serving but
+     discards nothing (see `_TopicGone`): only a topic with a different id does.
 Kafka unreachable before step 2 keeps the replica NOT_SERVING and retries with backoff; a Kafka
 outage after that leaves it serving what it has (reads are local) while librdkafka reconnects.
 """
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 ProgressSink = Callable[[Snapshot], None]
 # Seconds a topic identity check stays good for applying fetched records (see the module docstring).
 VERIFY_BEFORE_APPLY = 0.25
+# Offsets written after the replica saw a partition's end less than this long ago are too fresh for
+# Kafka's cleaner to have compacted: a gap among them is a transaction marker (Storage.apply).
+FRESH_WINDOW = 2.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,12 @@ class TopicSpec:
 
 class _Rebuild(Exception):
     """The replica no longer matches the topic; start over from an empty replica."""
+
+
+class _TopicGone(Exception):
+    """The topic is not found. Not a reason to discard anything: a deletion by mistake or a metadata
+    glitch must not destroy what may be the last copies of the data. Stop serving; only a topic with a
+    different id (checked when a session starts) makes the replica rebuild."""
 
 
 class Ingester:
@@ -98,8 +108,18 @@ class Ingester:
                 delay = 0.5
             except _Rebuild as why:
                 log.warning("replica is stale (%s): discarding it and rebuilding from the topic", why)
+                # Reads check the replica's identity in their own transaction (`Replica` reads with a
+                # topic id), so none can see the emptied replica even before NOT_SERVING arrives.
                 self._on_progress(Snapshot())
                 self._replica.invalidate()
+            except _TopicGone as why:
+                log.warning(
+                    "%s: not serving; keeping the replica's data until a topic with a different id exists",
+                    why,
+                )
+                self._on_progress(Snapshot(applied=self._replica.next_offsets()))
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
             except Kvs2Error as exc:
                 self._report_problem(str(exc))
                 self._on_progress(Snapshot(applied=self._replica.next_offsets()))
@@ -200,8 +220,19 @@ class Ingester:
         next_check = time.monotonic() + self._identity_check_interval
         verified = time.monotonic()
         next_publish = 0.0
+        seen_end: dict[int, tuple[int, float]] = {}  # partition → (end offset, when a fetch reported it)
         while not self._stop.is_set():
             records, eof = reader.read(self._batch_size, timeout=0.2)
+            read_at = time.monotonic()
+            fresh_from = {p: end for p, (end, at) in seen_end.items() if read_at - at < FRESH_WINDOW}
+            for partition, end in eof.items():
+                seen_end[partition] = (end, read_at)
+            if not records and seen_end:
+                # Idle: the consumer's last fetch responses still put each end where its EOF did.
+                watermarks = reader.high_watermarks(identity.partitions)
+                for partition, (end, _at) in list(seen_end.items()):
+                    if watermarks.get(partition) == end:
+                        seen_end[partition] = (end, read_at)
             self._admin.serve_logs()
             in_doubt = reader.topic_in_doubt or time.monotonic() - verified > VERIFY_BEFORE_APPLY
             # _Rebuild drops this batch unapplied. Kafka not answering: apply it (it was fetched from the
@@ -216,7 +247,7 @@ class Ingester:
                 if end > max(offsets.get(partition, 0), advanced.get(partition, 0)):
                     advanced[partition] = end
             if records or advanced:
-                applied = self._replica.apply(records, advanced)
+                applied = self._replica.apply(records, advanced, fresh_from)
                 if applied.outcomes:
                     self._on_outcomes(applied.outcomes)
                 offsets.update(advanced)
@@ -242,7 +273,7 @@ class Ingester:
         try:
             now = self._admin.describe(self._topic, timeout=5.0)
         except TopicNotFound as exc:
-            raise _Rebuild(f"topic {self._topic!r} was deleted") from exc
+            raise _TopicGone(f"topic {self._topic!r} was deleted or is not visible") from exc
         except Kvs2Error:
             return False
         if now != identity:

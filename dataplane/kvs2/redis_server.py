@@ -13,7 +13,8 @@ order. An eventual read (GET, MGET, EXISTS, SCAN) is a Store coroutine that fini
 Python 3.12's eager tasks do. Everything else (writes waiting for Kafka's ack, reads waiting for
 freshness), and any command behind one still running on the connection, runs in a Task; the loop starts
 Tasks in creation order, so commands start in command order and a pipeline's writes reach the producer
-in order (per key, the last one wins). Replies go out in command order, batched into one socket write
+in order (per key, the last one wins; a write behind a DEL starts once the DEL is done, as a Delete
+produces only after catching up with Kafka). Replies go out in command order, batched into one socket write
 per received chunk.
 """
 
@@ -147,6 +148,12 @@ def _start_now(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
 _NOT_STARTED = object()
 
 
+async def _after(barrier: asyncio.Task[bytes], coro: Coroutine[Any, Any, bytes]) -> bytes:
+    """Run `coro` once `barrier`, an earlier write of the same connection, is done (whatever its outcome)."""
+    await asyncio.wait({barrier})
+    return await coro
+
+
 async def _finish(coro: Coroutine[Any, Any, bytes], waiting: object = _NOT_STARTED) -> bytes:
     """Run `coro` in a Task: from its start, or from where it suspended at `waiting`."""
     try:
@@ -234,6 +241,10 @@ class Command:
     # below a write may need `asyncio.current_task()` (asyncio.timeout does), so those start as Tasks,
     # which the loop also starts in command order.
     eager: bool = False
+    # The command produces its records only after a wait (a Delete first catches up with Kafka, see
+    # `Store.delete`): later writes of the connection start once it is done, so they still reach the
+    # producer after it, in command order.
+    barrier: bool = False
 
 
 COMMANDS: dict[bytes, Command] = {}
@@ -246,10 +257,11 @@ def command(
     keys: tuple[int, int, int] = (0, 0, 0),
     cats: str = "",
     eager: bool = False,
+    barrier: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         COMMANDS[name.upper().encode()] = Command(
-            handler, arity, tuple(flags), *keys, tuple(cats.split()), eager
+            handler, arity, tuple(flags), *keys, tuple(cats.split()), eager, barrier
         )
         return handler
 
@@ -388,13 +400,13 @@ async def _set(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     return OK
 
 
-@command("DEL", -2, WRITE, (1, -1, 1), "@write @keyspace @slow")
+@command("DEL", -2, WRITE, (1, -1, 1), "@write @keyspace @slow", barrier=True)
 async def _del(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     keys = args[1:]
     # Redis counts the keys that existed: as this replica sees them when the delete is accepted.
     existed = sum(e is not None for e in await front.store.multi_get(keys))  # also validates every key
-    # Each delete is produced now, in key order, before any later command of the pipeline starts
-    # (gather would only schedule them); then the acks are awaited together.
+    # Each Delete first catches up with Kafka, then produces; the acks are awaited together. Later writes
+    # of the connection wait for this command (Command.barrier), so they still reach the producer after it.
     await asyncio.gather(*[_start_now(front.store.delete(k, front.timeout)) for k in keys])
     return integer(existed)
 
@@ -472,7 +484,7 @@ async def _kvs2_set(front: RedisFront, conn: Connection, args: list[bytes]) -> b
     return _written(await _write(front, args[1], args[2], mode, revision), conn.proto)
 
 
-@command("KVS2.DEL", -2, WRITE, (1, 1, 1), "@write @keyspace @slow")
+@command("KVS2.DEL", -2, WRITE, (1, 1, 1), "@write @keyspace @slow", barrier=True)
 async def _kvs2_del(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     mode, revision = _if_revision(args, 2, ())
     return _written(await _write(front, args[1], None, mode, revision), conn.proto)
@@ -650,6 +662,7 @@ class Connection(asyncio.Protocol):
         self._parser: Parser | FastParser | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: deque[bytes | asyncio.Task[bytes]] = deque()
+        self.write_barrier: asyncio.Task[bytes] | None = None  # see Command.barrier
         self._pause = 0  # bit 1: too many pending replies; bit 2: the socket's send buffer is full
 
     # asyncio.Protocol --------------------------------------------------------------------------------
@@ -791,6 +804,14 @@ class RedisFront:
             result = cmd.handler(self, conn, args)
             if isinstance(result, bytes):
                 return result
+            if "write" in cmd.flags:
+                barrier = conn.write_barrier
+                if barrier is not None and not barrier.done():
+                    result = _after(barrier, result)
+                task = self._loop.create_task(_finish(result))
+                if cmd.barrier:
+                    conn.write_barrier = task
+                return task
             if not (cmd.eager and inline):
                 return self._loop.create_task(_finish(result))
             try:

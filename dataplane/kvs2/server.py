@@ -91,6 +91,7 @@ def _read_options(msg: pb.ReadOptions) -> ReadOptions:
         after=tuple(WriteToken(p.partition, p.offset) for p in msg.after),
         max_lag_records=msg.max_lag_records,
         max_staleness=msg.max_staleness_ms / 1000,
+        topic_id=msg.topic_id,
     )
 
 
@@ -135,6 +136,7 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetReply:  # noqa: N802
         async def call() -> pb.SetReply:
+            topic_id = self._store.progress.now.topic_id  # the topic this write goes to
             if request.HasField("if_revision"):
                 result = await self._store.write_if(
                     request.key, request.value, request.if_revision, self._timeout(context)
@@ -144,16 +146,22 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
                     partition=result.partition,
                     offset=result.offset,
                     revision=result.revision,
+                    topic_id=topic_id,
                 )
             token = await self._store.set(request.key, request.value, self._timeout(context))
             return pb.SetReply(
-                status=pb.PUBLISHED, partition=token.partition, offset=token.offset, revision=token.offset + 1
+                status=pb.PUBLISHED,
+                partition=token.partition,
+                offset=token.offset,
+                revision=token.offset + 1,
+                topic_id=topic_id,
             )
 
         return await _translate(context, call)
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteReply:  # noqa: N802
         async def call() -> pb.DeleteReply:
+            topic_id = self._store.progress.now.topic_id  # the topic this write goes to
             if request.HasField("if_revision"):
                 result = await self._store.write_if(
                     request.key, None, request.if_revision, self._timeout(context)
@@ -163,9 +171,10 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
                     partition=result.partition,
                     offset=result.offset,
                     revision=result.revision,
+                    topic_id=topic_id,
                 )
             token = await self._store.delete(request.key, self._timeout(context))
-            return pb.DeleteReply(partition=token.partition, offset=token.offset)
+            return pb.DeleteReply(partition=token.partition, offset=token.offset, topic_id=topic_id)
 
         return await _translate(context, call)
 
@@ -189,6 +198,7 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
                 count=result.count,
                 next_page_token=result.next_page_token,
                 applied=_positions(result.applied),
+                topic_id=result.topic_id,
             )
 
         return await _translate(context, call)
@@ -204,9 +214,11 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
             )
             start = {p.partition: p.offset for p in getattr(request, "from")}
             interval = (request.progress_interval_ms or 1000) / 1000
-            async for item in watch(self._store, selector, start or None, interval):
+            async for item in watch(self._store, selector, start or None, interval, request.topic_id):
                 if isinstance(item, Progressed):
-                    yield pb.WatchEvent(type=pb.WatchEvent.PROGRESS, applied=_positions(item.applied))
+                    yield pb.WatchEvent(
+                        type=pb.WatchEvent.PROGRESS, applied=_positions(item.applied), topic_id=item.topic_id
+                    )
                 else:
                     yield pb.WatchEvent(
                         type=pb.WatchEvent.PUT if item.value is not None else pb.WatchEvent.DELETE,
@@ -295,6 +307,7 @@ async def running_replica(
         settings.limits,
         end_offsets=lambda partitions: admin.end_offsets_each(settings.topic, partitions),
         conditional=conditional,
+        topic_now=lambda: admin.describe(settings.topic).topic_id,
     )
 
     def set_limit(limit: int) -> None:
@@ -371,9 +384,14 @@ async def running_replica(
             loop.call_soon_threadsafe(health.set, "producer", ok)
 
     writer.on_health = on_producer_health
-    port = add_port(server, settings.listen, settings.tls)
+    try:
+        port = add_port(server, settings.listen, settings.tls)
+    except RuntimeError:  # grpc raises when the bind fails; its own message only says "failed"
+        port = 0
     if port == 0:
-        raise errors.ConfigError(f"cannot listen on {settings.listen}")
+        raise errors.ConfigError(
+            f"cannot listen on {settings.listen}: the address is in use or not available on this host"
+        )
     await server.start()
     health_server = await start_health_server(
         settings.health_listen, health_servicer, reuse_port=settings.workers > 1

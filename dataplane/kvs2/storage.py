@@ -14,6 +14,9 @@ Layout (named databases):
   cond    (dupsort) user key → request id of each applied conditional record still needed for replay
   garbage request id → side key: conditional records no longer needed (failed, or superseded by a
           plain write), waiting for a tombstone that lets Kafka's compaction drop them
+  garbage_keys (dupsort) user key → request id of each of its `garbage` records
+  urgent  request id → b"": garbage a plain tombstone of its key found untombstoned (see
+          `kvs2.conditional`): it must be tombstoned before Kafka may drop that plain tombstone
   meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped"
 A key's revision is the Kafka offset of its last write plus one, so 0 never names a write and can
 stand for "absent" (what compare-and-set's "must not exist" needs).
@@ -32,6 +35,8 @@ from typing import Any, NamedTuple
 
 import lmdb
 
+from kvs2.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = b"2"
@@ -42,6 +47,7 @@ _CHANGE_KEY = struct.Struct(">Iq")
 _CHANGE_HEAD = struct.Struct(">BI")
 _PUT, _DELETE = 0, 1
 DEFAULT_HISTORY = 100_000
+_NEVER = 1 << 62
 # Kafka keys of conditional records: SIDE_MARKER ‖ 16-byte request id ‖ user key. Unique per request,
 # so compaction never lets one conditional record hide another, or a plain record (kvs2.conditional).
 SIDE_MARKER = b"\x00kvs2:if\x00"
@@ -182,7 +188,7 @@ class Replica:
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
-            max_dbs=8,
+            max_dbs=10,
             subdir=True,
             sync=sync,
             metasync=sync,
@@ -195,6 +201,8 @@ class Replica:
         self._history = self._env.open_db(b"history")
         self._cond = self._env.open_db(b"cond", dupsort=True)
         self._garbage = self._env.open_db(b"garbage")
+        self._garbage_keys = self._env.open_db(b"garbage_keys", dupsort=True)
+        self._urgent = self._env.open_db(b"urgent")
         self._gate = _ResizeGate()
         self.max_key_bytes: int = self._env.max_key_size()
         # User keys with applied conditional records still needed for replay (the `cond` database),
@@ -220,14 +228,29 @@ class Replica:
             with self._gate.exclusive():  # no transaction of this process is open now
                 self._env.set_mapsize(0)
 
-    def get(self, key: bytes) -> Entry | None:
+    def _check_built_from(self, txn: lmdb.Transaction, topic_id: str | None) -> None:
+        """Refuse a read whose snapshot is not built from `topic_id` (None: no check).
+
+        Why in the read's own transaction: the ingester discards a stale replica right after announcing
+        NOT_SERVING, and a read that passed the serving check an instant earlier must not see the emptied
+        (or rebuilding) replica as data.
+        """
+        if topic_id is None:
+            return
+        raw = txn.get(b"topic_id", db=self._meta)
+        if raw is None or bytes(raw).decode() != topic_id:
+            raise Unavailable("this replica is rebuilding from its topic and not serving reads yet")
+
+    def get(self, key: bytes, topic_id: str | None = None) -> Entry | None:
         with self._reading(self._data) as txn:
+            self._check_built_from(txn, topic_id)
             raw = txn.get(key)
         return None if raw is None else _decode(raw)
 
-    def multi_get(self, keys: Sequence[bytes]) -> list[Entry | None]:
+    def multi_get(self, keys: Sequence[bytes], topic_id: str | None = None) -> list[Entry | None]:
         """All keys from one read transaction: one consistent snapshot of the replica."""
         with self._reading(self._data) as txn:
+            self._check_built_from(txn, topic_id)
             raws = [txn.get(k) for k in keys]
         return [None if raw is None else _decode(raw) for raw in raws]
 
@@ -238,11 +261,32 @@ class Replica:
     def _offsets_in(self, txn: lmdb.Transaction) -> dict[int, int]:
         return {_PART.unpack(k)[0]: _OFFSET.unpack(v)[0] for k, v in txn.cursor(db=self._offsets).iternext()}
 
-    def scan(self, start: bytes, end: bytes | None, limit: int, *, keys_only: bool = False) -> Page:
+    def _applied_in(self, txn: lmdb.Transaction) -> dict[int, int]:
+        """Next offsets of EVERY partition of the topic (0 for one nothing was applied from yet).
+
+        Why every one: a Watch from these positions starts unlisted partitions at its own current
+        position, so a partition left out would lose the writes between the read and the Watch.
+        """
+        applied = self._offsets_in(txn)
+        raw = txn.get(b"partitions", db=self._meta)
+        for p in range(0 if raw is None else int(bytes(raw))):
+            applied.setdefault(p, 0)
+        return applied
+
+    def scan(
+        self,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        *,
+        keys_only: bool = False,
+        topic_id: str | None = None,
+    ) -> Page:
         """Up to `limit` keys in [start, end) (end None: to the last key) and the offsets they reflect."""
         items: list[tuple[bytes, Entry | None]] = []
         next_key: bytes | None = None
         with self._reading(self._data) as txn:
+            self._check_built_from(txn, topic_id)
             cursor = txn.cursor()
             found = cursor.set_range(start) if start else cursor.first()
             while found:
@@ -254,13 +298,16 @@ class Replica:
                     break
                 items.append((key, None if keys_only else _decode(cursor.value())))
                 found = cursor.next()
-            applied = self._offsets_in(txn)
+            applied = self._applied_in(txn)
         return Page(items, next_key, applied)
 
-    def count(self, start: bytes, end: bytes | None) -> tuple[int, dict[int, int]]:
+    def count(
+        self, start: bytes, end: bytes | None, topic_id: str | None = None
+    ) -> tuple[int, dict[int, int]]:
         """How many keys are in [start, end), and the offsets that count reflects."""
         n = 0
         with self._reading(self._data) as txn:
+            self._check_built_from(txn, topic_id)
             cursor = txn.cursor()
             found = cursor.set_range(start) if start else cursor.first()
             while found:
@@ -268,7 +315,7 @@ class Replica:
                     break
                 n += 1
                 found = cursor.next()
-            applied = self._offsets_in(txn)
+            applied = self._applied_in(txn)
         return n, applied
 
     def history_start(self) -> dict[int, int]:
@@ -278,8 +325,20 @@ class Replica:
 
     def changes(self, partition: int, since: int, until: int, limit: int = 10_000) -> list[Change]:
         """Changes of `partition` with since <= offset < until, in offset order (at most `limit`)."""
+        return self.changes_since(partition, since, until, limit)[1]
+
+    def changes_since(
+        self, partition: int, since: int, until: int, limit: int = 10_000
+    ) -> tuple[int, list[Change]]:
+        """The partition's history start and its changes since <= offset < until, from ONE snapshot.
+
+        Why one: the ingester trims history concurrently; a check of the start in one transaction and a
+        read in another could let a trim in between skip changes unnoticed.
+        """
         out: list[Change] = []
         with self._reading(self._changes) as txn:
+            raw_first = txn.get(_PART.pack(partition), db=self._history)
+            first = 0 if raw_first is None else _OFFSET.unpack(raw_first)[0]
             cursor = txn.cursor()
             found = cursor.set_range(_CHANGE_KEY.pack(partition, since))
             while found and len(out) < limit:
@@ -293,7 +352,7 @@ class Replica:
                 value = None if op == _DELETE else raw[head + key_len :]
                 out.append(Change(p, offset, key, value))
                 found = cursor.next()
-        return out
+        return first, out
 
     def identity(self) -> TopicIdentity | None:
         with self._reading(self._meta) as txn:
@@ -330,6 +389,8 @@ class Replica:
             self._history,
             self._cond,
             self._garbage,
+            self._garbage_keys,
+            self._urgent,
         ):
             txn.drop(db, delete=False)
         self._has_cond = set()
@@ -343,24 +404,36 @@ class Replica:
             txn.put(b"partitions", str(identity.partitions).encode(), db=self._meta)
             txn.put(b"format", FORMAT_VERSION, db=self._meta)
 
-    def apply(self, records: Iterable[Record], next_offsets: Mapping[int, int]) -> Applied:
+    def apply(
+        self,
+        records: Iterable[Record],
+        next_offsets: Mapping[int, int],
+        fresh_from: Mapping[int, int] | None = None,
+    ) -> Applied:
         """Apply records in order and store the partitions' next offsets, all in ONE transaction.
 
         Records whose key cannot be stored (empty, or longer than LMDB's key limit — only producers
         other than kvs2 can write those) are skipped, counted in `meta/skipped` and logged, never
         silently dropped. Conditional records are evaluated against the state they meet; their
         outcomes are returned so the replica that accepted one can answer its client.
+
+        `fresh_from[p]`: offsets of partition p from there on were written after the replica last saw the
+        partition's end, an instant ago, too recently for Kafka's cleaner to have compacted them; a gap
+        among them is a transaction marker or an aborted transaction of another producer, not a lost
+        change, and does not cut the change history.
         """
         records = list(records)
         has_cond = set(self._has_cond)
         while True:
             try:
-                return self._apply_once(records, next_offsets)
+                return self._apply_once(records, next_offsets, fresh_from or {})
             except lmdb.MapFullError:
                 self._has_cond = has_cond  # the aborted transaction's changes to it are void
                 self._grow()
 
-    def _apply_once(self, records: Sequence[Record], next_offsets: Mapping[int, int]) -> Applied:
+    def _apply_once(
+        self, records: Sequence[Record], next_offsets: Mapping[int, int], fresh_from: Mapping[int, int]
+    ) -> Applied:
         skipped = 0
         outcomes: list[Outcome] = []
         max_key = self.max_key_bytes
@@ -371,7 +444,8 @@ class Replica:
             expected = self._offsets_in(txn)
             history = self._history_in(txn)
             for rec in records:
-                if rec.offset != expected.get(rec.partition, rec.offset):
+                gap_from = expected.get(rec.partition, rec.offset)
+                if rec.offset != gap_from and gap_from < fresh_from.get(rec.partition, _NEVER):
                     # A gap: records were compacted away before we read them, so a watcher resuming
                     # from before here would miss changes. History is complete only from here on.
                     history[rec.partition] = rec.offset
@@ -394,24 +468,29 @@ class Replica:
                 if rec.conditional is not None:
                     cond = rec.conditional
                     if cond.tombstone:
-                        txn.delete(cond.request_id, db=self._garbage)
+                        self._forget_cond(txn, key, cond.request_id)
                         continue
                     raw = data.get(key)
                     current = 0 if raw is None else _REV.unpack_from(raw)[0]
                     if current != cond.expected_revision:
                         outcomes.append(Outcome(cond.request_id, False, current, rec.partition, rec.offset))
-                        txn.put(cond.request_id, side_key(cond.request_id, key), db=self._garbage)
+                        self._put_garbage(txn, key, cond.request_id)
                         continue
                     after = 0 if cond.delete else rec.offset + 1
                     outcomes.append(Outcome(cond.request_id, True, after, rec.partition, rec.offset))
                     txn.put(key, cond.request_id, db=self._cond)
                     has_cond.add(key)
                     value = None if cond.delete else value
-                elif key in has_cond:
-                    # A plain write decides the key's state by itself: earlier conditional records of
-                    # this key are no longer needed to replay it.
-                    self._collect_cond(txn, key)
-                    has_cond.discard(key)
+                else:
+                    if key in has_cond:
+                        # A plain write decides the key's state by itself: earlier conditional records of
+                        # this key are no longer needed to replay it.
+                        self._collect_cond(txn, key)
+                        has_cond.discard(key)
+                    if value is None:
+                        # Conditional records of the key that were not tombstoned before this plain
+                        # tombstone (kvs2.conditional, "the invariant") must be, before Kafka may drop it.
+                        self._mark_urgent(txn, key)
                 change_key = _CHANGE_KEY.pack(rec.partition, rec.offset)
                 if value is None:
                     if data.set_key(key):
@@ -435,9 +514,55 @@ class Replica:
         cursor = txn.cursor(db=self._cond)
         if cursor.set_key(key):
             for request_id in cursor.iternext_dup():
-                txn.put(request_id, side_key(bytes(request_id), key), db=self._garbage)
+                self._put_garbage(txn, key, bytes(request_id))
             cursor.set_key(key)
             cursor.delete(dupdata=True)
+
+    def _put_garbage(self, txn: lmdb.Transaction, key: bytes, request_id: bytes) -> None:
+        txn.put(request_id, side_key(request_id, key), db=self._garbage)
+        txn.put(key, request_id, db=self._garbage_keys)
+
+    def _mark_urgent(self, txn: lmdb.Transaction, key: bytes) -> None:
+        cursor = txn.cursor(db=self._garbage_keys)
+        if cursor.set_key(key):
+            for request_id in cursor.iternext_dup():
+                txn.put(bytes(request_id), b"", db=self._urgent)
+
+    def _forget_cond(self, txn: lmdb.Transaction, key: bytes, request_id: bytes) -> None:
+        """A clean-up tombstone: the record is gone for replay, whether it was garbage or still needed.
+
+        A record still needed is tombstoned only by a plain Delete of its key, just before the Delete's
+        own tombstone (`cleanup_before_delete`), which decides the key's state by itself.
+        """
+        txn.delete(request_id, db=self._garbage)
+        txn.delete(request_id, db=self._urgent)
+        txn.delete(key, request_id, db=self._garbage_keys)
+        removed = key in self._has_cond and txn.delete(key, request_id, db=self._cond)
+        if removed and txn.get(key, db=self._cond) is None:
+            self._has_cond.discard(key)
+
+    def cleanup_before_delete(self, key: bytes) -> list[bytes]:
+        """Kafka keys of every conditional record of `key` this replica knows replay could still meet:
+        the ones a plain Delete tombstones before its own tombstone (see `kvs2.conditional`)."""
+        with self._reading(self._cond) as txn:
+            request_ids: list[bytes] = []
+            for db in (self._cond, self._garbage_keys):
+                cursor = txn.cursor(db=db)
+                if cursor.set_key(key):
+                    request_ids += [bytes(r) for r in cursor.iternext_dup()]
+        return [side_key(r, key) for r in dict.fromkeys(request_ids)]
+
+    def urgent_garbage(self, limit: int = 1000) -> list[bytes]:
+        """Kafka keys of garbage a plain tombstone met untombstoned: to tombstone first, without delay."""
+        with self._reading(self._urgent) as txn:
+            out: list[bytes] = []
+            for request_id in txn.cursor().iternext(keys=True, values=False):
+                side = txn.get(request_id, db=self._garbage)
+                if side is not None:
+                    out.append(bytes(side))
+                if len(out) == limit:
+                    break
+            return out
 
     def _load_cond_keys(self) -> set[bytes]:
         with self._env.begin(db=self._cond, buffers=False) as txn:

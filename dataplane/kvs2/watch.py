@@ -25,6 +25,7 @@ class Progressed:
     """Everything before `applied` (per partition) that matched has been sent."""
 
     applied: dict[int, int]
+    topic_id: str = ""  # the topic the positions belong to
 
 
 WatchItem = Change | Progressed
@@ -35,10 +36,17 @@ async def watch(
     selector: KeyRange,
     start: Mapping[int, int] | None,
     progress_interval: float,
+    start_topic_id: str = "",
 ) -> AsyncIterator[WatchItem]:
     store.check_serving()
     progress = store.progress
     topic_id = progress.now.topic_id
+    if start and start_topic_id and start_topic_id != topic_id:
+        raise HistoryUnavailable(
+            f"the positions are of topic id {start_topic_id}; this replica follows topic id {topic_id} "
+            "(the topic was deleted and recreated). Read a snapshot with Range and watch from its "
+            "`applied` positions"
+        )
     partitions = progress.now.partitions
     positions = dict(progress.now.applied)
     for p in range(partitions):
@@ -49,7 +57,7 @@ async def watch(
                 raise HistoryUnavailable(f"partition {p} does not exist (the topic has {partitions})")
             positions[p] = offset
     _check_history(store, positions)
-    yield Progressed(dict(positions))
+    yield Progressed(dict(positions), topic_id)
     loop = asyncio.get_running_loop()
     next_progress = loop.time() + progress_interval
     while True:
@@ -62,8 +70,9 @@ async def watch(
         for p in range(partitions):
             until = applied.get(p, 0)
             while positions[p] < until:
-                _check_history(store, {p: positions[p]})
-                batch = store.replica.changes(p, positions[p], until, BATCH)
+                first, batch = store.replica.changes_since(p, positions[p], until, BATCH)
+                if positions[p] < first:
+                    raise HistoryUnavailable(_gone(p, first, positions[p]))
                 for change in batch:
                     if change.key in selector:
                         yield change
@@ -73,7 +82,7 @@ async def watch(
         if sent:
             next_progress = now + progress_interval
         elif now >= next_progress:
-            yield Progressed(dict(positions))
+            yield Progressed(dict(positions), topic_id)
             next_progress = now + progress_interval
         await progress.wait_update(max(0.0, next_progress - loop.time()))
 
@@ -84,8 +93,12 @@ def _check_history(store: Store, positions: Mapping[int, int]) -> None:
     for p, offset in positions.items():
         first = history.get(p, 0)
         if offset < first and offset < applied.get(p, 0):
-            raise HistoryUnavailable(
-                f"partition {p}: changes before offset {first} are no longer held (compacted in Kafka or "
-                f"trimmed from this replica's history); asked from {offset}. Read a snapshot with Range "
-                "and watch from its `applied` positions"
-            )
+            raise HistoryUnavailable(_gone(p, first, offset))
+
+
+def _gone(partition: int, first: int, offset: int) -> str:
+    return (
+        f"partition {partition}: changes before offset {first} are no longer held (compacted in Kafka or "
+        f"trimmed from this replica's history); asked from {offset}. Read a snapshot with Range "
+        "and watch from its `applied` positions"
+    )

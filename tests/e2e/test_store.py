@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     target,
 )
 from tests.harness.cluster import Cluster
+from tests.harness.common import CheckedThread, wait_until
 from tests.harness.kafka import KafkaBroker
 from tests.harness.kubelet import KubeletProcess
 
@@ -44,7 +45,15 @@ READY_TIMEOUT = "180s"
 def operator_pod(cluster: Cluster, kubelet: KubeletProcess) -> Iterator[OperatorPod]:
     """deploy/ exactly as a person installs it (server-side, the command the README documents)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(DEPLOY))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/keyvaluestores.kvs2.io", "--timeout=60s")
+
+    def established() -> bool:
+        # Not `kubectl wait`: on a CRD created a moment ago it fails outright (".status.conditions
+        # accessor error") instead of waiting for the conditions to appear.
+        crd = cluster.get_object("default", "crd", "keyvaluestores.kvs2.io") or {}
+        conditions = crd.get("status", {}).get("conditions") or ()
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, timeout=60, what="the KeyValueStore CRD to be Established")
     cluster.kubectl(
         "-n",
         OPERATOR_NAMESPACE,
@@ -233,12 +242,13 @@ def test_scale_out_catches_up_and_a_rolling_update_keeps_replicas_ready(
             time.sleep(0.2)
 
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in store_pods(kube, name)}
-    watcher = threading.Thread(target=sample, daemon=True)
+    watcher = CheckedThread(sample, name="readiness-sampler")  # its failure fails the test
     watcher.start()
     try:
         kube.kubectl("patch", "kvs", name, "--type=merge", "-p", '{"spec": {"logLevel": "DEBUG"}}')
 
         def rolled() -> bool:
+            watcher.check()  # a dead sampler would leave the availability claims unchecked
             sts = kube.get("sts", name) or {}
             status = sts.get("status", {})
             pods = store_pods(kube, name)
@@ -253,7 +263,7 @@ def test_scale_out_catches_up_and_a_rolling_update_keeps_replicas_ready(
         _wait_ready(kube, name, operator_pod)
     finally:
         stop.set()
-        watcher.join(timeout=10)
+        watcher.join(timeout=30)  # raises what the sampler raised
     assert samples, "no samples taken"
     assert min(r for r, _ in samples) >= 2, samples  # never more unavailable than the PDB's maxUnavailable
     assert min(s for _, s in samples) >= 1, samples  # and always a replica that really serves

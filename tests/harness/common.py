@@ -2,22 +2,27 @@
 processes that are started with their logs captured and stopped by PID.
 
 Why one module: the Kafka, control-plane and kubelet harnesses all start long-running processes;
-they must all bind to loopback only, leave logs a failing test can point to, and stop exactly the
-PIDs they started.
+they must all bind to loopback only, leave logs a failing test can point to, stop exactly the
+PIDs they started — and die with the test run that started them, even when that run is killed
+with SIGKILL and has no chance to stop them (`popen` below).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -72,23 +77,120 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+# --------------------------------------------------------------------------------------------------
+# Children that die with their parent
+# --------------------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_libc = ctypes.CDLL(None, use_errno=True)  # resolved before any fork: the child only calls it
+_SIGKILL = int(signal.SIGKILL)
+_die_with_parent = False
+
+
+def children_die_with_parent(enabled: bool = True) -> None:
+    """Make every `ManagedProcess` started from now on die with this process (the test run).
+
+    Off by default because `make up` / `make cluster` start processes that must outlive the command
+    that started them; the pytest plugin (tests/harness/hygiene.py) switches it on for test runs.
+    """
+    global _die_with_parent
+    _die_with_parent = enabled
+
+
+def _set_parent_death_signal(parent: int) -> Callable[[], None]:
+    """A `preexec_fn` that asks the kernel to SIGKILL the child when its parent goes away.
+
+    SIGKILL, not SIGTERM: a killed run leaves nothing that could wait for a grace period. The setting
+    survives `exec` (of anything but a setuid binary). If the parent died before the call, no signal
+    will ever come: the child kills itself instead.
+    """
+
+    def preexec() -> None:
+        if _libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) != 0:
+            os._exit(127)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+_spawn_requests: queue.Queue[tuple[Callable[[], Any], queue.Queue[tuple[bool, Any]]]] = queue.Queue()
+_spawner: threading.Thread | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawner_loop() -> None:
+    while True:
+        start, reply = _spawn_requests.get()
+        try:
+            reply.put((True, start()))
+        except BaseException as exc:  # handed to the caller, raised in its thread
+            reply.put((False, exc))
+
+
+def _on_spawner_thread(start: Callable[[], Any]) -> Any:
+    """Run `start` on one thread that lives as long as the process.
+
+    Why: the kernel delivers the parent-death signal when the *thread* that forked the child ends, not
+    the process. A replica started from a short-lived thread (a thread pool in a test, a fixture run
+    in a helper thread) would otherwise be killed as soon as that thread finished.
+    """
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_spawner_loop, name="kvs2-harness-spawner", daemon=True)
+            _spawner.start()
+    reply: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    _spawn_requests.put((start, reply))
+    ok, value = reply.get()
+    if not ok:
+        raise value
+    return value
+
+
+def popen(argv: Sequence[str], *, die_with_parent: bool = True, **kwargs: Any) -> subprocess.Popen[Any]:
+    """`subprocess.Popen` for every child the harness starts: with `die_with_parent` (the default) the
+    child is SIGKILLed by the kernel when this process dies, however it dies (kill -9 included).
+
+    The one place the harness forks, so the rule holds everywhere: a killed CI run leaves no Kafka JVM,
+    etcd, kube-apiserver, process kubelet or replica behind. Pods of the process kubelet use it too
+    (their parent is the kubelet, which dies with the run).
+    """
+    if not die_with_parent:
+        return subprocess.Popen(list(argv), **kwargs)
+    preexec = _set_parent_death_signal(os.getpid())
+    return _on_spawner_thread(  # type: ignore[no-any-return]
+        lambda: subprocess.Popen(list(argv), preexec_fn=preexec, **kwargs)
+    )
+
+
+# Every ManagedProcess started in this process, in start order: the pytest plugin attaches the log
+# tails of those a failing test started (and of the long-lived ones) to its report.
+started_processes: list[ManagedProcess] = []
+
+
 @dataclass
 class ManagedProcess:
-    """A child process with its output in `log_path`; `stop()` ends exactly this PID (and its group)."""
+    """A child process with its output in `log_path`; `stop()` ends exactly this PID (and its group).
+
+    `die_with_parent`: None follows `children_die_with_parent()` (on under pytest, off for `make up`).
+    """
 
     name: str
     argv: Sequence[str]
     log_path: Path
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
+    die_with_parent: bool | None = None
     popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         env = dict(os.environ if self.env is None else self.env)
-        self.popen = subprocess.Popen(
-            list(self.argv),
+        self.popen = popen(
+            self.argv,
+            die_with_parent=_die_with_parent if self.die_with_parent is None else self.die_with_parent,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -97,6 +199,8 @@ class ManagedProcess:
             start_new_session=True,  # its own process group, so stop() also ends its children
         )
         log.close()
+        if not any(p is self for p in started_processes):
+            started_processes.append(self)
         return self
 
     @property
@@ -178,3 +282,33 @@ def live_pid(pid_file: Path, cmdline_marker: bytes) -> int | None:
     if cmdline_marker not in cmdline or "\nState:\tZ" in status:
         return None
     return pid
+
+
+class CheckedThread(threading.Thread):
+    """A test's helper thread whose failure fails the test: `join()` re-raises what the target raised.
+
+    A plain `threading.Thread` swallows its exception (pytest at most warns): a writer that died on its
+    first call leaves a test that checks "everything written was seen" with nothing written — and green.
+    `check()` lets the test's own loop stop as soon as the helper failed, instead of waiting for it.
+    """
+
+    def __init__(self, target: Callable[[], object], name: str | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self._work = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:
+            self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"helper thread {self.name} failed: {self.error!r}") from self.error
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"helper thread {self.name} still running after {timeout}s")
+        self.check()

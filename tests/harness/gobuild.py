@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.common import cache_root, progress
+from tests.harness.common import cache_root, popen, progress
 
 KUBERNETES_VERSION = "v1.37.2"
 # The etcd release that Kubernetes 1.37 is built and tested against (its go.mod pins the etcd v3.7 libraries).
@@ -303,8 +303,8 @@ def _run(
     with log_path.open("a") as log:
         log.write(f"$ (cd {cwd} && {' '.join(argv)})\n")
         log.flush()
-        proc = subprocess.Popen(
-            list(argv),
+        proc = popen(  # dies with the run that started it
+            argv,
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE if capture else log,

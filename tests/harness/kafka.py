@@ -44,6 +44,7 @@ from tests.harness.common import (
     ManagedProcess,
     cache_root,
     free_port,
+    popen,
     progress,
     repo_root,
     stop_pid,
@@ -57,6 +58,9 @@ LOG4J_VERSION = "2.25.5"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 MIN_JAVA = 17
 DEFAULT_HEAP = "512m"
+# A port chosen by `free_port()` may be taken by another process before the JVM binds it: start again
+# on new free ports this many times (only ports the harness chose, only on a broker's first start).
+PORT_ATTEMPTS = 5
 
 
 class KafkaHarnessError(RuntimeError):
@@ -152,7 +156,7 @@ def _resolve_jars(mvn: str, version: str, home: Path) -> None:
     downloaded = 0
     last_report = started
     with mvn_log.open("w") as log:
-        proc = subprocess.Popen(
+        proc = popen(  # dies with the run that started it
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
         )
         assert proc.stdout is not None
@@ -313,6 +317,8 @@ class KafkaBroker:
         if self.controller_port == self.port:
             raise KafkaHarnessError(f"broker and controller ports must differ (both {self.port})")
         self._process: ManagedProcess | None = None
+        # Ports nobody asked for and no earlier run recorded: free to swap while the broker never ran.
+        self._movable_ports = port is None and controller_port is None and not saved
 
     # -- paths and addresses --------------------------------------------------------------------
 
@@ -346,7 +352,43 @@ class KafkaBroker:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self, timeout: float = 120) -> KafkaBroker:
-        """Start the broker (formatting its log dir the first time) and wait for an AdminClient round trip."""
+        """Start the broker (formatting its log dir the first time) and wait for an AdminClient round trip.
+
+        If a port the harness chose was taken meanwhile (the pre-check or the JVM says "already in use"),
+        start again on new free ports — only before the broker ever ran, so restarts keep their address.
+        """
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            fresh = not (self.data_dir / "meta.properties").exists()
+            try:
+                self._start_once(timeout)
+            except KafkaHarnessError as exc:
+                if not (
+                    self._movable_ports and attempt < PORT_ATTEMPTS and self._port_taken(exc, log_offset)
+                ):
+                    raise
+                taken = (self.port, self.controller_port)
+                self.port, self.controller_port = free_port(), free_port()
+                while self.controller_port == self.port:
+                    self.controller_port = free_port()
+                if fresh:  # formatted by the failed attempt: format again for the new controller address
+                    shutil.rmtree(self.data_dir, ignore_errors=True)
+                progress(f"Kafka: ports {taken} were taken before it could bind; retrying on {self.port}")
+                continue
+            self._movable_ports = False
+            return self
+        raise AssertionError("unreachable")
+
+    def _port_taken(self, exc: KafkaHarnessError, log_offset: int) -> bool:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(log_offset)
+                log = f.read().decode(errors="replace")
+        except FileNotFoundError:
+            log = ""
+        return "already in use" in str(exc) or "Address already in use" in log
+
+    def _start_once(self, timeout: float) -> KafkaBroker:
         if self.alive():
             return self
         lib = ensure_kafka(self.version)

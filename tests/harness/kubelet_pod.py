@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.harness.common import repo_root
+from tests.harness.common import popen, repo_root
 from tests.harness.kubelet_api import Api, ApiError, ns_path
 from tests.harness.kubelet_env import (
     ConfigError,
@@ -446,7 +446,7 @@ class PodWorker(threading.Thread):
             with log_path.open("ab") as out:
                 out.write(f"--- {rfc3339()} start #{c.restart_count}: {argv}\n".encode())
                 out.flush()
-                c.proc = subprocess.Popen(
+                c.proc = popen(  # dies with the kubelet, so with the run that started it
                     argv,
                     stdout=out,
                     stderr=subprocess.STDOUT,

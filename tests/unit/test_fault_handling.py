@@ -132,6 +132,9 @@ class FlakyReplica:
             raise RuntimeError("MDB_BAD_TXN: something unexpected")
         return [self.side]
 
+    def urgent_garbage(self) -> list[bytes]:
+        return []
+
 
 async def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout

@@ -74,11 +74,11 @@ def test_scan_pages_and_count_reflect_offsets(replica: Replica) -> None:
     page = replica.scan(b"b", None, 2)
     assert [k for k, _ in page.items] == [b"b", b"c"]
     assert page.next_key == b"d"
-    assert page.applied == {0: 4}
+    assert page.applied == {0: 4, 1: 0, 2: 0}  # every partition, 0 where nothing was applied yet
     last = replica.scan(b"d", b"z", 2, keys_only=True)
     assert last.items == [(b"d", None)]
     assert last.next_key is None
-    assert replica.count(b"", b"c") == (2, {0: 4})
+    assert replica.count(b"", b"c") == (2, {0: 4, 1: 0, 2: 0})
 
 
 def test_change_history_in_order_with_deletes(replica: Replica) -> None:

@@ -122,6 +122,7 @@ class ReadOptions(_message.Message):
     AFTER_FIELD_NUMBER: _builtins.int
     MAX_LAG_RECORDS_FIELD_NUMBER: _builtins.int
     MAX_STALENESS_MS_FIELD_NUMBER: _builtins.int
+    TOPIC_ID_FIELD_NUMBER: _builtins.int
     consistency: Global___ReadOptions.Consistency.ValueType
     max_lag_records: _builtins.int
     """Bounded staleness: wait until this replica is at most this many records behind Kafka's end
@@ -131,6 +132,11 @@ class ReadOptions(_message.Message):
     """Bounded staleness in time: wait until this replica was caught up with Kafka's end offsets (as last
     reported to its consumer) on the partitions the read touches at most this many milliseconds ago.
     0 = no bound.
+    """
+    topic_id: _builtins.str
+    """Added: the id of the topic the `after` tokens were written to (SetReply/DeleteReply.topic_id). A
+    topic deleted and recreated under the same name starts its offsets again; a replica counts the
+    tokens as applied only while it follows this topic id. Empty: not checked (older clients).
     """
     @_builtins.property
     def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
@@ -145,10 +151,11 @@ class ReadOptions(_message.Message):
         after: _abc.Iterable[Global___Position] | None = ...,
         max_lag_records: _builtins.int = ...,
         max_staleness_ms: _builtins.int = ...,
+        topic_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "consistency", b"consistency", "max_lag_records", b"max_lag_records", "max_staleness_ms", b"max_staleness_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "consistency", b"consistency", "max_lag_records", b"max_lag_records", "max_staleness_ms", b"max_staleness_ms", "topic_id", b"topic_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,6 +200,7 @@ class SetReply(_message.Message):
     PARTITION_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    TOPIC_ID_FIELD_NUMBER: _builtins.int
     status: Global___SetStatus.ValueType
     partition: _builtins.int
     """Added: where Kafka stored the write. Together they are a read-your-writes
@@ -204,6 +212,8 @@ class SetReply(_message.Message):
     """Added: the key's revision after this write (PUBLISHED) or its current
     revision (CONDITION_FAILED).
     """
+    topic_id: _builtins.str
+    """Added: the id of the topic this replica wrote to; send it as ReadOptions.topic_id with the token."""
     def __init__(
         self,
         *,
@@ -211,10 +221,11 @@ class SetReply(_message.Message):
         partition: _builtins.int = ...,
         offset: _builtins.int = ...,
         revision: _builtins.int = ...,
+        topic_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "revision", b"revision", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "revision", b"revision", "status", b"status", "topic_id", b"topic_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,6 +392,7 @@ class DeleteReply(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    TOPIC_ID_FIELD_NUMBER: _builtins.int
     partition: _builtins.int
     """Where Kafka stored the tombstone; the same token as SetReply's."""
     offset: _builtins.int
@@ -388,6 +400,8 @@ class DeleteReply(_message.Message):
     """PUBLISHED, or CONDITION_FAILED when if_revision did not hold."""
     revision: _builtins.int
     """CONDITION_FAILED: the key's current revision (0: absent)."""
+    topic_id: _builtins.str
+    """As SetReply.topic_id."""
     def __init__(
         self,
         *,
@@ -395,10 +409,11 @@ class DeleteReply(_message.Message):
         offset: _builtins.int = ...,
         status: Global___SetStatus.ValueType = ...,
         revision: _builtins.int = ...,
+        topic_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "revision", b"revision", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "revision", b"revision", "status", b"status", "topic_id", b"topic_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -483,10 +498,13 @@ class RangeReply(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
+    TOPIC_ID_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     """count_only: the number of keys in the range; otherwise the number of items in this page."""
     next_page_token: _builtins.bytes
     """Empty when the range is exhausted."""
+    topic_id: _builtins.str
+    """Added: the id of the topic `applied` belongs to; send it as WatchRequest.topic_id."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]: ...
     @_builtins.property
@@ -502,10 +520,11 @@ class RangeReply(_message.Message):
         count: _builtins.int = ...,
         next_page_token: _builtins.bytes = ...,
         applied: _abc.Iterable[Global___Position] | None = ...,
+        topic_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "count", b"count", "items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "count", b"count", "items", b"items", "next_page_token", b"next_page_token", "topic_id", b"topic_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -521,6 +540,7 @@ class WatchRequest(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     FROM_FIELD_NUMBER: _builtins.int
     PROGRESS_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    TOPIC_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     """What to watch: one key, a prefix, or [start, end) (empty end: to the last key). All empty:
     every key.
@@ -530,6 +550,10 @@ class WatchRequest(_message.Message):
     end: _builtins.bytes
     progress_interval_ms: _builtins.int
     """How often to send a PROGRESS event while nothing matches; 0 means 1000 ms."""
+    topic_id: _builtins.str
+    """Added: the id of the topic the `from` positions belong to (RangeReply.topic_id, or a previous
+    PROGRESS event's). A replica following another topic id answers OUT_OF_RANGE. Empty: not checked.
+    """
     def __init__(
         self,
         *,
@@ -538,10 +562,11 @@ class WatchRequest(_message.Message):
         start: _builtins.bytes = ...,
         end: _builtins.bytes = ...,
         progress_interval_ms: _builtins.int = ...,
+        topic_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "from", b"from", "key", b"key", "prefix", b"prefix", "progress_interval_ms", b"progress_interval_ms", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "from", b"from", "key", b"key", "prefix", b"prefix", "progress_interval_ms", b"progress_interval_ms", "start", b"start", "topic_id", b"topic_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -574,10 +599,13 @@ class WatchEvent(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
+    TOPIC_ID_FIELD_NUMBER: _builtins.int
     type: Global___WatchEvent.Type.ValueType
     key: _builtins.bytes
     value: _builtins.bytes
     revision: _builtins.int
+    topic_id: _builtins.str
+    """Added: PROGRESS events only: the id of the topic `applied` belongs to (WatchRequest.topic_id)."""
     @_builtins.property
     def position(self) -> Global___Position:
         """Where the change was written."""
@@ -598,10 +626,11 @@ class WatchEvent(_message.Message):
         revision: _builtins.int = ...,
         position: Global___Position | None = ...,
         applied: _abc.Iterable[Global___Position] | None = ...,
+        topic_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "key", b"key", "position", b"position", "revision", b"revision", "type", b"type", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "key", b"key", "position", b"position", "revision", b"revision", "topic_id", b"topic_id", "type", b"type", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

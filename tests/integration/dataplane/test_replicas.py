@@ -269,12 +269,11 @@ def test_kafka_down_during_set_is_unavailable_within_the_deadline(
     with replica.client(timeout=3.0) as c:
         c.set(b"before", b"1")
         private_kafka.kill()
-        started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
             c.set(b"during", b"2")
-        elapsed = time.monotonic() - started
+    # The replica's own answer within the call's deadline: had it let the deadline pass, the client
+    # would have ended the call itself with DEADLINE_EXCEEDED.
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert elapsed < 3.5
 
 
 def test_reflection_and_health_work_with_standard_tools(

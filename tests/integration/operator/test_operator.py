@@ -293,16 +293,14 @@ def test_child_events_repair_drift_without_waiting_for_the_resync(
         stores.apply(store_manifest("watched", kafka.bootstrap_servers))
         first = stores.wait("the client Service", lambda: stores.get("service", "watched"))
         stores.kubectl("delete", "service", "watched")
-        deleted_at = time.monotonic()
         stores.wait(
             "the client Service back",
             lambda: (
                 (svc := stores.get("service", "watched"))
                 and svc["metadata"]["uid"] != first["metadata"]["uid"]
             ),
-            timeout=15,
+            timeout=15,  # the resync is 600 s away: only the watch on children can do it
         )
-        assert time.monotonic() - deleted_at < 15
         stores.kubectl("scale", "statefulset/watched", "--replicas=7")
         stores.wait(
             "replicas restored",

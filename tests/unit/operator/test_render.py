@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 from kvs2_operator.model import parse_store
@@ -174,9 +178,64 @@ def test_children_order_and_selector_string(body: dict[str, Any]) -> None:
     assert selector_string("orders") == "app.kubernetes.io/name=kvs2,app.kubernetes.io/instance=orders"
 
 
-def test_render_is_deterministic(body: dict[str, Any]) -> None:
-    store = parse_store(body)
-    assert render_children(store) == render_children(store)
+def _full(body: dict[str, Any]) -> dict[str, Any]:
+    """A spec that uses every mapping render copies or joins, so their order could leak into the output."""
+    spec = body["spec"]
+    spec["kafka"]["clientConfig"] = {"linger.ms": "5", "compression.type": "zstd", "client.id": "orders"}
+    spec["kafka"]["authentication"] = {
+        "secretName": "kafka-user",
+        "usernameKey": "user",
+        "mechanism": "PLAIN",
+        "securityProtocol": "SASL_PLAINTEXT",
+    }
+    spec["resources"] = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+    spec["storage"] = {"size": "2Gi", "storageClassName": "fast"}
+    spec["podDisruptionBudget"] = {"minAvailable": 2}
+    return body
+
+
+def _reversed(value: Any) -> Any:
+    """The same document with every mapping's keys in the opposite order (lists keep theirs)."""
+    if isinstance(value, dict):
+        return {k: _reversed(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reversed(v) for v in value]
+    return value
+
+
+def test_render_depends_on_the_spec_not_on_the_order_of_its_mappings(body: dict[str, Any]) -> None:
+    """The operator re-renders on every event and applies the result: a render that changed with the
+    order of the user's mappings would roll every pod (the env list is part of the pod template)."""
+    forward = _full(body)
+    backward = _reversed(forward)
+    assert list(backward["spec"]["kafka"]["clientConfig"]) != list(forward["spec"]["kafka"]["clientConfig"])
+    assert render_children(parse_store(backward)) == render_children(parse_store(forward))
+
+
+_RENDER_SCRIPT = """
+import json, sys
+from kvs2_operator.model import parse_store
+from kvs2_operator.render import render_children
+print(json.dumps(render_children(parse_store(json.loads(sys.stdin.read())))))
+"""
+
+
+def test_render_is_the_same_in_every_process(body: dict[str, Any]) -> None:
+    """Two operator processes (a restart, a new leader) must render the same bytes: nothing may depend on
+    str hashing (set or frozenset iteration), which differs between interpreters."""
+    document = json.dumps(_full(body))
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", _RENDER_SCRIPT],
+            input=document,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert outputs == {json.dumps(render_children(parse_store(json.loads(document)))) + "\n"}
 
 
 def test_pods_run_as_the_images_unprivileged_user(body: dict[str, Any]) -> None:
