@@ -87,6 +87,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="HOST:PORT",
         help="also serve Redis-protocol clients (RESP2/RESP3) here; off by default, no TLS or AUTH yet",
     )
+    p.add_argument(
+        "--guard-margin",
+        type=float,
+        default=float(_env("KVS2_GUARD_MARGIN", "60")),
+        help="seconds less than the topic's delete.retention.ms after which a replica that was behind "
+        "rebuilds instead of resuming (the resurrection guard)",
+    )
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
@@ -107,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         cas_cleanup_grace=args.cas_cleanup_grace,
         workers=args.workers,
         redis_listen=args.redis_listen,
+        guard_margin=args.guard_margin,
         create_topic=args.create_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,

@@ -54,6 +54,8 @@ class ServeSettings:
     workers: int = 1
     # HOST:PORT for Redis-protocol clients (kvs2.redis_server); empty: off.
     redis_listen: str = ""
+    # Seconds subtracted from the topic's delete.retention.ms by the resurrection guard (kvs2.guard).
+    guard_margin: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:

@@ -155,6 +155,16 @@ class Admin:
             raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
         return int(configs["max.message.bytes"].value)
 
+    def delete_retention_ms(self, topic: str, timeout: float = 10.0) -> int:
+        """The topic's `delete.retention.ms`: how long tombstones outlive compaction (kvs2.guard)."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        futures = self._client.describe_configs([resource], request_timeout=timeout)
+        try:
+            configs = next(iter(futures.values())).result(timeout=timeout + 5)
+        except Exception as exc:
+            raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
+        return int(configs["delete.retention.ms"].value)
+
     def create_topic(
         self,
         topic: str,

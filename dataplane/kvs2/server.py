@@ -294,6 +294,7 @@ async def running_replica(
             create=TopicSpec(settings.partitions, settings.replication_factor)
             if settings.create_topic
             else None,
+            guard_margin=settings.guard_margin,
         )
     else:
         assert role.fanin_fd is not None

@@ -14,7 +14,8 @@ Layout (named databases):
   cond    (dupsort) user key → request id of each applied conditional record still needed for replay
   garbage request id → side key: conditional records no longer needed (failed, or superseded by a
           plain write), waiting for a tombstone that lets Kafka's compaction drop them
-  meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped"
+  meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped", b"caught_up_at" (wall-clock
+          seconds when the replica last proved itself caught up; kvs2.guard)
 A key's revision is the Kafka offset of its last write plus one, so 0 never names a write and can
 stand for "absent" (what compare-and-set's "must not exist" needs).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -305,6 +307,22 @@ class Replica:
             return None
         return TopicIdentity(bytes(topic).decode(), bytes(topic_id).decode(), int(bytes(partitions)))
 
+    def caught_up_at(self) -> float | None:
+        """Wall-clock time the replica last proved itself caught up (kvs2.guard), None if unrecorded."""
+        with self._reading(self._meta) as txn:
+            raw = txn.get(b"caught_up_at")
+        return None if raw is None else float(bytes(raw))
+
+    def mark_caught_up(self, at: float) -> None:
+        """Record that the replica was caught up at wall-clock time `at` (an idle replica's proof)."""
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    txn.put(b"caught_up_at", repr(at).encode(), db=self._meta)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+
     def skipped_records(self) -> int:
         with self._reading(self._meta) as txn:
             raw = txn.get(b"skipped")
@@ -342,25 +360,32 @@ class Replica:
             txn.put(b"topic_id", identity.topic_id.encode(), db=self._meta)
             txn.put(b"partitions", str(identity.partitions).encode(), db=self._meta)
             txn.put(b"format", FORMAT_VERSION, db=self._meta)
+            # A build from the beginning is safe from the resurrection guard's point of view from now.
+            txn.put(b"caught_up_at", repr(time.time()).encode(), db=self._meta)
 
-    def apply(self, records: Iterable[Record], next_offsets: Mapping[int, int]) -> Applied:
+    def apply(
+        self, records: Iterable[Record], next_offsets: Mapping[int, int], *, caught_up_at: float | None = None
+    ) -> Applied:
         """Apply records in order and store the partitions' next offsets, all in ONE transaction.
 
         Records whose key cannot be stored (empty, or longer than LMDB's key limit — only producers
         other than kvs2 can write those) are skipped, counted in `meta/skipped` and logged, never
         silently dropped. Conditional records are evaluated against the state they meet; their
         outcomes are returned so the replica that accepted one can answer its client.
+        `caught_up_at` (wall clock), when given, is stored with the offsets (kvs2.guard).
         """
         records = list(records)
         has_cond = set(self._has_cond)
         while True:
             try:
-                return self._apply_once(records, next_offsets)
+                return self._apply_once(records, next_offsets, caught_up_at)
             except lmdb.MapFullError:
                 self._has_cond = has_cond  # the aborted transaction's changes to it are void
                 self._grow()
 
-    def _apply_once(self, records: Sequence[Record], next_offsets: Mapping[int, int]) -> Applied:
+    def _apply_once(
+        self, records: Sequence[Record], next_offsets: Mapping[int, int], caught_up_at: float | None = None
+    ) -> Applied:
         skipped = 0
         outcomes: list[Outcome] = []
         max_key = self.max_key_bytes
@@ -429,6 +454,8 @@ class Replica:
                 raw = txn.get(b"skipped", db=self._meta)
                 total = (0 if raw is None else int(bytes(raw))) + skipped
                 txn.put(b"skipped", str(total).encode(), db=self._meta)
+            if caught_up_at is not None:
+                txn.put(b"caught_up_at", repr(caught_up_at).encode(), db=self._meta)
         return Applied(skipped, outcomes)
 
     def _collect_cond(self, txn: lmdb.Transaction, key: bytes) -> None:

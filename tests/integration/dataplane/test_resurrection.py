@@ -15,8 +15,8 @@ from tests.integration.dataplane.conftest import StartReplica
 
 pytestmark = pytest.mark.integration
 
-# Compaction as eager as the broker allows: segments that roll at the next append after 100 ms, any dirt cleanable, and
-# tombstones dropped 100 ms after the cleaner first passes over them.
+# Compaction as eager as the broker allows: segments that roll at the next append after 100 ms, any
+# dirt cleanable, and tombstones dropped 100 ms after the cleaner first passes over them.
 EAGER_COMPACTION = {
     "cleanup.policy": "compact",
     "segment.ms": "100",
@@ -99,7 +99,9 @@ def test_replica_down_past_delete_retention_does_not_resurrect_deleted_keys(
         _produce(producer, topic_name, [(b"roll", f"{round_}".encode())])
         return not (_keys_in_topic(bootstrap, topic_name) & set(DOOMED))
 
-    wait_until(compacted_away, timeout=180, interval=1.0, what="compaction to drop the doomed keys' tombstones")
+    wait_until(
+        compacted_away, timeout=180, interval=1.0, what="compaction to drop the doomed keys' tombstones"
+    )
 
     a = start_replica(bootstrap, topic_name, "a")  # the same data directory
     with a.client() as c:
