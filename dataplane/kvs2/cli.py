@@ -28,6 +28,7 @@ from kvs2.config import (
     ServeSettings,
     kafka_config_from_env,
     parse_kafka_pairs,
+    parse_peers,
 )
 from kvs2.errors import ConfigError
 
@@ -94,6 +95,24 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="seconds less than the topic's delete.retention.ms after which a replica that was behind "
         "rebuilds instead of resuming (the resurrection guard)",
     )
+    p.add_argument(
+        "--bootstrap-peers",
+        default=_env("KVS2_BOOTSTRAP_PEERS", ""),
+        metavar="HOST:PORT,...",
+        help="peers to ask for a snapshot when this replica has no data or must rebuild; else it replays",
+    )
+    p.add_argument(
+        "--snapshot-max-streams",
+        type=int,
+        default=int(_env("KVS2_SNAPSHOT_MAX_STREAMS", "1")),
+        help="snapshots this replica sends to new peers at once",
+    )
+    p.add_argument(
+        "--snapshot-max-bytes-per-second",
+        type=int,
+        default=int(_env("KVS2_SNAPSHOT_MAX_BYTES_PER_SECOND", "0")),
+        help="bandwidth of each snapshot this replica sends (0: unlimited)",
+    )
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
@@ -115,6 +134,9 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         redis_listen=args.redis_listen,
         guard_margin=args.guard_margin,
+        bootstrap_peers=parse_peers(args.bootstrap_peers),
+        snapshot_max_streams=args.snapshot_max_streams,
+        snapshot_max_bytes_per_second=args.snapshot_max_bytes_per_second,
         create_topic=args.create_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,

@@ -323,6 +323,14 @@ class Replica:
             except lmdb.MapFullError:
                 self._grow()
 
+    def copy_to(self, directory: Path) -> dict[int, int]:
+        """Write a compacted, consistent copy of the environment (`data.mdb`) into `directory`; return
+        the next offsets it reflects. One read transaction: writers carry on meanwhile (kvs2.snapshot)."""
+        with self._reading(self._offsets) as txn:
+            offsets = self._offsets_in(txn)
+            self._env.copy(str(directory), compact=True, txn=txn)
+        return offsets
+
     def skipped_records(self) -> int:
         with self._reading(self._meta) as txn:
             raw = txn.get(b"skipped")
