@@ -96,6 +96,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "rebuilds instead of resuming (the resurrection guard)",
     )
     p.add_argument(
+        "--map-size",
+        type=int,
+        default=int(_env("KVS2_MAP_SIZE", str(1 << 34))),
+        help="initial LMDB map size in bytes (address space; it doubles whenever it fills)",
+    )
+    p.add_argument(
         "--bootstrap-peers",
         default=_env("KVS2_BOOTSTRAP_PEERS", ""),
         metavar="HOST:PORT,...",
@@ -134,6 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         redis_listen=args.redis_listen,
         guard_margin=args.guard_margin,
+        map_size=args.map_size,
         bootstrap_peers=parse_peers(args.bootstrap_peers),
         snapshot_max_streams=args.snapshot_max_streams,
         snapshot_max_bytes_per_second=args.snapshot_max_bytes_per_second,
