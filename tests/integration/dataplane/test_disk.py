@@ -54,10 +54,10 @@ def test_tiny_map_grows_under_load(kafka: KafkaBroker, topic: str, start_replica
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 6 MiB tmpfs of the test's own (the tests run as root)."""
+    """A 16 MiB tmpfs of the test's own (the tests run as root)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
@@ -72,7 +72,7 @@ def test_full_disk_stops_applying_and_resumes_when_space_is_freed(
     try:
         a.wait_serving()
         ballast = small_disk / "ballast"
-        ballast.write_bytes(b"\0" * (4 * 1024 * 1024))  # about 2 MiB left for the store
+        ballast.write_bytes(b"\0" * (14 * 1024 * 1024))  # about 2 MiB left for the store
         with a.client() as c:
             for i in range(300):  # 300 x 10 KB, twice over (value and change history): does not fit
                 c.set(f"k-{i}".encode(), bytes([i % 251]) * 10_000)
