@@ -122,6 +122,8 @@ class Store:
         Why: a restarted replica must never answer with data older than what it had already served.
         """
         if not self._progress.serving:
+            if self._progress.now.problem:
+                raise Unavailable(f"this replica is not serving reads: {self._progress.now.problem}")
             raise Unavailable("this replica is catching up with Kafka and not serving reads yet")
 
     async def _fresh(self, options: ReadOptions, keys: Sequence[bytes] | None, timeout: float | None) -> None:

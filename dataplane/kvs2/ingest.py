@@ -99,7 +99,7 @@ class Ingester:
                 self._replica.invalidate()
             except Kvs2Error as exc:
                 self._report_problem(str(exc))
-                self._on_progress(Snapshot(applied=self._replica.next_offsets()))
+                self._on_progress(Snapshot(applied=self._replica.next_offsets(), problem=str(exc)))
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
             except Exception:  # a bug: log it loudly, keep the process honest (NOT_SERVING), retry

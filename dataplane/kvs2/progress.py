@@ -25,6 +25,8 @@ class Snapshot:
     topic_id: str = ""
     # time.monotonic() at which each partition was last seen caught up with its high watermark.
     caught_up_at: Mapping[int, float] = field(default_factory=dict)
+    # Why the replica is not applying records (e.g. its disk is full); empty when nothing is wrong.
+    problem: str = ""
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.applied.get(partition, 0) > offset

@@ -34,6 +34,8 @@ from typing import Any, NamedTuple
 
 import lmdb
 
+from kvs2.diskspace import storage_failure
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = b"2"
@@ -322,6 +324,8 @@ class Replica:
                 return
             except lmdb.MapFullError:
                 self._grow()
+            except lmdb.Error as exc:
+                raise storage_failure(self.path, exc) from exc
 
     def copy_to(self, directory: Path) -> dict[int, int]:
         """Write a compacted, consistent copy of the environment (`data.mdb`) into `directory`; return
@@ -390,6 +394,9 @@ class Replica:
             except lmdb.MapFullError:
                 self._has_cond = has_cond  # the aborted transaction's changes to it are void
                 self._grow()
+            except lmdb.Error as exc:  # nothing was committed: the stored state is the last consistent one
+                self._has_cond = has_cond
+                raise storage_failure(self.path, exc) from exc
 
     def _apply_once(
         self, records: Sequence[Record], next_offsets: Mapping[int, int], caught_up_at: float | None = None
