@@ -102,6 +102,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="initial LMDB map size in bytes (address space; it doubles whenever it fills)",
     )
     p.add_argument(
+        "--history-bytes",
+        type=int,
+        default=int(_env("KVS2_HISTORY_BYTES", str(1 << 30))),
+        help="most bytes the Watch change history may take on disk (oldest go first; 0: no bound)",
+    )
+    p.add_argument(
         "--bootstrap-peers",
         default=_env("KVS2_BOOTSTRAP_PEERS", ""),
         metavar="HOST:PORT,...",
@@ -141,6 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
         redis_listen=args.redis_listen,
         guard_margin=args.guard_margin,
         map_size=args.map_size,
+        history_bytes=args.history_bytes,
         bootstrap_peers=parse_peers(args.bootstrap_peers),
         snapshot_max_streams=args.snapshot_max_streams,
         snapshot_max_bytes_per_second=args.snapshot_max_bytes_per_second,

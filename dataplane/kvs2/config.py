@@ -61,6 +61,8 @@ class ServeSettings:
     # Snapshots this replica sends at once, and the bandwidth of each (0: unlimited) (kvs2.snapshot).
     snapshot_max_streams: int = 1
     snapshot_max_bytes_per_second: int = 0
+    # Bound on the Watch change history in bytes (0: bounded by offsets only) (kvs2.storage).
+    history_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:

@@ -272,7 +272,7 @@ async def running_replica(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     kafka = client_config(settings.bootstrap_servers, settings.kafka_config)
-    replica = Replica(settings.data_dir, map_size=settings.map_size)
+    replica = Replica(settings.data_dir, map_size=settings.map_size, history_bytes=settings.history_bytes)
     progress = Progress(loop)
     writer = Writer(kafka, settings.topic, message_timeout=settings.default_write_timeout)
     admin = Admin(kafka)

@@ -178,11 +178,20 @@ class Replica:
     """The LMDB environment. Exactly one thread (the ingester) writes; any thread reads."""
 
     def __init__(
-        self, path: Path, *, map_size: int = 1 << 34, sync: bool = True, history: int = DEFAULT_HISTORY
+        self,
+        path: Path,
+        *,
+        map_size: int = 1 << 34,
+        sync: bool = True,
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = 0,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.history = history
+        # Bound on the change history's size in bytes (0: none): values are stored twice (data and
+        # history), so a write-heavy store must not fill its disk with history.
+        self.history_bytes = history_bytes
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -463,6 +472,8 @@ class Replica:
             for partition, offset in next_offsets.items():
                 txn.put(_PART.pack(partition), _OFFSET.pack(offset), db=self._offsets)
                 self._trim(changes, history, partition, offset)
+            if self.history_bytes:
+                self._trim_bytes(txn, changes, history, {**expected, **next_offsets})
             for partition, offset in history.items():
                 txn.put(_PART.pack(partition), _OFFSET.pack(offset), db=self._history)
             if skipped:
@@ -511,6 +522,31 @@ class Replica:
             changes.delete()  # moves to the next entry
         history[partition] = keep_from
 
+    def _trim_bytes(
+        self, txn: lmdb.Transaction, changes: lmdb.Cursor, history: dict[int, int], ends: Mapping[int, int]
+    ) -> None:
+        """Drop the oldest changes of every partition, a slice at a time, until the history's pages fit
+        in `history_bytes`; each partition's history then starts at its first change kept."""
+        while _db_bytes(txn.stat(self._changes)) > self.history_bytes:
+            removed = False
+            for partition in sorted(ends):
+                n = 0
+                changes.set_range(_CHANGE_KEY.pack(partition, 0))
+                while n < 64 and (key := changes.key()):
+                    if _CHANGE_KEY.unpack(key)[0] != partition:
+                        break
+                    changes.delete()  # moves to the next entry
+                    n += 1
+                if not n:
+                    continue
+                removed = True
+                key = changes.key()
+                first = _CHANGE_KEY.unpack(key) if key else None
+                keep_from = first[1] if first is not None and first[0] == partition else ends[partition]
+                history[partition] = max(history.get(partition, 0), keep_from)
+            if not removed:
+                return
+
     def _grow(self) -> None:
         with self._gate.exclusive():
             new_size = self._env.info()["map_size"] * 2
@@ -520,6 +556,10 @@ class Replica:
     def close(self) -> None:
         with self._gate.exclusive():
             self._env.close()
+
+
+def _db_bytes(stat: Mapping[str, int]) -> int:
+    return stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
 
 
 def _decode(raw: bytes) -> Entry:
