@@ -558,7 +558,7 @@ class Replica:
             self._env.close()
 
 
-def _db_bytes(stat: Mapping[str, int]) -> int:
+def _db_bytes(stat: Any) -> int:
     return stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
 
 
