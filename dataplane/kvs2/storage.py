@@ -559,7 +559,9 @@ class Replica:
 
 
 def _db_bytes(stat: Any) -> int:
-    return stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
+    return int(stat["psize"]) * (
+        int(stat["branch_pages"]) + int(stat["leaf_pages"]) + int(stat["overflow_pages"])
+    )
 
 
 def _decode(raw: bytes) -> Entry:
