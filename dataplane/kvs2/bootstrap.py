@@ -17,6 +17,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -50,6 +51,27 @@ def why_build(
     if current != identity:
         return f"its data is of {current}, but the topic is now {identity}"
     return stale_reason(replica.caught_up_at(), time.time(), retention_seconds, margin)
+
+
+def expand_peers(peers: Sequence[str], own: str) -> list[str]:
+    """Each HOST:PORT as every address its host resolves to (a headless Service's name resolves to all
+    of its pods), in order, without duplicates and without this replica's own address `own`."""
+    out: list[str] = []
+    own_host, _, own_port = own.rpartition(":")
+    for peer in peers:
+        host, _, port = peer.rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = sorted({str(info[4][0]) for info in infos})
+        except (OSError, UnicodeError):
+            addresses = [host]  # unresolvable now: let the connection attempt report it
+        for address in addresses:
+            if (address == own_host or host == own_host) and port == own_port:
+                continue
+            target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            if target not in out:
+                out.append(target)
+    return out
 
 
 def fetch(
@@ -111,12 +133,13 @@ def bootstrap(settings: ServeSettings) -> bool:
         replica.close()
     if reason is None:
         return False
+    peers = expand_peers(settings.bootstrap_peers, settings.listen)
     log.info(
         "replica must be built (%s): asking peers %s for a snapshot",
         reason,
-        ", ".join(settings.bootstrap_peers),
+        ", ".join(peers) or "(none)",
     )
-    for peer in settings.bootstrap_peers:
+    for peer in peers:
         try:
             header = fetch(peer, settings, identity, start_offsets)
         except grpc.RpcError as exc:

@@ -73,3 +73,13 @@ def test_bad_snapshot_is_rejected_and_the_old_store_kept(tmp_path: Path, problem
     assert kept.identity() == TopicIdentity("t", "old-id", 2)
     kept.close()
     assert not (target / INCOMING).exists()
+
+
+def test_peers_expand_to_addresses_and_skip_this_replica() -> None:
+    from kvs2.bootstrap import expand_peers
+
+    assert expand_peers(["localhost:7000", "127.0.0.1:7001", "127.0.0.1:7000"], "127.0.0.1:7001") in (
+        ["127.0.0.1:7000", "[::1]:7000"],
+        ["[::1]:7000", "127.0.0.1:7000"],
+        ["127.0.0.1:7000"],
+    )
