@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -68,7 +68,7 @@ class SnapshotSource:
     max_bytes_per_second: int = 0
     _active: int = field(default=0, init=False)
 
-    async def stream(self, topic: str) -> AsyncIterator[Header | bytes | Trailer]:
+    async def stream(self, topic: str) -> AsyncGenerator[Header | bytes | Trailer, None]:
         if topic != self.topic:
             raise FailedPrecondition(f"this replica follows topic {self.topic!r}, not {topic!r}")
         if not self.progress.serving:
