@@ -28,6 +28,7 @@ from kvs2.config import (
     ServeSettings,
     kafka_config_from_env,
     parse_kafka_pairs,
+    parse_peers,
 )
 from kvs2.errors import ConfigError
 
@@ -87,6 +88,43 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="HOST:PORT",
         help="also serve Redis-protocol clients (RESP2/RESP3) here; off by default, no TLS or AUTH yet",
     )
+    p.add_argument(
+        "--guard-margin",
+        type=float,
+        default=float(_env("KVS2_GUARD_MARGIN", "60")),
+        help="seconds less than the topic's delete.retention.ms after which a replica that was behind "
+        "rebuilds instead of resuming (the resurrection guard)",
+    )
+    p.add_argument(
+        "--map-size",
+        type=int,
+        default=int(_env("KVS2_MAP_SIZE", str(1 << 34))),
+        help="initial LMDB map size in bytes (address space; it doubles whenever it fills)",
+    )
+    p.add_argument(
+        "--history-bytes",
+        type=int,
+        default=int(_env("KVS2_HISTORY_BYTES", str(1 << 30))),
+        help="most bytes the Watch change history may take on disk (oldest go first; 0: no bound)",
+    )
+    p.add_argument(
+        "--bootstrap-peers",
+        default=_env("KVS2_BOOTSTRAP_PEERS", ""),
+        metavar="HOST:PORT,...",
+        help="peers to ask for a snapshot when this replica has no data or must rebuild; else it replays",
+    )
+    p.add_argument(
+        "--snapshot-max-streams",
+        type=int,
+        default=int(_env("KVS2_SNAPSHOT_MAX_STREAMS", "1")),
+        help="snapshots this replica sends to new peers at once",
+    )
+    p.add_argument(
+        "--snapshot-max-bytes-per-second",
+        type=int,
+        default=int(_env("KVS2_SNAPSHOT_MAX_BYTES_PER_SECOND", "0")),
+        help="bandwidth of each snapshot this replica sends (0: unlimited)",
+    )
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
@@ -107,6 +145,12 @@ def _serve(args: argparse.Namespace) -> int:
         cas_cleanup_grace=args.cas_cleanup_grace,
         workers=args.workers,
         redis_listen=args.redis_listen,
+        guard_margin=args.guard_margin,
+        map_size=args.map_size,
+        history_bytes=args.history_bytes,
+        bootstrap_peers=parse_peers(args.bootstrap_peers),
+        snapshot_max_streams=args.snapshot_max_streams,
+        snapshot_max_bytes_per_second=args.snapshot_max_bytes_per_second,
         create_topic=args.create_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,

@@ -128,6 +128,8 @@ class Store:
         Why: a restarted replica must never answer with data older than what it had already served.
         """
         if not self._progress.serving:
+            if self._progress.now.problem:
+                raise Unavailable(f"this replica is not serving reads: {self._progress.now.problem}")
             raise Unavailable("this replica is catching up with Kafka and not serving reads yet")
 
     def _built_from(self) -> str | None:

@@ -187,6 +187,19 @@ class Admin:
                 )
         return out
 
+    def start_offsets(self, topic: str, partitions: int, timeout: float = 10.0) -> dict[int, int]:
+        """The first offset Kafka still holds, per partition (a snapshot must not reflect less)."""
+        earliest = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(topic, p): earliest for p in range(partitions)}
+        futures = self._client.list_offsets(request, request_timeout=timeout)
+        out: dict[int, int] = {}
+        try:
+            for tp, fut in futures.items():
+                out[tp.partition] = fut.result(timeout=timeout + 5).offset
+        except Exception as exc:
+            raise _map_exception(exc, f"listing start offsets of {topic!r}") from exc
+        return out
+
     def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         futures = self._client.describe_configs([resource], request_timeout=timeout)
@@ -195,6 +208,16 @@ class Admin:
         except Exception as exc:
             raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
         return int(configs["max.message.bytes"].value)
+
+    def delete_retention_ms(self, topic: str, timeout: float = 10.0) -> int:
+        """The topic's `delete.retention.ms`: how long tombstones outlive compaction (kvs2.guard)."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        futures = self._client.describe_configs([resource], request_timeout=timeout)
+        try:
+            configs = next(iter(futures.values())).result(timeout=timeout + 5)
+        except Exception as exc:
+            raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
+        return int(configs["delete.retention.ms"].value)
 
     def create_topic(
         self,

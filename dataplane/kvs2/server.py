@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from kvs2 import errors
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
+from kvs2.bootstrap import bootstrap_in_child
 from kvs2.conditional import ConditionalWrites
 from kvs2.config import ServeSettings
 from kvs2.consistency import ReadOptions
@@ -32,6 +33,7 @@ from kvs2.ingest import Ingester, TopicSpec
 from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
 from kvs2.progress import Progress, Snapshot
 from kvs2.redis_server import start_redis
+from kvs2.snapshot import Header, SnapshotSource, Trailer
 from kvs2.storage import Entry, Outcome, Replica
 from kvs2.watch import Progressed, watch
 from kvs2.workers import FanIn, Fanout, exited, fork_followers
@@ -97,9 +99,10 @@ def _positions(offsets: Mapping[int, int]) -> list[pb.Position]:
 
 
 class Kvs2Servicer(pb_grpc.Kvs2Servicer):
-    def __init__(self, store: Store, default_timeout: float) -> None:
+    def __init__(self, store: Store, default_timeout: float, snapshots: SnapshotSource | None = None) -> None:
         self._store = store
         self._default_timeout = default_timeout
+        self._snapshots = snapshots
 
     def _timeout(self, context: Context) -> float:
         """Time left: the client's deadline less a margin to carry our answer back, else the default."""
@@ -227,6 +230,30 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
         except errors.Kvs2Error as exc:
             await context.abort(status_of(exc), str(exc))
 
+    async def Snapshot(  # noqa: N802
+        self, request: pb.SnapshotRequest, context: Context
+    ) -> AsyncIterator[pb.SnapshotChunk]:
+        try:
+            if self._snapshots is None:
+                raise errors.Unavailable("this replica process does not send snapshots")
+            async for part in self._snapshots.stream(request.topic):
+                if isinstance(part, Header):
+                    yield pb.SnapshotChunk(
+                        header=pb.SnapshotHeader(
+                            topic=part.identity.topic,
+                            topic_id=part.identity.topic_id,
+                            partitions=part.identity.partitions,
+                            positions=_positions(part.positions),
+                            size=part.size,
+                        )
+                    )
+                elif isinstance(part, Trailer):
+                    yield pb.SnapshotChunk(trailer=pb.SnapshotTrailer(sha256=part.sha256))
+                else:
+                    yield pb.SnapshotChunk(data=part)
+        except errors.Kvs2Error as exc:
+            await context.abort(status_of(exc), str(exc))
+
 
 # ----- the process ---------------------------------------------------------------------------------
 class HealthGate:
@@ -292,7 +319,7 @@ async def running_replica(
     fatal = on_fatal or (lambda _why: stop.set())
     loop = asyncio.get_running_loop()
     kafka = client_config(settings.bootstrap_servers, settings.kafka_config)
-    replica = Replica(settings.data_dir, map_size=settings.map_size)
+    replica = Replica(settings.data_dir, map_size=settings.map_size, history_bytes=settings.history_bytes)
     progress = Progress(loop)
     writer = Writer(kafka, settings.topic, message_timeout=settings.default_write_timeout)
     admin = Admin(kafka)
@@ -342,6 +369,7 @@ async def running_replica(
             create=TopicSpec(settings.partitions, settings.replication_factor)
             if settings.create_topic
             else None,
+            guard_margin=settings.guard_margin,
         )
     else:
         assert role.fanin_fd is not None
@@ -354,7 +382,15 @@ async def running_replica(
 
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, settings.default_write_timeout), server)
+    snapshots = SnapshotSource(
+        replica,
+        progress,
+        settings.topic,
+        max_streams=settings.snapshot_max_streams,
+        max_bytes_per_second=settings.snapshot_max_bytes_per_second,
+    )
+    servicer = Kvs2Servicer(store, settings.default_write_timeout, snapshots)
+    pb_grpc.add_Kvs2Servicer_to_server(servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -517,7 +553,9 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
 
 
 def run_replica(settings: ServeSettings) -> int:
-    """`kvs2 serve`: fork the followers first (before any gRPC, LMDB or Kafka object exists), then run."""
+    """`kvs2 serve`: bootstrap from a peer's snapshot if the replica must build (kvs2.bootstrap), fork the
+    followers (before any gRPC, LMDB or Kafka object exists), then run."""
+    bootstrap_in_child(settings)
     if settings.workers <= 1:
         return asyncio.run(serve(settings))
     pids, fds = fork_followers(

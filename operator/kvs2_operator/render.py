@@ -84,6 +84,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
         {"name": "KVS2_LOG_LEVEL", "value": spec.log_level},
         {"name": "KVS2_SHUTDOWN_GRACE", "value": str(spec.shutdown_grace_seconds)},
         {"name": "KVS2_WORKERS", "value": str(spec.workers)},
+        {"name": "KVS2_BOOTSTRAP_PEERS", "value": bootstrap_peers(store)},
     ]
     if spec.redis.enabled:
         env.append({"name": "KVS2_REDIS_LISTEN", "value": f"$(POD_IP):{spec.redis.port}"})
@@ -105,6 +106,14 @@ def container_env(store: Store) -> list[dict[str, Any]]:
             },
         ]
     return env
+
+
+def bootstrap_peers(store: Store) -> str:
+    """The headless Service's name: it resolves to every replica's pod address (ready or not), which a
+    new or rebuilt replica asks in turn for a snapshot instead of replaying the topic (kvs2.bootstrap
+    expands the name and skips itself). One name, not one per pod: scaling must not change the pod
+    template, or every replica would be restarted."""
+    return f"{headless_service_name(store.name)}.{store.namespace}.svc:{GRPC_PORT}"
 
 
 def _container(store: Store) -> dict[str, Any]:

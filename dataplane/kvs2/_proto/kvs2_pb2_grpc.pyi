@@ -46,6 +46,8 @@ class Kvs2Stub:
     """Added: keys in [start, end) or under a prefix, one consistent snapshot per page."""
     Watch: _grpc.UnaryStreamMultiCallable[_kvs2_pb2.WatchRequest, _kvs2_pb2.WatchEvent]
     """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
+    Snapshot: _grpc.UnaryStreamMultiCallable[_kvs2_pb2.SnapshotRequest, _kvs2_pb2.SnapshotChunk]
+    """Added: a consistent copy of this replica's store, for a new replica to start from (kvs2.snapshot)."""
 
 @_typing.type_check_only
 class Kvs2AsyncStub(Kvs2Stub):
@@ -59,6 +61,8 @@ class Kvs2AsyncStub(Kvs2Stub):
     """Added: keys in [start, end) or under a prefix, one consistent snapshot per page."""
     Watch: _aio.UnaryStreamMultiCallable[_kvs2_pb2.WatchRequest, _kvs2_pb2.WatchEvent]  # type: ignore[assignment]
     """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
+    Snapshot: _aio.UnaryStreamMultiCallable[_kvs2_pb2.SnapshotRequest, _kvs2_pb2.SnapshotChunk]  # type: ignore[assignment]
+    """Added: a consistent copy of this replica's store, for a new replica to start from (kvs2.snapshot)."""
 
 class Kvs2Servicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,5 +109,13 @@ class Kvs2Servicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_kvs2_pb2.WatchEvent], _abc.AsyncIterator[_kvs2_pb2.WatchEvent]]:
         """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
+
+    @_abc_1.abstractmethod
+    def Snapshot(
+        self,
+        request: _kvs2_pb2.SnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kvs2_pb2.SnapshotChunk], _abc.AsyncIterator[_kvs2_pb2.SnapshotChunk]]:
+        """Added: a consistent copy of this replica's store, for a new replica to start from (kvs2.snapshot)."""
 
 def add_Kvs2Servicer_to_server(servicer: Kvs2Servicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
