@@ -21,10 +21,12 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from kvs2_operator import deletion
 from kvs2_operator.crd import (
     ANNOTATION_PREFIX,
     FIELD_MANAGER,
@@ -37,8 +39,8 @@ from kvs2_operator.crd import (
 )
 from kvs2_operator.errors import OperatorError, Reason
 from kvs2_operator.kube import KubeApi, load_configuration
-from kvs2_operator.model import parse_ref, parse_store
-from kvs2_operator.reconcile import Deps, kafka_admin_config, list_stores, reconcile
+from kvs2_operator.model import parse_ref
+from kvs2_operator.reconcile import Deps, list_stores, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class Options:
     resync_interval: float = 30.0
     namespaces: list[str] = field(default_factory=list)
     kubeconfig: str | None = None
+    #: Seconds after a store's deletionTimestamp before its topic is given up on (Kafka or Secret gone).
+    deletion_timeout: float = 300.0
 
 
 def _options(memo: Any) -> Options:
@@ -74,7 +78,10 @@ def _options(memo: Any) -> Options:
 def _deps(memo: Any) -> Deps:
     deps = getattr(memo, "deps", None)
     if deps is None:
-        deps = memo.deps = Deps(kube=KubeApi(load_configuration(_options(memo).kubeconfig)))
+        options = _options(memo)
+        deps = memo.deps = Deps(
+            kube=KubeApi(load_configuration(options.kubeconfig)), namespaces=options.namespaces or None
+        )
     assert isinstance(deps, Deps)
     return deps
 
@@ -273,35 +280,46 @@ def _deletes_topic(spec: kopf.Spec, **_: Any) -> bool:
     return spec.get("topicDeletionPolicy") == "Delete"
 
 
+def _seconds_since(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    try:
+        since = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - since).total_seconds())
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_topic)
 async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """topicDeletionPolicy Delete: delete the topic the store owns (status.topic), then let it go.
+    """topicDeletionPolicy Delete: stop the workload, then delete the topic the store created (deletion.py).
 
-    Only status.topic is ever deleted — a topic the store never created or adopted (e.g. an
-    incompatible one it refused) is not the store's to delete.
+    Never traps the store: past `--deletion-timeout` seconds since its deletionTimestamp, trouble that
+    would otherwise be retried (Kafka down, the credentials Secret gone) ends in a Warning Event saying
+    the topic was left behind, and kopf removes the finalizer.
     """
     deps = _deps(memo)
-    topic = (body.get("status") or {}).get("topic")
-    if not topic:
-        logger.info("no topic was ever owned by this store; nothing to delete")
-        return
+    options = _options(memo)
+    raw = dict(body)
+    waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
+    give_up = waited >= options.deletion_timeout
     try:
-        store = parse_store(dict(body))
-        admin = deps.topics.for_config(await kafka_admin_config(store, deps.kube))
-        deleted = await admin.delete(str(topic))
+        outcome = await deletion.finalize(raw, deps, give_up=give_up)
     except OperatorError as exc:
-        if exc.permanent:
-            raise kopf.PermanentError(f"{exc.reason}: cannot delete topic {topic}: {exc.message}") from exc
-        raise kopf.TemporaryError(
-            f"{exc.reason}: topic {topic} not deleted yet: {exc.message}", delay=retry_delay(retry, exc)
-        ) from exc
-    message = f"topic {topic} deleted" if deleted else f"topic {topic} was already gone"
-    logger.info(message)
-    with contextlib.suppress(OperatorError):
+        if not (give_up or exc.permanent):
+            delay = min(retry_delay(retry, exc), max(1.0, options.deletion_timeout - waited))
+            raise kopf.TemporaryError(
+                f"{exc.reason}: topic not deleted yet (giving up in "
+                f"{options.deletion_timeout - waited:.0f}s): {exc.message}",
+                delay=delay,
+            ) from exc
+        outcome = deletion.left_behind(raw, exc, waited)
+    (logger.warning if outcome.warning else logger.info)(outcome.message)
+    with contextlib.suppress(OperatorError):  # a terminating namespace accepts no new Events
         await deps.kube.post_event(
-            {**body, "apiVersion": f"{GROUP}/{VERSION}", "kind": "KeyValueStore"},
-            type_="Normal",
-            reason=str(Reason.TOPIC_DELETED),
-            message=message,
+            {**raw, "apiVersion": f"{GROUP}/{VERSION}", "kind": "KeyValueStore"},
+            type_="Warning" if outcome.warning else "Normal",
+            reason=str(outcome.reason),
+            message=outcome.message,
         )
-    deps.forget(parse_ref(dict(body)))
+    deps.forget(parse_ref(raw))

@@ -43,6 +43,8 @@ _PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Event": "events",
     "Secret": "secrets",
+    "Pod": "pods",
+    "ResourceQuota": "resourcequotas",
     "KeyValueStore": "keyvaluestores",
 }
 
@@ -202,6 +204,17 @@ class KubeApi:
         if status >= 300:
             self._raise(status, data, f"delete {ref.describe()}")
         return True
+
+    async def patch(self, ref: Ref, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch (fields the operator changes outside server-side apply); None if absent."""
+        status, data = await self._request(
+            "PATCH", ref.path(), body=dict(body), content_type="application/merge-patch+json"
+        )
+        if status == 404:
+            return None
+        if status >= 300:
+            self._raise(status, data, f"patch {ref.describe()}")
+        return dict(data)
 
     async def patch_status(self, ref: Ref, status_body: Mapping[str, Any]) -> dict[str, Any]:
         status, data = await self._request(

@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between full passes over every store (drift repair, status refresh); default 30",
     )
     parser.add_argument(
+        "--deletion-timeout",
+        type=float,
+        default=300.0,
+        help="seconds after a store (topicDeletionPolicy Delete) is deleted before the operator gives up on "
+        "a topic it cannot delete (Kafka or the credentials Secret unavailable), leaves it behind with a "
+        "Warning Event and removes the finalizer; default 300",
+    )
+    parser.add_argument(
         "--liveness",
         default=None,
         metavar="URL",
@@ -61,6 +69,9 @@ def run(argv: list[str]) -> int:
     if args.resync_interval <= 0:
         print("kvs2 operator: --resync-interval must be positive", file=sys.stderr)
         return 2
+    if args.deletion_timeout < 0:
+        print("kvs2 operator: --deletion-timeout must not be negative", file=sys.stderr)
+        return 2
 
     # Imported here: importing kopf handlers registers them, which only `run` should do.
     import kopf
@@ -75,11 +86,12 @@ def run(argv: list[str]) -> int:
         print(f"kvs2 operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     memo = kopf.Memo(
-        deps=Deps(kube=KubeApi(configuration)),
+        deps=Deps(kube=KubeApi(configuration), namespaces=list(args.namespace) or None),
         options=handlers.Options(
             resync_interval=args.resync_interval,
             namespaces=list(args.namespace),
             kubeconfig=args.kubeconfig,
+            deletion_timeout=args.deletion_timeout,
         ),
     )
     try:

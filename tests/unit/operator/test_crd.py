@@ -10,6 +10,7 @@ import pytest
 import yaml
 from kvs2_operator import crd, model
 from kvs2_operator.errors import Reason
+from kvs2_operator.ownership import Claim, Ownership
 from kvs2_operator.status import build_status, topic_condition, workload_condition
 
 CRD_PATH = Path(__file__).resolve().parents[3] / "deploy" / "crd.yaml"
@@ -112,7 +113,13 @@ def test_status_schema_declares_everything_the_operator_writes(version: dict[str
         generation=1,
         topic=topic_condition(True, Reason.TOPIC_CREATED, "m"),
         workload=workload_condition(None, 1),
-        extra={"replicas": 0, "readyReplicas": 0, "selector": "a=b", "topic": "t", "endpoint": "e:1"},
+        extra={
+            "replicas": 0,
+            "readyReplicas": 0,
+            "selector": "a=b",
+            "endpoint": "e:1",
+            **Claim("t", "cluster", "id", Ownership.CREATED).status_fields(),
+        },
     )
     assert set(written) <= set(declared["properties"])
     item = declared["properties"]["conditions"]["items"]
