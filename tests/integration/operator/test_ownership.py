@@ -86,7 +86,9 @@ def test_an_owned_topic_that_vanished_is_reported_not_recreated_empty(
     )
     assert _status(stores, "fragile")["topicId"] == recorded
     stores.kubectl("delete", "kvs", "fragile", "--wait=true", "--timeout=60s")
-    assert describe_topic(kafka.bootstrap_servers, topic) is not None, "a topic the store never had was deleted"
+    assert describe_topic(kafka.bootstrap_servers, topic) is not None, (
+        "a topic the store never had was deleted"
+    )
 
 
 def test_bootstrap_change_to_another_cluster_is_reported_and_the_foreign_topic_untouched(
