@@ -80,7 +80,7 @@ async def _admin_config(body: Mapping[str, Any], deps: Deps) -> dict[str, str]:
     """This store's admin config; the last one that worked if the spec or the Secret cannot give one now."""
     uid = parse_ref(body).uid
     try:
-        return await kafka_admin_config(parse_store(body), deps.kube)
+        return await kafka_admin_config(parse_store(body, deps.defaults), deps.kube)
     except (SpecError, CredentialsUnavailableError) as exc:
         remembered = deps.admin_configs.get(uid)
         if remembered is None:

@@ -175,9 +175,15 @@ class KubeApi:
             self._raise(status, data, f"get {ref.describe()}")
         return dict(data)
 
-    async def list(self, ref: Ref, label_selector: str | None = None) -> list[dict[str, Any]]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        status, data = await self._request("GET", ref.path(), query=query)
+    async def list(
+        self, ref: Ref, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        status, data = await self._request("GET", ref.path(), query=query or None)
         if status >= 300:
             self._raise(status, data, f"list {ref.describe()}")
         return list(data.get("items", []))

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from kvs2_operator.errors import OperatorError
+from kvs2_operator.model import IMAGE_GID, OperatorDefaults
+
+
+def default_image() -> str:
+    """The data-plane image of the same release as this operator (one image runs both)."""
+    try:
+        return f"kvs2:{version('kvs2')}"
+    except PackageNotFoundError:
+        return "kvs2:latest"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
         "Warning Event and removes the finalizer; default 300",
     )
     parser.add_argument(
+        "--default-image",
+        default=os.environ.get("KVS2_DEFAULT_IMAGE") or default_image(),
+        help="data-plane image of stores that set no spec.image (env KVS2_DEFAULT_IMAGE); default: "
+        "kvs2:<this operator's version>",
+    )
+    parser.add_argument(
+        "--pod-fs-group",
+        default=os.environ.get("KVS2_POD_FS_GROUP", str(IMAGE_GID)),
+        help="fsGroup of data-plane pods, so volumes are writable for the image's group (env "
+        f"KVS2_POD_FS_GROUP); empty where the platform assigns one (OpenShift); default {IMAGE_GID}",
+    )
+    parser.add_argument(
         "--liveness",
         default=None,
         metavar="URL",
@@ -69,6 +92,14 @@ def run(argv: list[str]) -> int:
     if args.resync_interval <= 0:
         print("kvs2 operator: --resync-interval must be positive", file=sys.stderr)
         return 2
+    fs_group: int | None = None
+    if str(args.pod_fs_group).strip():
+        try:
+            fs_group = int(args.pod_fs_group)
+        except ValueError:
+            print("kvs2 operator: --pod-fs-group must be an integer or empty", file=sys.stderr)
+            return 2
+    defaults = OperatorDefaults(image=args.default_image or None, fs_group=fs_group)
     if args.deletion_timeout < 0:
         print("kvs2 operator: --deletion-timeout must not be negative", file=sys.stderr)
         return 2
@@ -86,7 +117,7 @@ def run(argv: list[str]) -> int:
         print(f"kvs2 operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     memo = kopf.Memo(
-        deps=Deps(kube=KubeApi(configuration), namespaces=list(args.namespace) or None),
+        deps=Deps(kube=KubeApi(configuration), namespaces=list(args.namespace) or None, defaults=defaults),
         options=handlers.Options(
             resync_interval=args.resync_interval,
             namespaces=list(args.namespace),

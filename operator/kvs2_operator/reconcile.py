@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs2_operator import render
+from kvs2_operator import diagnose, render
 from kvs2_operator.crd import GROUP, KIND, VERSION, pdb_name, statefulset_name
 from kvs2_operator.errors import (
+    ChildUpdateRefusedError,
     CredentialsUnavailableError,
     KafkaClusterChangedError,
+    KubernetesInvalidError,
     OperatorError,
     Reason,
     ResourceConflictError,
@@ -33,7 +36,7 @@ from kvs2_operator.errors import (
 )
 from kvs2_operator.kafka_admin import TopicAdmins
 from kvs2_operator.kube import KubeApi, Ref
-from kvs2_operator.model import Store, StoreRef, parse_ref, parse_store
+from kvs2_operator.model import OperatorDefaults, Store, StoreRef, parse_ref, parse_store
 from kvs2_operator.ownership import Claim, Ownership, claim_from_status, holder_of
 from kvs2_operator.status import (
     WORKLOAD_READY,
@@ -77,6 +80,7 @@ class Deps:
     topics: TopicAdmins = field(default_factory=TopicAdmins)
     #: The namespaces the operator serves (None: all) — where other stores may hold a topic.
     namespaces: list[str] | None = None
+    defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
     claims: Claims = field(default_factory=Claims)
     #: The last admin config that worked for each store (uid): deletion may outlive the Secret.
     admin_configs: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -216,12 +220,48 @@ async def _check_not_foreign(kube: KubeApi, obj: Mapping[str, Any], store: Store
             )
 
 
+#: Phrases of the API server's 422 for a field that cannot change on an existing object.
+_IMMUTABLE_MARKERS = ("field is immutable", "updates to statefulset spec for fields other than")
+
+
+async def credentials_hash(store: Store, kube: KubeApi) -> str | None:
+    """A digest of the credentials Secret's keys the pods use: put on the pod template, so that a changed
+    Secret rolls the pods (env from secretKeyRef is read only when a container starts). None without
+    authentication; the StatefulSet's current value while the Secret is unreadable (no roll for that)."""
+    auth = store.spec.kafka.authentication
+    if auth is None:
+        return None
+    secret = await kube.get(Ref("v1", "Secret", store.namespace, auth.secret_name))
+    data = (secret or {}).get("data") or {}
+    if secret is None or auth.username_key not in data or auth.password_key not in data:
+        sts = await kube.get(Ref("apps/v1", "StatefulSet", store.namespace, statefulset_name(store.name)))
+        template = ((sts or {}).get("spec") or {}).get("template") or {}
+        current = (template.get("metadata") or {}).get("annotations") or {}
+        value = current.get(render.CREDENTIALS_HASH_ANNOTATION)
+        return str(value) if value else None
+    digest = hashlib.sha256()
+    for key in (auth.username_key, auth.password_key):
+        digest.update(f"{key}\0{data[key]}\0".encode())
+    return digest.hexdigest()[:16]
+
+
 async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
     """Server-side apply of every child; returns the StatefulSet as the API server stored it."""
     statefulset: dict[str, Any] = {}
-    for obj in render.render_children(store):
+    for obj in render.render_children(store, await credentials_hash(store, deps.kube)):
         await _check_not_foreign(deps.kube, obj, store)
-        applied = await deps.kube.apply(obj)
+        try:
+            applied = await deps.kube.apply(obj)
+        except KubernetesInvalidError as exc:
+            if any(marker in exc.message for marker in _IMMUTABLE_MARKERS):
+                raise ChildUpdateRefusedError(
+                    f"{obj['kind']} {store.namespace}/{obj['metadata']['name']} cannot be changed in place "
+                    f"({exc.message}). The spec is valid: the operator must replace this child, which it "
+                    "does not do by itself yet — delete the child (kubectl delete --cascade=orphan for a "
+                    "StatefulSet keeps its pods) and the next pass re-creates it",
+                    exc.status,
+                ) from exc
+            raise
         if obj["kind"] == "StatefulSet":
             statefulset = applied
     if render.render_pdb(store) is None:
@@ -270,7 +310,7 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
     errors: list[OperatorError] = []
 
     try:
-        store = parse_store(body)
+        store = parse_store(body, deps.defaults)
     except SpecError as exc:
         errors.append(exc)
         topic_cond = topic_condition(False, exc.reason, exc.message)
@@ -281,6 +321,7 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
         return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
 
     extra["endpoint"] = render.endpoint(store)
+    extra["image"] = store.spec.image
     topic_name = store.spec.kafka.topic.name
     owned = claim_from_status(previous, topic_name) is not None
 
@@ -305,6 +346,8 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
         try:
             statefulset = await _apply_children(store, deps)
             workload_cond = workload_condition(statefulset, store.spec.replicas)
+            if workload_cond.status is False:
+                workload_cond = await _explained(workload_cond, store, statefulset, deps)
         except OperatorError as exc:
             errors.append(exc)
             workload_cond = Condition(WORKLOAD_READY, False, exc.reason, exc.message)
@@ -322,6 +365,22 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
     extra.update(_replica_counts(statefulset))
 
     return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
+
+
+async def _explained(
+    cond: Condition, store: Store, statefulset: Mapping[str, Any] | None, deps: Deps
+) -> Condition:
+    """The condition with the controllers' own reason quoted, when they gave one (diagnose.py)."""
+    try:
+        problem = await diagnose.workload_problem(
+            deps.kube, store.namespace, store.name, statefulset, store.spec.replicas
+        )
+    except OperatorError as exc:  # explaining is a courtesy: never fail the pass for it
+        log.info("%s/%s: cannot look into the workload: %s", store.namespace, store.name, exc)
+        return cond
+    if not problem:
+        return cond
+    return Condition(cond.type, cond.status, cond.reason, f"{cond.message}; {problem}")
 
 
 async def _safe_observe(ref: StoreRef, deps: Deps, errors: list[OperatorError]) -> dict[str, Any] | None:

@@ -158,7 +158,9 @@ class FakeKube:
         obj = self.objects.get(self._key(ref))
         return copy.deepcopy(obj) if obj is not None else None
 
-    async def list(self, ref: Ref, label_selector: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self, ref: Ref, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         self._check()
         return [
             copy.deepcopy(o)

@@ -68,7 +68,7 @@ def test_printer_columns(version: dict[str, Any]) -> None:
 def test_bounds_and_defaults_match_the_model(version: dict[str, Any]) -> None:
     root = version["schema"]["openAPIV3Schema"]
     spec = _props(root, "spec")
-    assert spec["required"] == ["image", "kafka"]
+    assert spec["required"] == ["kafka"]  # the image defaults to the operator's own version
     assert _props(spec, "replicas")["minimum"] == 0
     topic = _props(spec, "kafka", "topic")
     assert _props(topic, "partitions")["minimum"] == 1
@@ -90,7 +90,7 @@ def test_immutability_rules_exist_with_readable_messages(version: dict[str, Any]
     topic_rules = _props(root, "spec", "kafka", "topic")["x-kubernetes-validations"]
     assert any("oldSelf.name" in r["rule"] and "immutable" in r["message"] for r in topic_rules)
     storage_rules = _props(root, "spec", "storage")["x-kubernetes-validations"]
-    assert storage_rules[0]["rule"] == "self == oldSelf"
+    assert all(f"self.{f} == oldSelf.{f}" in storage_rules[0]["rule"] for f in ("size", "ephemeral"))
     # partitions/replicationFactor changes are NOT rejected by CEL: the operator refuses them (NotSupported).
     text = CRD_PATH.read_text()
     assert "oldSelf.partitions" not in text and "oldSelf.replicationFactor" not in text

@@ -99,7 +99,7 @@ def _status(kube: FakeKube, name: str) -> dict[str, Any]:
 
 
 def _reason(kube: FakeKube, name: str, type_: str = "TopicReady") -> str:
-    return next(c["reason"] for c in _status(kube, name)["conditions"] if c["type"] == type_)
+    return str(next(c["reason"] for c in _status(kube, name)["conditions"] if c["type"] == type_))
 
 
 async def _pass(deps: Deps, body: dict[str, Any]) -> Outcome:
