@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -132,7 +133,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     options = _options(memo)
     deps = _deps(memo)
     _nudges(memo)  # created here, in the operator-wide memo that kopf copies (shallowly) per object
-    memo.resync_task = asyncio.create_task(resync_loop(deps, options), name="kvs2-resync")
+    memo.resync = Resync()
+    memo.resync_task = asyncio.create_task(supervise_resync(deps, options, memo.resync), name="kvs2-resync")
 
 
 @kopf.on.cleanup()
@@ -170,7 +172,52 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
-async def resync_loop(deps: Deps, options: Options) -> None:
+#: Seconds a crashed resync loop waits before it is restarted.
+RESYNC_RESTART_DELAY = 5.0
+
+
+@dataclass
+class Resync:
+    """The resync loop's vital signs, for the liveness probe."""
+
+    last_sweep: float = field(default_factory=time.monotonic)
+    crashes: int = 0
+    last_error: str = ""
+
+    def stale_after(self, interval: float) -> float:
+        """A sweep lists every store and reconciles them with bounded Kafka/API timeouts; one taking
+        longer than this means the loop is stuck."""
+        return max(3 * interval, interval + 300.0)
+
+
+async def supervise_resync(deps: Deps, options: Options, resync: Resync) -> None:
+    """Run the resync loop forever: a crash is logged, counted and the loop restarted."""
+    while True:
+        try:
+            await resync_loop(deps, options, resync)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            resync.crashes += 1
+            resync.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the resync loop crashed (%d so far); restarting it", resync.crashes)
+            await asyncio.sleep(RESYNC_RESTART_DELAY)
+
+
+@kopf.on.probe(id="resync")
+def resync_alive(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """kopf's /healthz: fails (HTTP 500, the pod is restarted) when the resync loop stopped sweeping."""
+    resync = getattr(memo, "resync", None)
+    if not isinstance(resync, Resync):
+        return {"started": False}
+    interval = _options(memo).resync_interval
+    age = time.monotonic() - resync.last_sweep
+    if age > resync.stale_after(interval):
+        raise kopf.PermanentError(f"no resync sweep for {age:.0f}s (crashes: {resync.crashes})")
+    return {"lastSweepSecondsAgo": round(age, 1), "crashes": resync.crashes, "lastError": resync.last_error}
+
+
+async def resync_loop(deps: Deps, options: Options, resync: Resync | None = None) -> None:
     """Every `resync_interval` seconds, one pass over every store: drift repair and status refresh.
 
     Passes run concurrently (bounded): a store whose Kafka is down spends a request timeout per pass,
@@ -189,6 +236,8 @@ async def resync_loop(deps: Deps, options: Options) -> None:
             log.info("resync %s/%s: %s", parse_ref(body).namespace, parse_ref(body).name, outcome.error)
 
     while True:
+        if resync is not None:
+            resync.last_sweep = time.monotonic()
         await asyncio.sleep(options.resync_interval)
         try:
             bodies = await list_stores(deps, options.namespaces or None)
