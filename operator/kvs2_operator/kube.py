@@ -151,6 +151,10 @@ class KubeApi:
             return status, _status_message(data, str(response.reason))
         return status, json.loads(data) if data else {}
 
+    def request_sync(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A blocking call for code outside the event loop (leader election runs before kopf's loop)."""
+        return self._request_sync(method, path, body=body)
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         return await asyncio.to_thread(self._request_sync, method, path, **kwargs)
 
