@@ -119,6 +119,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
+    # Children are watched through a server-side label selector: on a cluster with thousands of
+    # StatefulSets and Services, only the operator's own ever reach it.
+    child_selector = f"{LABEL_MANAGED_BY}={FIELD_MANAGER}"
+    for group_version_plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group_version_plural] = child_selector
     # Events come only from status.py, one per transition, with reasons from the closed list; kopf's
     # own Events (reason "Error", "Logging", ...) would repeat them in other words.
     settings.posting.enabled = False
@@ -262,6 +267,12 @@ async def reconcile_store(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any
 # --- children: drift and readiness without waiting for the resync -------------------------------------
 
 _CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
+#: The children's resources, as kopf's settings name them.
+CHILD_RESOURCES = (
+    ("apps", "v1", "statefulsets"),
+    ("v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
 
 
 @dataclass
