@@ -37,11 +37,21 @@ def _restrict(cluster: Cluster, namespace: str) -> None:
 
 
 def _as_pod(name: str, template: dict[str, Any]) -> dict[str, Any]:
+    """A Pod from a pod template, made creatable in a bare namespace without changing what PodSecurity
+    judges: the namespace's `default` ServiceAccount, and a PVC volume where a StatefulSet's volume claim
+    template would have provided one."""
+    spec = {**template["spec"], "serviceAccountName": "default"}
+    volumes = list(spec.get("volumes") or ())
+    mounted = {m["name"] for c in spec["containers"] for m in c.get("volumeMounts") or ()}
+    for missing in sorted(mounted - {v["name"] for v in volumes}):
+        volumes.append({"name": missing, "persistentVolumeClaim": {"claimName": f"{missing}-{name}"}})
+    if volumes:
+        spec["volumes"] = volumes
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": template.get("metadata", {}).get("labels", {})},
-        "spec": template["spec"],
+        "spec": spec,
     }
 
 
@@ -79,6 +89,7 @@ def test_every_pod_the_operator_or_the_chart_creates_passes_restricted(
     cluster: Cluster, stores: Stores, helm_binary: Path
 ) -> None:
     _restrict(cluster, stores.namespace)
+    stores.wait("the namespace's default ServiceAccount", lambda: stores.get("serviceaccount", "default"))
     body = store_manifest("hardened", "127.0.0.1:9")
     body["metadata"].update(namespace=stores.namespace, uid="u", generation=1)
     pods = []
