@@ -167,7 +167,12 @@ async def _ensure_topic(store: Store, deps: Deps, previous: Mapping[str, Any]) -
             raise
         claim = result.claim
         # This process created it in an earlier pass whose status write was lost: still Created.
-        if mine is not None and mine.claim is not None and mine.claim.topic_id == claim.topic_id:
+        if (
+            mine is not None
+            and mine.uid == store.ref.uid
+            and mine.claim
+            and mine.claim.topic_id == claim.topic_id
+        ):
             claim = mine.claim
         deps.claims.reserved[key] = Reservation(store.namespace, store.name, store.ref.uid, claim)
     deps.admin_configs[store.ref.uid] = config
@@ -297,9 +302,11 @@ async def reconcile(body: Mapping[str, Any], deps: Deps) -> Outcome | None:
             fresh = await deps.kube.get(store_ref(ref.namespace, ref.name))
         except OperatorError as exc:
             return Outcome(status=body.get("status") or {}, error=exc)
-        if fresh is None or fresh.get("metadata", {}).get("deletionTimestamp"):
+        if fresh is None:
             deps.forget(ref)
             return None
+        if fresh.get("metadata", {}).get("deletionTimestamp"):
+            return None  # the finalizer's work (deletion.py) may still need what Deps remembers
         fresh = dict(_with_identity(fresh))
         return await _reconcile(fresh, parse_ref(fresh), deps)
 

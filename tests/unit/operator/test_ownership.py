@@ -242,6 +242,11 @@ async def test_deletion_uses_the_last_credentials_when_the_secret_is_gone(
     body["spec"]["kafka"]["authentication"] = {"secretName": "creds"}
     stored = await _claimed_store(deps, kube, body)
     del kube.objects[("Secret", "shop", "creds")]
+    # A namespace being deleted: a pass may see the store's deletionTimestamp before the finalizer runs.
+    kube.objects[("KeyValueStore", "shop", "orders")]["metadata"]["deletionTimestamp"] = (
+        "2026-01-01T00:00:00Z"
+    )
+    assert await reconcile(body, deps) is None
     outcome = await deletion.finalize(stored, deps, give_up=False)
     assert outcome.reason is Reason.TOPIC_DELETED
 
