@@ -47,3 +47,38 @@ def test_thirty_stores_one_on_a_dead_kafka(
     )
     stores.wait_condition("dead", "Ready", "False", "KafkaUnavailable", timeout=60)
     assert stores.get("statefulset", "dead") is None
+
+
+def test_a_changed_credentials_secret_rolls_the_pods(
+    stores: Stores, kafka: KafkaBroker, operator: ManagedProcess
+) -> None:
+    """Env from a Secret is read when a container starts: a new password reaches the replicas only
+    through a rollout, which the hash annotation on the pod template triggers."""
+
+    def secret(password: str) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "kafka-user"},
+            "stringData": {"username": "store", "password": password},
+        }
+
+    def template_hash() -> str | None:
+        sts = stores.get("statefulset", "rolling") or {}
+        annotations = sts.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}
+        value = annotations.get("kvs2.io/credentials-hash")
+        return str(value) if value else None
+
+    manifest = store_manifest("rolling", kafka.bootstrap_servers)
+    stores.apply(manifest)
+    stores.wait_condition("rolling", "TopicReady", "True", "TopicCreated")
+    stores.apply(secret("first"))
+    manifest["spec"]["kafka"]["authentication"] = {
+        "secretName": "kafka-user",
+        "securityProtocol": "SASL_PLAINTEXT",
+    }
+    stores.apply(manifest)
+    first = stores.wait("a credentials hash on the pod template", template_hash)
+    stores.apply(secret("second"))
+    second = stores.wait("another hash", lambda: (h := template_hash()) != first and h)
+    assert second and second != first
