@@ -203,6 +203,95 @@ def _backoff(attempt: int) -> float:
     return float(min(0.1 * 2.0**attempt, 2.0))
 
 
+# ----- batched writes (issue 12) ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """One item of `write_batch`: a put (`value` given) or a delete (`value` None), optionally CAS."""
+
+    key: bytes
+    value: bytes | None
+    if_revision: int | None = None
+
+
+ItemStatus = Literal["published", "condition_failed", "invalid", "failed", "outcome_unknown"]
+_ITEM_STATUS: dict[int, ItemStatus] = {
+    pb.WriteItemResult.PUBLISHED: "published",
+    pb.WriteItemResult.CONDITION_FAILED: "condition_failed",
+    pb.WriteItemResult.INVALID: "invalid",
+    pb.WriteItemResult.FAILED: "failed",
+    pb.WriteItemResult.OUTCOME_UNKNOWN: "outcome_unknown",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """One item's result. `outcome_unknown` means the write MAY STILL BE APPLIED; `failed` and
+    `invalid` mean it is certainly not in the log."""
+
+    status: ItemStatus
+    written: Written | None  # where Kafka stored it (published, condition_failed)
+    revision: int
+    error: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "published"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWritten:
+    """Per-item outcomes in request order, and the batch's read-your-writes tokens."""
+
+    results: list[ItemOutcome]
+    tokens: list[Written]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+class BatchWriteError(Exception):
+    """`set_many`: some items were not published. `results` says which (and which may still apply)."""
+
+    def __init__(self, results: BatchWritten) -> None:
+        bad = [(i, r) for i, r in enumerate(results.results) if not r.ok]
+        first = bad[0][1]
+        super().__init__(f"{len(bad)} of {len(results.results)} items not published; first: {first.error}")
+        self.results = results
+
+
+def _write_request(ops: Iterable[WriteOp]) -> pb.WriteRequest:
+    request = pb.WriteRequest()
+    add = request.items.add
+    for op in ops:
+        if op.if_revision is None:
+            add(key=op.key, value=op.value or b"", delete=op.value is None)
+        else:
+            add(key=op.key, value=op.value or b"", delete=op.value is None, if_revision=op.if_revision)
+    return request
+
+
+def _batch(reply: pb.WriteReply, session: _Session) -> BatchWritten:
+    results = []
+    for r in reply.results:
+        status = _ITEM_STATUS[r.status]
+        written = Written(r.partition, r.offset) if status in ("published", "condition_failed") else None
+        results.append(ItemOutcome(status, written, r.revision, r.error))
+    tokens = [session.note(Written(p.partition, p.offset)) for p in reply.tokens]
+    return BatchWritten(results, tokens)
+
+
+def _puts(items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> list[WriteOp]:
+    pairs = items.items() if isinstance(items, Mapping) else items
+    return [WriteOp(k, v) for k, v in pairs]
+
+
+def _all_published(result: BatchWritten) -> list[Written]:
+    if not result.ok:
+        raise BatchWriteError(result)
+    return [r.written for r in result.results if r.written is not None]
+
+
 # ----- blocking client -------------------------------------------------------------------------------
 class Client:
     def __init__(
@@ -288,6 +377,16 @@ class Client:
         result = _cas(self._stub.Delete(request, timeout=self.timeout))
         self._session.note(result.written)
         return result
+
+    def write_batch(self, ops: Iterable[WriteOp]) -> BatchWritten:
+        """Many puts/deletes in one call. NOT atomic across keys: check each item's outcome.
+        Never retried automatically (an unacknowledged item may still be applied)."""
+        return _batch(self._stub.Write(_write_request(ops), timeout=self.timeout), self._session)
+
+    def set_many(self, items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> list[Written]:
+        """Put many keys in one call; raises `BatchWriteError` (with every item's outcome) unless all
+        were published."""
+        return _all_published(self.write_batch(_puts(items)))
 
     def range(
         self,
@@ -435,6 +534,14 @@ class AsyncClient:
         result = _cas(await self._stub.Delete(request, timeout=self.timeout))
         self._session.note(result.written)
         return result
+
+    async def write_batch(self, ops: Iterable[WriteOp]) -> BatchWritten:
+        """As `Client.write_batch`."""
+        return _batch(await self._stub.Write(_write_request(ops), timeout=self.timeout), self._session)
+
+    async def set_many(self, items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> list[Written]:
+        """As `Client.set_many`."""
+        return _all_published(await self.write_batch(_puts(items)))
 
     async def range(
         self,

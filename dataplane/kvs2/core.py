@@ -7,6 +7,7 @@ codes; tests drive this class directly without a network.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Protocol
 from kvs2.conditional import ConditionalResult, ConditionalWrites
 from kvs2.config import Limits
 from kvs2.consistency import EVENTUAL, EndOffsetLookup, EndOffsetOracle, ReadOptions, validate, wait_fresh
-from kvs2.errors import InvalidArgument, Unavailable, WriteOutcomeUnknown
+from kvs2.errors import InvalidArgument, Kvs2Error, Unavailable, WriteOutcomeUnknown
 from kvs2.kafka_io import WriteToken
 from kvs2.partitioner import partition_for
 from kvs2.progress import Progress
@@ -212,3 +213,152 @@ class Store:
             raise WriteOutcomeUnknown(
                 f"Kafka did not acknowledge the write within {timeout:.1f}s; it may still be applied later"
             ) from exc
+
+
+# ----- batched writes (issue 12) -------------------------------------------------------------------
+# Items per Write call. Why a bound: the reply and the pending futures of one call must fit in memory
+# and in one gRPC message.
+MAX_WRITE_ITEMS = 10_000
+# How long a batch may wait in total for room in the producer's local queue before giving up on the
+# rest of its items (they are then reported FAILED: certainly not in the log).
+QUEUE_WAIT = 5.0
+
+
+class ItemStatus(enum.Enum):
+    PUBLISHED = "published"  # acknowledged by Kafka (conditional: the condition held, applied)
+    CONDITION_FAILED = "condition_failed"  # conditional only: nothing changed
+    INVALID = "invalid"  # the item itself is wrong; nothing was sent
+    FAILED = "failed"  # certainly not in the log
+    OUTCOME_UNKNOWN = "outcome_unknown"  # handed to Kafka, not acknowledged in time: may still apply
+
+
+@dataclass(frozen=True, slots=True)
+class WriteItem:
+    """One put (`value` given) or delete (`value` None) of a batch; `if_revision` makes it conditional."""
+
+    key: bytes
+    value: bytes | None
+    if_revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    status: ItemStatus
+    partition: int = -1
+    offset: int = -1
+    revision: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per-item results in request order, and the highest offset written per partition (the
+    read-your-writes tokens of the whole batch)."""
+
+    items: list[ItemResult]
+    tokens: dict[int, int]
+
+
+def _failure(exc: BaseException) -> ItemResult:
+    if isinstance(exc, InvalidArgument):
+        return ItemResult(ItemStatus.INVALID, error=str(exc))
+    if isinstance(exc, WriteOutcomeUnknown):
+        return ItemResult(ItemStatus.OUTCOME_UNKNOWN, error=str(exc))
+    return ItemResult(ItemStatus.FAILED, error=str(exc))
+
+
+async def write_batch(store: Store, items: Sequence[WriteItem], timeout: float) -> BatchResult:
+    """Write many items; NOT atomic across keys: every item succeeds or fails on its own.
+
+    Plain items are handed to the producer back to back (off the event loop) and then awaited
+    together; conditional items run concurrently through the CAS machinery (each produced at once).
+    Items still unacknowledged when `timeout` runs out are OUTCOME_UNKNOWN: they may still be applied.
+    """
+    if len(items) > MAX_WRITE_ITEMS:
+        raise InvalidArgument(f"Write carries {len(items)} items; the limit is {MAX_WRITE_ITEMS}")
+    results: list[ItemResult | None] = [None] * len(items)
+    plain: list[int] = []
+    conditional: list[int] = []
+    for i, item in enumerate(items):
+        try:
+            store._check_key(item.key)
+            if item.if_revision is None:
+                if item.value is not None:
+                    store._check_value(item.key, item.value)
+                plain.append(i)
+            else:
+                if item.value is not None:
+                    store._check_value(item.key, item.value, CONDITIONAL_OVERHEAD)
+                if item.if_revision < 0:
+                    raise InvalidArgument("if_revision must be 0 (the key must not exist) or a revision")
+                conditional.append(i)
+        except InvalidArgument as exc:
+            results[i] = _failure(exc)
+
+    async def one_conditional(i: int) -> None:
+        item = items[i]
+        try:
+            assert item.if_revision is not None
+            r = await store.write_if(item.key, item.value, item.if_revision, timeout)
+        except Kvs2Error as exc:
+            results[i] = _failure(exc)
+            return
+        status = ItemStatus.PUBLISHED if r.applied else ItemStatus.CONDITION_FAILED
+        results[i] = ItemResult(status, r.partition, r.offset, r.revision)
+
+    # Started first: each task produces its record as soon as it runs (before any await).
+    cas_tasks = [asyncio.ensure_future(one_conditional(i)) for i in conditional]
+    if plain:
+        records = [(items[i].key, items[i].value) for i in plain]
+        pending = await asyncio.to_thread(_produce_all, store._writer, records)
+        waits: dict[asyncio.Future[WriteToken], int] = {}
+        for i, sent in zip(plain, pending, strict=True):
+            if isinstance(sent, Kvs2Error):
+                results[i] = _failure(sent)
+            else:
+                waits[asyncio.wrap_future(sent)] = i
+        if waits:
+            done, not_done = await asyncio.wait(waits, timeout=timeout)
+            for fut in done:
+                i = waits[fut]
+                error = fut.exception()
+                if error is not None:
+                    results[i] = _failure(error)
+                else:
+                    token = fut.result()
+                    revision = token.offset + 1 if items[i].value is not None else 0
+                    results[i] = ItemResult(ItemStatus.PUBLISHED, token.partition, token.offset, revision)
+            for fut in not_done:
+                fut.cancel()
+                results[waits[fut]] = ItemResult(
+                    ItemStatus.OUTCOME_UNKNOWN,
+                    error=f"Kafka did not acknowledge the write within {timeout:.1f}s; "
+                    "it may still be applied later",
+                )
+    if cas_tasks:
+        await asyncio.gather(*cas_tasks)
+    final = [r if r is not None else ItemResult(ItemStatus.FAILED, error="not attempted") for r in results]
+    tokens: dict[int, int] = {}
+    for r in final:
+        if r.status in (ItemStatus.PUBLISHED, ItemStatus.CONDITION_FAILED) and r.offset >= tokens.get(
+            r.partition, -1
+        ):
+            tokens[r.partition] = r.offset
+    return BatchResult(final, tokens)
+
+
+def _produce_all(
+    writer: RecordWriter, records: Sequence[tuple[bytes, bytes | None]]
+) -> list[Future[WriteToken] | Kvs2Error]:
+    """The producer's batch call when it has one (`kvs2.kafka_io.Writer.write_many`), else one by one."""
+    many = getattr(writer, "write_many", None)
+    if many is not None:
+        out: list[Future[WriteToken] | Kvs2Error] = many(records, QUEUE_WAIT)
+        return out
+    sent: list[Future[WriteToken] | Kvs2Error] = []
+    for key, value in records:
+        try:
+            sent.append(writer.write(key, value))
+        except Kvs2Error as exc:
+            sent.append(exc)
+    return sent

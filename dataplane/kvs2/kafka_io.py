@@ -13,7 +13,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -491,6 +491,35 @@ class Writer:
         except KafkaException as exc:
             raise _map_exception(exc, "writing to Kafka") from exc
         return fut
+
+    def write_many(
+        self, records: Sequence[tuple[bytes, bytes | None]], queue_wait: float
+    ) -> list[Future[WriteToken] | Kvs2Error]:
+        """Hand many records to the producer back to back (no wait for acknowledgements in between).
+
+        Returns, per record, the future of its acknowledgement or the error that kept it out of Kafka
+        (then it is certainly not in the log). When librdkafka's local queue is full, this polls for
+        delivery reports (which frees the queue) for up to `queue_wait` seconds in total before giving
+        up on the remaining records. Blocks; call it off the event loop.
+        """
+        out: list[Future[WriteToken] | Kvs2Error] = []
+        deadline = time.monotonic() + queue_wait
+        for key, value in records:
+            while True:
+                try:
+                    out.append(self._produce(key, value, None, None))
+                    break
+                except KafkaUnavailable as exc:
+                    if isinstance(exc.__cause__, BufferError) and time.monotonic() < deadline:
+                        with contextlib.suppress(Exception):
+                            self._producer.poll(0.005)
+                        continue
+                    out.append(exc)
+                    break
+                except Kvs2Error as exc:
+                    out.append(exc)
+                    break
+        return out
 
     def write_conditional(
         self, request_id: bytes, key: bytes, value: bytes | None, expected_revision: int, partition: int

@@ -27,7 +27,7 @@ from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.conditional import ConditionalWrites
 from kvs2.config import ServeSettings
 from kvs2.consistency import ReadOptions
-from kvs2.core import KeyRange, Store
+from kvs2.core import ItemStatus, KeyRange, Store, WriteItem, write_batch
 from kvs2.ingest import Ingester, TopicSpec
 from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
 from kvs2.progress import Progress, Snapshot
@@ -214,6 +214,40 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
                     )
         except errors.Kvs2Error as exc:
             await context.abort(status_of(exc), str(exc))
+
+    async def Write(self, request: pb.WriteRequest, context: Context) -> pb.WriteReply:  # noqa: N802
+        async def call() -> pb.WriteReply:
+            items = [
+                WriteItem(
+                    i.key,
+                    None if i.delete else i.value,
+                    i.if_revision if i.HasField("if_revision") else None,
+                )
+                for i in request.items
+            ]
+            result = await write_batch(self._store, items, self._timeout(context))
+            reply = pb.WriteReply(tokens=_positions(result.tokens))
+            add = reply.results.add
+            for r in result.items:
+                add(
+                    status=_ITEM_STATUS[r.status],
+                    partition=r.partition,
+                    offset=r.offset,
+                    revision=r.revision,
+                    error=r.error,
+                )
+            return reply
+
+        return await _translate(context, call)
+
+
+_ITEM_STATUS = {
+    ItemStatus.PUBLISHED: pb.WriteItemResult.PUBLISHED,
+    ItemStatus.CONDITION_FAILED: pb.WriteItemResult.CONDITION_FAILED,
+    ItemStatus.INVALID: pb.WriteItemResult.INVALID,
+    ItemStatus.FAILED: pb.WriteItemResult.FAILED,
+    ItemStatus.OUTCOME_UNKNOWN: pb.WriteItemResult.OUTCOME_UNKNOWN,
+}
 
 
 # ----- the process ---------------------------------------------------------------------------------
