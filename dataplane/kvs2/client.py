@@ -15,6 +15,7 @@ Both classes share the request builders and reply parsers below; only the calls 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -292,16 +293,50 @@ def _all_published(result: BatchWritten) -> list[Written]:
     return [r.written for r in result.results if r.written is not None]
 
 
+# ----- load balancing over replicas (issue 12 item 5) ------------------------------------------------
+# A channel to one address talks to one replica forever (HTTP/2 connections are long-lived; kube-proxy
+# balances connections, not calls). A multi-address target — `dns:///store-headless.ns:50051` (every pod
+# IP of a headless Service) or `ipv4:10.0.0.1:50051,10.0.0.2:50051` — with round_robin spreads the calls
+# over every replica, and client-side health checking skips a replica whose gRPC health says NOT_SERVING
+# (catching up, producer down) until it serves again.
+HEALTH_SERVICE = "kvs2.Kvs2"
+ROUND_ROBIN_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": HEALTH_SERVICE}}
+)
+
+
+def balanced(target: str) -> bool:
+    """Whether `target` names several replicas (a resolver scheme), so calls should be spread."""
+    return target.startswith(("dns:", "ipv4:", "ipv6:"))
+
+
+def channel_options(target: str, round_robin: bool | None = None) -> list[tuple[str, str | int]]:
+    """gRPC channel options: round_robin + health checking for multi-address targets (or when asked)."""
+    if round_robin is None:
+        round_robin = balanced(target)
+    if not round_robin:
+        return []
+    return [("grpc.service_config", ROUND_ROBIN_CONFIG)]
+
+
 # ----- blocking client -------------------------------------------------------------------------------
 class Client:
     def __init__(
-        self, target: str, *, timeout: float = 10.0, read_your_writes: bool = False, retries: int = 3
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        read_your_writes: bool = False,
+        retries: int = 3,
+        round_robin: bool | None = None,
     ) -> None:
+        """`target`: HOST:PORT of one replica, or `dns:///headless-service:50051` / `ipv4:A:P,B:P` for
+        calls spread over replicas (`round_robin`: None = decide from the target; see `channel_options`)."""
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self._session = _Session(read_your_writes)
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(target, options=channel_options(target, round_robin))
         self._stub = pb_grpc.Kvs2Stub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -456,13 +491,21 @@ class Client:
 # ----- asyncio client --------------------------------------------------------------------------------
 class AsyncClient:
     def __init__(
-        self, target: str, *, timeout: float = 10.0, read_your_writes: bool = False, retries: int = 3
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        read_your_writes: bool = False,
+        retries: int = 3,
+        round_robin: bool | None = None,
     ) -> None:
+        """`target`: HOST:PORT of one replica, or `dns:///headless-service:50051` / `ipv4:A:P,B:P` for
+        calls spread over replicas (`round_robin`: None = decide from the target; see `channel_options`)."""
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self._session = _Session(read_your_writes)
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options(target, round_robin))
         self._stub = pb_grpc.Kvs2Stub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
