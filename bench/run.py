@@ -26,6 +26,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -85,6 +86,12 @@ def _ghz(
     proto: Path = ROOT / "proto" / "kvs2.proto",
 ) -> Load:
     ghz = ensure_tool("ghz")
+    payload = json.dumps(data)
+    data_args = ["-d", payload]
+    if len(payload) > 64_000:  # a 1000-item Write is longer than an argument may be: pass it as a file
+        data_file = Path(tempfile.mkstemp(prefix="ghz-data-", suffix=".json")[1])
+        data_file.write_text(payload)
+        data_args = ["-D", str(data_file)]
     out = subprocess.run(
         [
             "taskset",
@@ -96,8 +103,7 @@ def _ghz(
             str(proto),
             "--call",
             call,
-            "-d",
-            json.dumps(data),
+            *data_args,
             "-c",
             str(concurrency),
             "--connections",

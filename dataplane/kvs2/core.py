@@ -7,7 +7,9 @@ codes; tests drive this class directly without a network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import functools
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from kvs2.conditional import ConditionalResult, ConditionalWrites
 from kvs2.config import Limits
 from kvs2.consistency import EVENTUAL, EndOffsetLookup, EndOffsetOracle, ReadOptions, validate, wait_fresh
 from kvs2.errors import InvalidArgument, Kvs2Error, Unavailable, WriteOutcomeUnknown
-from kvs2.kafka_io import WriteToken
+from kvs2.kafka_io import BatchDelivery, WriteToken
 from kvs2.partitioner import partition_for
 from kvs2.progress import Progress
 from kvs2.storage import REQUEST_ID_BYTES, SIDE_MARKER, Entry, Replica
@@ -310,31 +312,22 @@ async def write_batch(store: Store, items: Sequence[WriteItem], timeout: float) 
     cas_tasks = [asyncio.ensure_future(one_conditional(i)) for i in conditional]
     if plain:
         records = [(items[i].key, items[i].value) for i in plain]
-        pending = await asyncio.to_thread(_produce_all, store._writer, records)
-        waits: dict[asyncio.Future[WriteToken], int] = {}
-        for i, sent in zip(plain, pending, strict=True):
-            if isinstance(sent, Kvs2Error):
-                results[i] = _failure(sent)
-            else:
-                waits[asyncio.wrap_future(sent)] = i
-        if waits:
-            done, not_done = await asyncio.wait(waits, timeout=timeout)
-            for fut in done:
-                i = waits[fut]
-                error = fut.exception()
-                if error is not None:
-                    results[i] = _failure(error)
-                else:
-                    token = fut.result()
-                    revision = token.offset + 1 if items[i].value is not None else 0
-                    results[i] = ItemResult(ItemStatus.PUBLISHED, token.partition, token.offset, revision)
-            for fut in not_done:
-                fut.cancel()
-                results[waits[fut]] = ItemResult(
+        batch = await asyncio.to_thread(_produce_all, store._writer, records)
+        with contextlib.suppress(TimeoutError):
+            # shield: a timeout must not cancel the shared future the poll thread still settles
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(batch.done)), timeout)
+        for i, sent in zip(plain, list(batch.results), strict=True):
+            if sent is None:
+                results[i] = ItemResult(
                     ItemStatus.OUTCOME_UNKNOWN,
                     error=f"Kafka did not acknowledge the write within {timeout:.1f}s; "
                     "it may still be applied later",
                 )
+            elif isinstance(sent, Kvs2Error):
+                results[i] = _failure(sent)
+            else:
+                revision = sent.offset + 1 if items[i].value is not None else 0
+                results[i] = ItemResult(ItemStatus.PUBLISHED, sent.partition, sent.offset, revision)
     if cas_tasks:
         await asyncio.gather(*cas_tasks)
     final = [r if r is not None else ItemResult(ItemStatus.FAILED, error="not attempted") for r in results]
@@ -347,18 +340,26 @@ async def write_batch(store: Store, items: Sequence[WriteItem], timeout: float) 
     return BatchResult(final, tokens)
 
 
-def _produce_all(
-    writer: RecordWriter, records: Sequence[tuple[bytes, bytes | None]]
-) -> list[Future[WriteToken] | Kvs2Error]:
+def _produce_all(writer: RecordWriter, records: Sequence[tuple[bytes, bytes | None]]) -> BatchDelivery:
     """The producer's batch call when it has one (`kvs2.kafka_io.Writer.write_many`), else one by one."""
     many = getattr(writer, "write_many", None)
     if many is not None:
-        out: list[Future[WriteToken] | Kvs2Error] = many(records, QUEUE_WAIT)
+        out: BatchDelivery = many(records, QUEUE_WAIT)
         return out
-    sent: list[Future[WriteToken] | Kvs2Error] = []
-    for key, value in records:
+    batch = BatchDelivery(len(records))
+    for index, (key, value) in enumerate(records):
         try:
-            sent.append(writer.write(key, value))
+            sent = writer.write(key, value)
         except Kvs2Error as exc:
-            sent.append(exc)
-    return sent
+            batch.fail(index, exc)
+            continue
+        sent.add_done_callback(functools.partial(_settle_from, batch, index))
+    return batch
+
+
+def _settle_from(batch: BatchDelivery, index: int, sent: Future[WriteToken]) -> None:
+    error = sent.exception()
+    if error is None:
+        batch.settle(index, sent.result())
+    else:
+        batch.fail(index, error if isinstance(error, Kvs2Error) else Unavailable(str(error)))
