@@ -542,18 +542,19 @@ def bench_write(work: Path, duration: str, concurrency: int = 4) -> list[Figure]
         create_topic(broker.bootstrap_servers, topic, 6, config={"cleanup.policy": "compact"})
         replica = ReplicaProcess(broker.bootstrap_servers, topic, work / "replica-write", work / "write.log")
         replica.start()
-        assert replica.process is not None
-        _pin(replica.process.pid, SERVER_CPU)
-        replica.wait_serving(timeout=600)
-        pid = replica.process.pid
-        cpu_before, started = cpu_seconds(pid), time.monotonic()
-        load = _ghz(
-            replica.target, "kvs2.Kvs2.Write", _write_request(WRITE_BATCH, 100), concurrency, duration
-        )
-        elapsed = time.monotonic() - started
-        records = load.rps * WRITE_BATCH
-        per_record = (cpu_seconds(pid) - cpu_before) / max(1.0, records * elapsed)
-        replica.stop()
+        try:  # the replica stops whatever happens (a failed run must leave no process behind)
+            assert replica.process is not None
+            _pin(replica.process.pid, SERVER_CPU)
+            replica.wait_serving(timeout=600)
+            pid = replica.process.pid
+            cpu_before, started = cpu_seconds(pid), time.monotonic()
+            request = _write_request(WRITE_BATCH, 100)
+            load = _ghz(replica.target, "kvs2.Kvs2.Write", request, concurrency, duration)
+            elapsed = time.monotonic() - started
+            records = load.rps * WRITE_BATCH
+            per_record = (cpu_seconds(pid) - cpu_before) / max(1.0, records * elapsed)
+        finally:
+            replica.stop()
         return [
             Figure(
                 f"Write ({WRITE_BATCH}-item batches)",
