@@ -118,6 +118,8 @@ def _ghz(
         capture_output=True,
         text=True,
     )
+    if data_args[0] == "-D":
+        Path(data_args[1]).unlink(missing_ok=True)
     result: dict[str, Any] = json.loads(out.stdout)
     latencies = {e["percentage"]: float(e["latency"]) / 1e6 for e in result.get("latencyDistribution") or []}
     codes: dict[str, int] = result.get("statusCodeDistribution") or {}
