@@ -1,5 +1,5 @@
 """`kvs2`: run a replica (`serve`), the operator (`operator`), or talk to a replica (`get`, `set`,
-`del`, `mget`, `scan`, `watch`, `health`).
+`del`, `mget`, `scan`, `watch`, `health`, `load`).
 
 Keys and values on the command line are UTF-8 text. `--json` prints machine-readable output; a value
 that is not UTF-8 is given as base64 under `value_b64`.
@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from kvs2 import __version__
+from kvs2 import __version__, load
 from kvs2.client import Client, Value, Written
 from kvs2.config import (
     DEFAULT_LISTEN,
@@ -310,6 +310,7 @@ _COMMANDS = {
     "scan": _cmd_scan,
     "watch": _cmd_watch,
     "health": _cmd_health,
+    "load": load.command,
 }
 
 
@@ -367,6 +368,7 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--progress", action="store_true", help="with --json, also print PROGRESS events")
     p = sub.add_parser("health", parents=[common], help="the replica's gRPC health status")
     p.add_argument("--service", default="")
+    load.add_parser(sub, common)
 
 
 def build_parser() -> argparse.ArgumentParser:

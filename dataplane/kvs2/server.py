@@ -24,17 +24,17 @@ from grpc_reflection.v1alpha import reflection
 from kvs2 import errors
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
+from kvs2.assembly import build_parts
 from kvs2.bootstrap import bootstrap_in_child
-from kvs2.conditional import ConditionalWrites
 from kvs2.config import ServeSettings
 from kvs2.consistency import ReadOptions
-from kvs2.core import KeyRange, Store
-from kvs2.ingest import Ingester, TopicSpec
-from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
+from kvs2.core import ItemStatus, KeyRange, Store, WriteItem, write_batch
+from kvs2.ingest import Ingester
+from kvs2.kafka_io import WriteToken
 from kvs2.progress import Progress, Snapshot
 from kvs2.redis_server import start_redis
 from kvs2.snapshot import Header, SnapshotSource, Trailer
-from kvs2.storage import Entry, Outcome, Replica
+from kvs2.storage import Entry, Outcome
 from kvs2.watch import Progressed, watch
 from kvs2.workers import FanIn, Fanout, exited, fork_followers
 
@@ -254,6 +254,41 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
         except errors.Kvs2Error as exc:
             await context.abort(status_of(exc), str(exc))
 
+    async def Write(self, request: pb.WriteRequest, context: Context) -> pb.WriteReply:  # noqa: N802
+        async def call() -> pb.WriteReply:
+            items = [
+                WriteItem(
+                    i.key,
+                    None if i.delete else i.value,
+                    i.if_revision if i.HasField("if_revision") else None,
+                )
+                for i in request.items
+            ]
+            topic_id = self._store.progress.now.topic_id  # the topic this batch goes to
+            result = await write_batch(self._store, items, self._timeout(context))
+            reply = pb.WriteReply(tokens=_positions(result.tokens), topic_id=topic_id)
+            add = reply.results.add
+            for r in result.items:
+                add(
+                    status=_ITEM_STATUS[r.status],
+                    partition=r.partition,
+                    offset=r.offset,
+                    revision=r.revision,
+                    error=r.error,
+                )
+            return reply
+
+        return await _translate(context, call)
+
+
+_ITEM_STATUS = {
+    ItemStatus.PUBLISHED: pb.WriteItemResult.PUBLISHED,
+    ItemStatus.CONDITION_FAILED: pb.WriteItemResult.CONDITION_FAILED,
+    ItemStatus.INVALID: pb.WriteItemResult.INVALID,
+    ItemStatus.FAILED: pb.WriteItemResult.FAILED,
+    ItemStatus.OUTCOME_UNKNOWN: pb.WriteItemResult.OUTCOME_UNKNOWN,
+}
+
 
 # ----- the process ---------------------------------------------------------------------------------
 class HealthGate:
@@ -318,24 +353,9 @@ async def running_replica(
     stop = stop or asyncio.Event()
     fatal = on_fatal or (lambda _why: stop.set())
     loop = asyncio.get_running_loop()
-    kafka = client_config(settings.bootstrap_servers, settings.kafka_config)
-    replica = Replica(settings.data_dir, map_size=settings.map_size, history_bytes=settings.history_bytes)
-    progress = Progress(loop)
-    writer = Writer(kafka, settings.topic, message_timeout=settings.default_write_timeout)
-    admin = Admin(kafka)
-    conditional = ConditionalWrites(writer, replica, progress, settings.cas_cleanup_grace)
-    store = Store(
-        replica,
-        writer,
-        progress,
-        settings.limits,
-        end_offsets=lambda partitions: admin.end_offsets_each(settings.topic, partitions),
-        conditional=conditional,
-        topic_now=lambda: admin.describe(settings.topic).topic_id,
-    )
-
-    def set_limit(limit: int) -> None:
-        writer.topic_max_message_bytes = limit
+    parts = build_parts(settings, loop)  # shared with kvs2.embedded
+    replica, progress, writer = parts.replica, parts.progress, parts.writer
+    conditional, store, set_limit = parts.conditional, parts.store, parts.set_limit
 
     ingester: Ingester | None = None
     fanin: FanIn | None = None
@@ -358,19 +378,7 @@ async def running_replica(
             if fanout is not None:
                 fanout.send("limit", limit)
 
-        ingester = Ingester(
-            replica,
-            admin,
-            lambda: ChangelogReader(kafka, settings.topic),
-            settings.topic,
-            on_progress,
-            on_topic_limit=on_limit,
-            on_outcomes=on_outcomes,
-            create=TopicSpec(settings.partitions, settings.replication_factor)
-            if settings.create_topic
-            else None,
-            guard_margin=settings.guard_margin,
-        )
+        ingester = parts.ingester(on_progress, on_outcomes, on_limit)
     else:
         assert role.fanin_fd is not None
         fanin = FanIn(

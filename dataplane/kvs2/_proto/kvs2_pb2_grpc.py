@@ -69,6 +69,11 @@ class Kvs2Stub:
                 request_serializer=kvs2__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=kvs2__pb2.SnapshotChunk.FromString,
                 _registered_method=True)
+        self.Write = channel.unary_unary(
+                '/kvs2.Kvs2/Write',
+                request_serializer=kvs2__pb2.WriteRequest.SerializeToString,
+                response_deserializer=kvs2__pb2.WriteReply.FromString,
+                _registered_method=True)
 
 
 class Kvs2Servicer:
@@ -120,6 +125,14 @@ class Kvs2Servicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Write(self, request, context):
+        """Added: many puts and deletes in one call, produced to Kafka without waiting between records.
+        NOT atomic across keys: each item succeeds or fails on its own (see WriteItemResult).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_Kvs2Servicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +170,11 @@ def add_Kvs2Servicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=kvs2__pb2.SnapshotRequest.FromString,
                     response_serializer=kvs2__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'Write': grpc.unary_unary_rpc_method_handler(
+                    servicer.Write,
+                    request_deserializer=kvs2__pb2.WriteRequest.FromString,
+                    response_serializer=kvs2__pb2.WriteReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +366,33 @@ class Kvs2:
             '/kvs2.Kvs2/Snapshot',
             kvs2__pb2.SnapshotRequest.SerializeToString,
             kvs2__pb2.SnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Write(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvs2.Kvs2/Write',
+            kvs2__pb2.WriteRequest.SerializeToString,
+            kvs2__pb2.WriteReply.FromString,
             options,
             channel_credentials,
             insecure,
