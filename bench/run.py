@@ -5,6 +5,8 @@ What is measured (each with the settings printed beside it):
   Get        ghz, unary Get of one existing key
   MultiGet   ghz, 100 keys per call → keys/s
   Set        ghz, unary Set (acks=all, idempotent)
+  Write      ghz, 1000 puts of 100-byte values per call → acknowledged records/s, server CPU per record;
+             peer: etcd Txn of 128 Puts (`--only write` runs just these two rows)
   peers      etcd serializable Range (etcd's own benchmark tool) and redis GET (redis-benchmark), same box
   RESP       the Redis front door (`--redis-listen`) and redis-server under the same redis-benchmark GET and
              MGET(100 keys), with each server's CPU per request from /proc (`--only resp` runs just these)
@@ -24,6 +26,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -83,6 +86,12 @@ def _ghz(
     proto: Path = ROOT / "proto" / "kvs2.proto",
 ) -> Load:
     ghz = ensure_tool("ghz")
+    payload = json.dumps(data)
+    data_args = ["-d", payload]
+    if len(payload) > 64_000:  # a 1000-item Write is longer than an argument may be: pass it as a file
+        data_file = Path(tempfile.mkstemp(prefix="ghz-data-", suffix=".json")[1])
+        data_file.write_text(payload)
+        data_args = ["-D", str(data_file)]
     out = subprocess.run(
         [
             "taskset",
@@ -94,8 +103,7 @@ def _ghz(
             str(proto),
             "--call",
             call,
-            "-d",
-            json.dumps(data),
+            *data_args,
             "-c",
             str(concurrency),
             "--connections",
@@ -110,6 +118,8 @@ def _ghz(
         capture_output=True,
         text=True,
     )
+    if data_args[0] == "-D":
+        Path(data_args[1]).unlink(missing_ok=True)
     result: dict[str, Any] = json.loads(out.stdout)
     latencies = {e["percentage"]: float(e["latency"]) / 1e6 for e in result.get("latencyDistribution") or []}
     codes: dict[str, int] = result.get("statusCodeDistribution") or {}
@@ -514,6 +524,109 @@ def _pings(client: Any) -> bool:
         return False
 
 
+# ----- batched writes (issue 12 item 1) --------------------------------------------------------------
+ETCD_TXN_PROTO = ROOT / "bench" / "peers" / "etcd_txn.proto"
+WRITE_BATCH = 1000
+ETCD_TXN_OPS = 128  # etcd's default --max-txn-ops
+
+
+def _write_request(items: int, value_size: int) -> dict[str, object]:
+    """One Write call's JSON for ghz: `items` distinct keys (the same ones in every call), fixed value."""
+    value = _b64(b"v" * value_size)
+    return {"items": [{"key": _b64(f"batch-{i:06d}".encode()), "value": value} for i in range(items)]}
+
+
+def bench_write(work: Path, duration: str, concurrency: int = 4) -> list[Figure]:
+    """`Write` with 1000 puts of 100 bytes per call (acks=all), server CPU per acknowledged record."""
+    broker = KafkaBroker(work / "kafka-write").start()
+    try:
+        topic = "bench-write"
+        create_topic(broker.bootstrap_servers, topic, 6, config={"cleanup.policy": "compact"})
+        replica = ReplicaProcess(broker.bootstrap_servers, topic, work / "replica-write", work / "write.log")
+        replica.start()
+        try:  # the replica stops whatever happens (a failed run must leave no process behind)
+            assert replica.process is not None
+            _pin(replica.process.pid, SERVER_CPU)
+            replica.wait_serving(timeout=600)
+            pid = replica.process.pid
+            cpu_before, started = cpu_seconds(pid), time.monotonic()
+            request = _write_request(WRITE_BATCH, 100)
+            load = _ghz(replica.target, "kvs2.Kvs2.Write", request, concurrency, duration)
+            elapsed = time.monotonic() - started
+            records = load.rps * WRITE_BATCH
+            per_record = (cpu_seconds(pid) - cpu_before) / max(1.0, records * elapsed)
+        finally:
+            replica.stop()
+        return [
+            Figure(
+                f"Write ({WRITE_BATCH}-item batches)",
+                f"{records:,.0f} records/s ({load.rps:,.0f} calls/s)",
+                f"100-byte values, acks=all, idempotent, linger.ms=1; {load.latency()} per call; "
+                f"ghz -c {concurrency}, 4 conns, {duration}; {load.ok}; server CPU ≈ "
+                f"{per_record * 1e6:.1f} µs/record (/proc, over the ghz run)",
+            )
+        ]
+    finally:
+        broker.stop()
+
+
+def bench_etcd_txn(work: Path, duration: str, concurrency: int = 4) -> Figure:
+    """The etcd peer of `Write`: Puts batched in Txns of 128 ops (etcd's default limit)."""
+    etcd = ensure_tool("etcd")
+    client_port, peer_port = free_port(), free_port()
+    endpoint = f"127.0.0.1:{client_port}"
+    proc = ManagedProcess(
+        "etcd-txn",
+        [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            str(etcd),
+            "--data-dir",
+            str(work / "etcd-txn"),
+            "--listen-client-urls",
+            f"http://{endpoint}",
+            "--advertise-client-urls",
+            f"http://{endpoint}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster",
+            f"default=http://127.0.0.1:{peer_port}",
+        ],
+        work / "etcd-txn.log",
+    ).start()
+    try:
+        wait_until(lambda: _etcd_up(endpoint), timeout=30, what="etcd to answer")
+        value = _b64(b"v" * 100)
+        ops = [
+            {"request_put": {"key": _b64(f"batch-{i:06d}".encode()), "value": value}}
+            for i in range(ETCD_TXN_OPS)
+        ]
+        cpu_before, started = cpu_seconds(proc.pid), time.monotonic()
+        load = _ghz(endpoint, "etcdserverpb.KV.Txn", {"success": ops}, concurrency, duration, ETCD_TXN_PROTO)
+        records = load.rps * ETCD_TXN_OPS
+        per_record = (cpu_seconds(proc.pid) - cpu_before) / max(1.0, records * (time.monotonic() - started))
+        return Figure(
+            f"peer: etcd Txn of {ETCD_TXN_OPS} Puts (server on CPU {SERVER_CPU})",
+            f"{records:,.0f} records/s ({load.rps:,.0f} txns/s)",
+            f"etcd {ETCD_VERSION}, 100-byte values, fsync on; {load.latency()} per txn; "
+            f"ghz -c {concurrency}, 4 conns, {duration}; {load.ok}; "
+            f"server CPU ≈ {per_record * 1e6:.1f} µs/record",
+        )
+    finally:
+        proc.stop()
+
+
+def _etcd_up(endpoint: str) -> bool:
+    try:
+        urllib.request.urlopen(f"http://{endpoint}/health", timeout=1).read()
+    except OSError:
+        return False
+    return True
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     with open("/proc/cpuinfo") as fh:
@@ -532,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the Markdown file to append to")
     parser.add_argument(
-        "--only", choices=["resp"], help="run only these rows (resp: the Redis front door vs redis-server)"
+        "--only",
+        choices=["resp", "write"],
+        help="run only these rows (resp: the Redis front door vs redis-server; write: Write vs etcd Txn)",
     )
     args = parser.parse_args(argv)
     if args.work.exists():
@@ -540,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True)
     if args.only == "resp":
         return _append(args.results, bench_resp(args.work, args.seconds), "--only resp")
+    if args.only == "write":
+        return _append(args.results, _write_rows(args.work, f"{args.seconds}s"), "--only write")
     figures, _ = bench_kvs2(args.work, args.records, f"{args.seconds}s")
     try:
         figures += bench_resp(args.work, args.seconds)
@@ -550,12 +667,26 @@ def main(argv: list[str] | None = None) -> int:
             figures.append(bench_etcd(args.work, f"{args.seconds}s", cpus))
         except Exception as exc:  # a peer that cannot run must not lose the kvs2 figures
             figures.append(Figure(f"peer: etcd serializable Range (CPU {cpus})", "not measured", f"{exc}"))
+    figures += _write_rows(args.work, f"{args.seconds}s")
     try:
         redis = bench_redis(args.seconds)
         figures.append(redis or Figure("peer: redis GET", "not measured", "redis-server not installable"))
     except Exception as exc:
         figures.append(Figure("peer: redis GET", "not measured", f"{exc}"))
     return _append(args.results, figures, "")
+
+
+def _write_rows(work: Path, duration: str) -> list[Figure]:
+    figures: list[Figure] = []
+    try:
+        figures += bench_write(work, duration)
+    except Exception as exc:
+        figures.append(Figure("Write (1000-item batches)", "not measured", f"{exc}"))
+    try:
+        figures.append(bench_etcd_txn(work, duration))
+    except Exception as exc:
+        figures.append(Figure(f"peer: etcd Txn of {ETCD_TXN_OPS} Puts", "not measured", f"{exc}"))
+    return figures
 
 
 def _append(results: Path, figures: list[Figure], note: str) -> int:

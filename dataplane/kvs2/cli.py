@@ -1,5 +1,5 @@
 """`kvs2`: run a replica (`serve`), the operator (`operator`), or talk to a replica (`get`, `set`,
-`del`, `mget`, `scan`, `watch`, `health`).
+`del`, `mget`, `scan`, `watch`, `health`, `load`).
 
 Keys and values on the command line are UTF-8 text. `--json` prints machine-readable output; a value
 that is not UTF-8 is given as base64 under `value_b64`.
@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from kvs2 import __version__
+from kvs2 import __version__, load
 from kvs2.authz import policy_from_options
 from kvs2.client import Client, Value, Written
 from kvs2.config import (
@@ -29,6 +29,7 @@ from kvs2.config import (
     ServeSettings,
     kafka_config_from_env,
     parse_kafka_pairs,
+    parse_peers,
 )
 from kvs2.credentials import client_tls_from_options, server_tls_from_options
 from kvs2.errors import ConfigError
@@ -89,6 +90,43 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=_env("KVS2_REDIS_LISTEN", ""),
         metavar="HOST:PORT",
         help="also serve Redis-protocol clients (RESP2/RESP3) here; off by default, no TLS or AUTH yet",
+    )
+    p.add_argument(
+        "--guard-margin",
+        type=float,
+        default=float(_env("KVS2_GUARD_MARGIN", "60")),
+        help="seconds less than the topic's delete.retention.ms after which a replica that was behind "
+        "rebuilds instead of resuming (the resurrection guard)",
+    )
+    p.add_argument(
+        "--map-size",
+        type=int,
+        default=int(_env("KVS2_MAP_SIZE", str(1 << 34))),
+        help="initial LMDB map size in bytes (address space; it doubles whenever it fills)",
+    )
+    p.add_argument(
+        "--history-bytes",
+        type=int,
+        default=int(_env("KVS2_HISTORY_BYTES", str(1 << 30))),
+        help="most bytes the Watch change history may take on disk (oldest go first; 0: no bound)",
+    )
+    p.add_argument(
+        "--bootstrap-peers",
+        default=_env("KVS2_BOOTSTRAP_PEERS", ""),
+        metavar="HOST:PORT,...",
+        help="peers to ask for a snapshot when this replica has no data or must rebuild; else it replays",
+    )
+    p.add_argument(
+        "--snapshot-max-streams",
+        type=int,
+        default=int(_env("KVS2_SNAPSHOT_MAX_STREAMS", "1")),
+        help="snapshots this replica sends to new peers at once",
+    )
+    p.add_argument(
+        "--snapshot-max-bytes-per-second",
+        type=int,
+        default=int(_env("KVS2_SNAPSHOT_MAX_BYTES_PER_SECOND", "0")),
+        help="bandwidth of each snapshot this replica sends (0: unlimited)",
     )
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
@@ -174,6 +212,12 @@ def _serve(args: argparse.Namespace) -> int:
         cas_cleanup_grace=args.cas_cleanup_grace,
         workers=args.workers,
         redis_listen=args.redis_listen,
+        guard_margin=args.guard_margin,
+        map_size=args.map_size,
+        history_bytes=args.history_bytes,
+        bootstrap_peers=parse_peers(args.bootstrap_peers),
+        snapshot_max_streams=args.snapshot_max_streams,
+        snapshot_max_bytes_per_second=args.snapshot_max_bytes_per_second,
         create_topic=args.create_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,
@@ -336,6 +380,7 @@ _COMMANDS = {
     "scan": _cmd_scan,
     "watch": _cmd_watch,
     "health": _cmd_health,
+    "load": load.command,
 }
 
 
@@ -404,6 +449,7 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--progress", action="store_true", help="with --json, also print PROGRESS events")
     p = sub.add_parser("health", parents=[common], help="the replica's gRPC health status")
     p.add_argument("--service", default="")
+    load.add_parser(sub, common)
 
 
 def build_parser() -> argparse.ArgumentParser:

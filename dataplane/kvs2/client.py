@@ -15,6 +15,7 @@ Both classes share the request builders and reply parsers below; only the calls 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,6 +243,125 @@ def _backoff(attempt: int) -> float:
     return float(min(0.1 * 2.0**attempt, 2.0))
 
 
+# ----- batched writes (issue 12) ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """One item of `write_batch`: a put (`value` given) or a delete (`value` None), optionally CAS."""
+
+    key: bytes
+    value: bytes | None
+    if_revision: int | None = None
+
+
+ItemStatus = Literal["published", "condition_failed", "invalid", "failed", "outcome_unknown"]
+_ITEM_STATUS: dict[int, ItemStatus] = {
+    pb.WriteItemResult.PUBLISHED: "published",
+    pb.WriteItemResult.CONDITION_FAILED: "condition_failed",
+    pb.WriteItemResult.INVALID: "invalid",
+    pb.WriteItemResult.FAILED: "failed",
+    pb.WriteItemResult.OUTCOME_UNKNOWN: "outcome_unknown",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """One item's result. `outcome_unknown` means the write MAY STILL BE APPLIED; `failed` and
+    `invalid` mean it is certainly not in the log."""
+
+    status: ItemStatus
+    written: Written | None  # where Kafka stored it (published, condition_failed)
+    revision: int
+    error: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "published"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWritten:
+    """Per-item outcomes in request order, and the batch's read-your-writes tokens."""
+
+    results: list[ItemOutcome]
+    tokens: list[Written]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+class BatchWriteError(Exception):
+    """`set_many`: some items were not published. `results` says which (and which may still apply)."""
+
+    def __init__(self, results: BatchWritten) -> None:
+        bad = [(i, r) for i, r in enumerate(results.results) if not r.ok]
+        first = bad[0][1]
+        super().__init__(f"{len(bad)} of {len(results.results)} items not published; first: {first.error}")
+        self.results = results
+
+
+def _write_request(ops: Iterable[WriteOp]) -> pb.WriteRequest:
+    request = pb.WriteRequest()
+    add = request.items.add
+    for op in ops:
+        if op.if_revision is None:
+            add(key=op.key, value=op.value or b"", delete=op.value is None)
+        else:
+            add(key=op.key, value=op.value or b"", delete=op.value is None, if_revision=op.if_revision)
+    return request
+
+
+def _batch(reply: pb.WriteReply, session: _Session) -> BatchWritten:
+    results = []
+    for r in reply.results:
+        status = _ITEM_STATUS[r.status]
+        written = (
+            Written(r.partition, r.offset, reply.topic_id)
+            if status in ("published", "condition_failed")
+            else None
+        )
+        results.append(ItemOutcome(status, written, r.revision, r.error))
+    tokens = [session.note(Written(p.partition, p.offset, reply.topic_id)) for p in reply.tokens]
+    return BatchWritten(results, tokens)
+
+
+def _puts(items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> list[WriteOp]:
+    pairs = items.items() if isinstance(items, Mapping) else items
+    return [WriteOp(k, v) for k, v in pairs]
+
+
+def _all_published(result: BatchWritten) -> list[Written]:
+    if not result.ok:
+        raise BatchWriteError(result)
+    return [r.written for r in result.results if r.written is not None]
+
+
+# ----- load balancing over replicas (issue 12 item 5) ------------------------------------------------
+# A channel to one address talks to one replica forever (HTTP/2 connections are long-lived; kube-proxy
+# balances connections, not calls). A multi-address target — `dns:///store-headless.ns:50051` (every pod
+# IP of a headless Service) or `ipv4:10.0.0.1:50051,10.0.0.2:50051` — with round_robin spreads the calls
+# over every replica, and client-side health checking skips a replica whose gRPC health says NOT_SERVING
+# (catching up, producer down) until it serves again.
+HEALTH_SERVICE = "kvs2.Kvs2"
+ROUND_ROBIN_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": HEALTH_SERVICE}}
+)
+
+
+def balanced(target: str) -> bool:
+    """Whether `target` names several replicas (a resolver scheme), so calls should be spread."""
+    return target.startswith(("dns:", "ipv4:", "ipv6:"))
+
+
+def channel_options(target: str, round_robin: bool | None = None) -> list[tuple[str, str | int]]:
+    """gRPC channel options: round_robin + health checking for multi-address targets (or when asked)."""
+    if round_robin is None:
+        round_robin = balanced(target)
+    if not round_robin:
+        return []
+    return [("grpc.service_config", ROUND_ROBIN_CONFIG)]
+
+
 # ----- blocking client -------------------------------------------------------------------------------
 class Client:
     """`tls` (files, see kvs2.credentials.ClientTls) or ready `credentials` make the channel TLS."""
@@ -253,16 +373,22 @@ class Client:
         timeout: float = 10.0,
         read_your_writes: bool = False,
         retries: int = 3,
+        round_robin: bool | None = None,
         tls: ClientTls | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`target`: HOST:PORT of one replica, or `dns:///headless-service:50051` / `ipv4:A:P,B:P` for
+        calls spread over replicas (`round_robin`: None = decide from the target; see `channel_options`)."""
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self._session = _Session(read_your_writes)
-        creds, options = _secure(tls, credentials)
+        creds, tls_options = _secure(tls, credentials)
+        options = [*channel_options(target, round_robin), *tls_options]
         self._channel = (
-            grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target)
+            grpc.secure_channel(target, creds, options)
+            if creds
+            else grpc.insecure_channel(target, options=options)
         )
         self._stub = pb_grpc.Kvs2Stub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -339,6 +465,16 @@ class Client:
         result = _cas(self._stub.Delete(request, timeout=self.timeout))
         self._session.note(result.written)
         return result
+
+    def write_batch(self, ops: Iterable[WriteOp]) -> BatchWritten:
+        """Many puts/deletes in one call. NOT atomic across keys: check each item's outcome.
+        Never retried automatically (an unacknowledged item may still be applied)."""
+        return _batch(self._stub.Write(_write_request(ops), timeout=self.timeout), self._session)
+
+    def set_many(self, items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> list[Written]:
+        """Put many keys in one call; raises `BatchWriteError` (with every item's outcome) unless all
+        were published."""
+        return _all_published(self.write_batch(_puts(items)))
 
     def range(
         self,
@@ -418,16 +554,22 @@ class AsyncClient:
         timeout: float = 10.0,
         read_your_writes: bool = False,
         retries: int = 3,
+        round_robin: bool | None = None,
         tls: ClientTls | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`target`: HOST:PORT of one replica, or `dns:///headless-service:50051` / `ipv4:A:P,B:P` for
+        calls spread over replicas (`round_robin`: None = decide from the target; see `channel_options`)."""
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self._session = _Session(read_your_writes)
-        creds, options = _secure(tls, credentials)
+        creds, tls_options = _secure(tls, credentials)
+        options = [*channel_options(target, round_robin), *tls_options]
         self._channel = (
-            grpc.aio.secure_channel(target, creds, options) if creds else grpc.aio.insecure_channel(target)
+            grpc.aio.secure_channel(target, creds, options)
+            if creds
+            else grpc.aio.insecure_channel(target, options=options)
         )
         self._stub = pb_grpc.Kvs2Stub(self._channel)
 
@@ -500,6 +642,14 @@ class AsyncClient:
         result = _cas(await self._stub.Delete(request, timeout=self.timeout))
         self._session.note(result.written)
         return result
+
+    async def write_batch(self, ops: Iterable[WriteOp]) -> BatchWritten:
+        """As `Client.write_batch`."""
+        return _batch(await self._stub.Write(_write_request(ops), timeout=self.timeout), self._session)
+
+    async def set_many(self, items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> list[Written]:
+        """As `Client.set_many`."""
+        return _all_published(await self.write_batch(_puts(items)))
 
     async def range(
         self,

@@ -71,6 +71,15 @@ class ServeSettings:
     workers: int = 1
     # HOST:PORT for Redis-protocol clients (kvs2.redis_server); empty: off.
     redis_listen: str = ""
+    # Seconds subtracted from the topic's delete.retention.ms by the resurrection guard (kvs2.guard).
+    guard_margin: float = 60.0
+    # Peers (HOST:PORT) to ask for a snapshot when this replica has to build (kvs2.bootstrap).
+    bootstrap_peers: tuple[str, ...] = ()
+    # Snapshots this replica sends at once, and the bandwidth of each (0: unlimited) (kvs2.snapshot).
+    snapshot_max_streams: int = 1
+    snapshot_max_bytes_per_second: int = 0
+    # Bound on the Watch change history in bytes (0: bounded by offsets only) (kvs2.storage).
+    history_bytes: int = 1 << 30
     # gRPC TLS (kvs2.credentials; mutual when it has a client CA), per-subject rights (kvs2.authz), and
     # a plaintext port serving only grpc.health.v1 for probes that cannot speak TLS.
     tls: ServerTls | None = None
@@ -96,6 +105,10 @@ class ServeSettings:
             host, sep, port = self.redis_listen.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"--redis-listen must be HOST:PORT, got {self.redis_listen!r}")
+        if self.snapshot_max_streams < 0 or self.snapshot_max_bytes_per_second < 0:
+            raise ConfigError(
+                "--snapshot-max-streams and --snapshot-max-bytes-per-second must not be negative"
+            )
         if self.limits.max_multiget_keys < 1:
             raise ConfigError("--max-multiget-keys must be at least 1")
         if self.workers < 1:
@@ -115,6 +128,11 @@ def check_kafka_config(config: Mapping[str, str]) -> None:
                 f"Kafka setting {name!r} (from --kafka-config, KVS2_KAFKA_CONFIG or {env}) cannot be "
                 f"changed: kvs2 sets it so that {why}"
             )
+
+
+def parse_peers(raw: str) -> tuple[str, ...]:
+    """`"a:1, b:2,"` → `("a:1", "b:2")` (--bootstrap-peers)."""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
 
 
 def parse_kafka_pairs(pairs: Sequence[str]) -> dict[str, str]:

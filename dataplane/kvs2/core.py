@@ -7,6 +7,9 @@ codes; tests drive this class directly without a network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -16,7 +19,7 @@ from kvs2.conditional import ConditionalResult, ConditionalWrites
 from kvs2.config import Limits
 from kvs2.consistency import EVENTUAL, EndOffsetLookup, EndOffsetOracle, ReadOptions, validate, wait_fresh
 from kvs2.errors import DeadlineExceeded, InvalidArgument, Kvs2Error, Unavailable, WriteOutcomeUnknown
-from kvs2.kafka_io import WriteToken
+from kvs2.kafka_io import BatchDelivery, WriteToken
 from kvs2.partitioner import partition_for
 from kvs2.progress import Progress
 from kvs2.storage import REQUEST_ID_BYTES, SIDE_MARKER, Entry, Replica
@@ -128,6 +131,8 @@ class Store:
         Why: a restarted replica must never answer with data older than what it had already served.
         """
         if not self._progress.serving:
+            if self._progress.now.problem:
+                raise Unavailable(f"this replica is not serving reads: {self._progress.now.problem}")
             raise Unavailable("this replica is catching up with Kafka and not serving reads yet")
 
     def _built_from(self) -> str | None:
@@ -269,3 +274,151 @@ class Store:
             raise WriteOutcomeUnknown(
                 f"Kafka did not acknowledge the write within {timeout:.1f}s; it may still be applied later"
             ) from exc
+
+
+# ----- batched writes (issue 12) -------------------------------------------------------------------
+# Items per Write call. Why a bound: the reply and the pending futures of one call must fit in memory
+# and in one gRPC message.
+MAX_WRITE_ITEMS = 10_000
+# How long a batch may wait in total for room in the producer's local queue before giving up on the
+# rest of its items (they are then reported FAILED: certainly not in the log).
+QUEUE_WAIT = 5.0
+
+
+class ItemStatus(enum.Enum):
+    PUBLISHED = "published"  # acknowledged by Kafka (conditional: the condition held, applied)
+    CONDITION_FAILED = "condition_failed"  # conditional only: nothing changed
+    INVALID = "invalid"  # the item itself is wrong; nothing was sent
+    FAILED = "failed"  # certainly not in the log
+    OUTCOME_UNKNOWN = "outcome_unknown"  # handed to Kafka, not acknowledged in time: may still apply
+
+
+@dataclass(frozen=True, slots=True)
+class WriteItem:
+    """One put (`value` given) or delete (`value` None) of a batch; `if_revision` makes it conditional."""
+
+    key: bytes
+    value: bytes | None
+    if_revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    status: ItemStatus
+    partition: int = -1
+    offset: int = -1
+    revision: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per-item results in request order, and the highest offset written per partition (the
+    read-your-writes tokens of the whole batch)."""
+
+    items: list[ItemResult]
+    tokens: dict[int, int]
+
+
+def _failure(exc: BaseException) -> ItemResult:
+    if isinstance(exc, InvalidArgument):
+        return ItemResult(ItemStatus.INVALID, error=str(exc))
+    if isinstance(exc, WriteOutcomeUnknown):
+        return ItemResult(ItemStatus.OUTCOME_UNKNOWN, error=str(exc))
+    return ItemResult(ItemStatus.FAILED, error=str(exc))
+
+
+async def write_batch(store: Store, items: Sequence[WriteItem], timeout: float) -> BatchResult:
+    """Write many items; NOT atomic across keys: every item succeeds or fails on its own.
+
+    Plain items are handed to the producer back to back (off the event loop) and then awaited
+    together; conditional items run concurrently through the CAS machinery (each produced at once).
+    Items still unacknowledged when `timeout` runs out are OUTCOME_UNKNOWN: they may still be applied.
+    """
+    if len(items) > MAX_WRITE_ITEMS:
+        raise InvalidArgument(f"Write carries {len(items)} items; the limit is {MAX_WRITE_ITEMS}")
+    results: list[ItemResult | None] = [None] * len(items)
+    plain: list[int] = []
+    conditional: list[int] = []
+    for i, item in enumerate(items):
+        try:
+            store._check_key(item.key)
+            if item.if_revision is None:
+                if item.value is not None:
+                    store._check_value(item.key, item.value)
+                plain.append(i)
+            else:
+                if item.value is not None:
+                    store._check_value(item.key, item.value, CONDITIONAL_OVERHEAD)
+                if item.if_revision < 0:
+                    raise InvalidArgument("if_revision must be 0 (the key must not exist) or a revision")
+                conditional.append(i)
+        except InvalidArgument as exc:
+            results[i] = _failure(exc)
+
+    async def one_conditional(i: int) -> None:
+        item = items[i]
+        try:
+            assert item.if_revision is not None
+            r = await store.write_if(item.key, item.value, item.if_revision, timeout)
+        except Kvs2Error as exc:
+            results[i] = _failure(exc)
+            return
+        status = ItemStatus.PUBLISHED if r.applied else ItemStatus.CONDITION_FAILED
+        results[i] = ItemResult(status, r.partition, r.offset, r.revision)
+
+    # Started first: each task produces its record as soon as it runs (before any await).
+    cas_tasks = [asyncio.ensure_future(one_conditional(i)) for i in conditional]
+    if plain:
+        records = [(items[i].key, items[i].value) for i in plain]
+        batch = await asyncio.to_thread(_produce_all, store._writer, records)
+        with contextlib.suppress(TimeoutError):
+            # shield: a timeout must not cancel the shared future the poll thread still settles
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(batch.done)), timeout)
+        for i, sent in zip(plain, list(batch.results), strict=True):
+            if sent is None:
+                results[i] = ItemResult(
+                    ItemStatus.OUTCOME_UNKNOWN,
+                    error=f"Kafka did not acknowledge the write within {timeout:.1f}s; "
+                    "it may still be applied later",
+                )
+            elif isinstance(sent, Kvs2Error):
+                results[i] = _failure(sent)
+            else:
+                revision = sent.offset + 1 if items[i].value is not None else 0
+                results[i] = ItemResult(ItemStatus.PUBLISHED, sent.partition, sent.offset, revision)
+    if cas_tasks:
+        await asyncio.gather(*cas_tasks)
+    final = [r if r is not None else ItemResult(ItemStatus.FAILED, error="not attempted") for r in results]
+    tokens: dict[int, int] = {}
+    for r in final:
+        if r.status in (ItemStatus.PUBLISHED, ItemStatus.CONDITION_FAILED) and r.offset >= tokens.get(
+            r.partition, -1
+        ):
+            tokens[r.partition] = r.offset
+    return BatchResult(final, tokens)
+
+
+def _produce_all(writer: RecordWriter, records: Sequence[tuple[bytes, bytes | None]]) -> BatchDelivery:
+    """The producer's batch call when it has one (`kvs2.kafka_io.Writer.write_many`), else one by one."""
+    many = getattr(writer, "write_many", None)
+    if many is not None:
+        out: BatchDelivery = many(records, QUEUE_WAIT)
+        return out
+    batch = BatchDelivery(len(records))
+    for index, (key, value) in enumerate(records):
+        try:
+            sent = writer.write(key, value)
+        except Kvs2Error as exc:
+            batch.fail(index, exc)
+            continue
+        sent.add_done_callback(functools.partial(_settle_from, batch, index))
+    return batch
+
+
+def _settle_from(batch: BatchDelivery, index: int, sent: Future[WriteToken]) -> None:
+    error = sent.exception()
+    if error is None:
+        batch.settle(index, sent.result())
+    else:
+        batch.fail(index, error if isinstance(error, Kvs2Error) else Unavailable(str(error)))

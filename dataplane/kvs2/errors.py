@@ -31,6 +31,14 @@ class WriteOutcomeUnknown(KafkaUnavailable):
     """
 
 
+class StorageFailed(Unavailable):
+    """The replica could not write its data directory (kvs2.diskspace); it stopped applying records."""
+
+
+class StorageFull(StorageFailed):
+    """The data directory's disk is full; the replica resumes applying once space is freed."""
+
+
 class FailedPrecondition(Kvs2Error):
     """The system is not in a state where the request can run (e.g. the topic does not exist)."""
 

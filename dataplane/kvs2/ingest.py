@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from kvs2.consistency import EndOffsetProbe
 from kvs2.errors import Kvs2Error, TopicNotFound
+from kvs2.guard import COUNTERS, DEFAULT_MARGIN_SECONDS, REFRESH_SECONDS, CaughtUpClock, stale_reason
 from kvs2.kafka_io import Admin, ChangelogReader, OffsetGone
 from kvs2.progress import Snapshot
 from kvs2.storage import Outcome, Replica, TopicIdentity
@@ -72,6 +73,7 @@ class Ingester:
         create: TopicSpec | None = None,
         batch_size: int = 10_000,
         identity_check_interval: float = 1.0,
+        guard_margin: float = DEFAULT_MARGIN_SECONDS,
     ) -> None:
         self._replica = replica
         self._admin = admin
@@ -83,6 +85,7 @@ class Ingester:
         self._create = create
         self._batch_size = batch_size
         self._identity_check_interval = identity_check_interval
+        self._guard_margin = guard_margin
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kvs2-ingester", daemon=True)
         self._problem: str | None = None
@@ -122,7 +125,7 @@ class Ingester:
                 delay = min(delay * 2, 10.0)
             except Kvs2Error as exc:
                 self._report_problem(str(exc))
-                self._on_progress(Snapshot(applied=self._replica.next_offsets()))
+                self._on_progress(Snapshot(applied=self._replica.next_offsets(), problem=str(exc)))
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
             except Exception:  # a bug: log it loudly, keep the process honest (NOT_SERVING), retry
@@ -159,6 +162,8 @@ class Ingester:
                 identity.partitions,
             )
             self._replica.reset(identity)
+        else:
+            self._guard(identity)
         offsets = self._replica.next_offsets()
         targets = self._admin.end_offsets(self._topic, identity.partitions)
         try:
@@ -182,6 +187,16 @@ class Ingester:
             probe.stop()
             reader.close()
 
+    def _guard(self, identity: TopicIdentity) -> None:
+        """The resurrection guard (kvs2.guard): rebuild rather than resume a replica whose stored state
+        may be missing deletes that compaction dropped while it was behind."""
+        retention = self._admin.delete_retention_ms(self._topic) / 1000
+        reason = stale_reason(self._replica.caught_up_at(), time.time(), retention, self._guard_margin)
+        if reason is not None:
+            log.warning("replica of topic %r must be rebuilt, not resumed: %s", self._topic, reason)
+            COUNTERS.rebuilt(reason)
+            self._replica.reset(identity)
+
     def _follow(
         self,
         reader: ChangelogReader,
@@ -195,6 +210,14 @@ class Ingester:
             log.info("replica is caught up with topic %r: serving", self._topic)
 
         caught_up_at: dict[int, float] = {}
+        clock = CaughtUpClock(self._replica.caught_up_at(), identity.partitions)
+
+        def proven_at(applied: Mapping[int, int]) -> dict[int, float]:
+            """Per partition, the wall-clock time of the newest end-offset answer from Kafka that `applied`
+            has reached: the guard's clock rests on Kafka's answers, never on the consumer's cached
+            watermarks, which freeze while the replica is cut off (issue 8, defect 3)."""
+            mono, wall = time.monotonic(), time.time()
+            return {p: wall - (mono - at) for p, at in probe.caught_up_since(applied).items()}
 
         def publish() -> None:
             ends, ends_at = probe.latest()
@@ -247,7 +270,8 @@ class Ingester:
                 if end > max(offsets.get(partition, 0), advanced.get(partition, 0)):
                     advanced[partition] = end
             if records or advanced:
-                applied = self._replica.apply(records, advanced, fresh_from)
+                stamp = clock.observe_proven(proven_at(offsets | advanced))
+                applied = self._replica.apply(records, advanced, fresh_from, caught_up_at=stamp)
                 if applied.outcomes:
                     self._on_outcomes(applied.outcomes)
                 offsets.update(advanced)
@@ -258,6 +282,9 @@ class Ingester:
                 next_publish = time.monotonic() + 0.5
             elif time.monotonic() >= next_publish:
                 publish()  # idle: refresh Kafka's end offsets as the consumer sees them (staleness bounds)
+                stamp = clock.observe_proven(proven_at(offsets), REFRESH_SECONDS)
+                if stamp is not None:  # every offset is stored already: this proves the stored state
+                    self._replica.mark_caught_up(stamp)
                 next_publish = time.monotonic() + 0.5
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._identity_check_interval

@@ -8,12 +8,13 @@ the rest of the code should see a small set of meaningful exceptions instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -199,6 +200,19 @@ class Admin:
                 )
         return out
 
+    def start_offsets(self, topic: str, partitions: int, timeout: float = 10.0) -> dict[int, int]:
+        """The first offset Kafka still holds, per partition (a snapshot must not reflect less)."""
+        earliest = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(topic, p): earliest for p in range(partitions)}
+        futures = self._client.list_offsets(request, request_timeout=timeout)
+        out: dict[int, int] = {}
+        try:
+            for tp, fut in futures.items():
+                out[tp.partition] = fut.result(timeout=timeout + 5).offset
+        except Exception as exc:
+            raise _map_exception(exc, f"listing start offsets of {topic!r}") from exc
+        return out
+
     def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         futures = self._client.describe_configs([resource], request_timeout=timeout)
@@ -207,6 +221,16 @@ class Admin:
         except Exception as exc:
             raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
         return int(configs["max.message.bytes"].value)
+
+    def delete_retention_ms(self, topic: str, timeout: float = 10.0) -> int:
+        """The topic's `delete.retention.ms`: how long tombstones outlive compaction (kvs2.guard)."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        futures = self._client.describe_configs([resource], request_timeout=timeout)
+        try:
+            configs = next(iter(futures.values())).result(timeout=timeout + 5)
+        except Exception as exc:
+            raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
+        return int(configs["delete.retention.ms"].value)
 
     def create_topic(
         self,
@@ -378,6 +402,41 @@ class WriteToken:
     offset: int
 
 
+class BatchDelivery:
+    """The acknowledgements of one batch of records (`Writer.write_many`), filled in by the poll thread."""
+
+    def __init__(self, size: int) -> None:
+        self.results: list[WriteToken | Kvs2Error | None] = [None] * size
+        self.done: Future[None] = Future()
+        self._remaining = size
+        self._lock = threading.Lock()
+        if size == 0:
+            self.done.set_result(None)
+
+    def delivered(self, index: int, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.settle(index, WriteToken(_int(msg.partition()), _int(msg.offset())))
+        elif err.code() in _AMBIGUOUS or err.fatal():
+            self.settle(
+                index,
+                WriteOutcomeUnknown(f"writing to Kafka: {err.str()}; the write may still be applied later"),
+            )
+        else:
+            self.settle(index, map_error(err, "writing to Kafka"))
+
+    def fail(self, index: int, error: Kvs2Error) -> None:
+        self.settle(index, error)
+
+    def settle(self, index: int, result: WriteToken | Kvs2Error) -> None:
+        self.results[index] = result
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last and not self.done.done():
+            with contextlib.suppress(Exception):  # InvalidStateError: the caller cancelled its wait
+                self.done.set_result(None)
+
+
 class Writer:
     """An idempotent, acks=all producer whose delivery reports resolve thread-safe futures.
 
@@ -504,6 +563,52 @@ class Writer:
         except KafkaException as exc:
             raise _map_exception(exc, "writing to Kafka") from exc
         return fut
+
+    def write_many(self, records: Sequence[tuple[bytes, bytes | None]], queue_wait: float) -> BatchDelivery:
+        """Hand many records to the producer back to back (no wait for acknowledgements in between).
+
+        The result fills in per record as Kafka acknowledges (a `WriteToken`) or refuses (a `Kvs2Error`;
+        `WriteOutcomeUnknown` when it may still be in the log); `BatchDelivery.done` resolves once every
+        record has its answer. One future per batch, not per record: waking the event loop once per
+        acknowledged record would cost more than producing it (measured in bench: Write rows).
+        When librdkafka's local queue is full, this polls for delivery reports (which frees the queue)
+        for up to `queue_wait` seconds in total before failing the rest (then certainly not in the log).
+        Blocks; call it off the event loop.
+        """
+        batch = BatchDelivery(len(records))
+        deadline = time.monotonic() + queue_wait
+        topic = self.topic
+        for index, (key, value) in enumerate(records):
+            on_delivery = functools.partial(batch.delivered, index)
+            while True:
+                try:
+                    with self._lock:  # never onto a producer being replaced
+                        if self._fatal is not None:
+                            raise KafkaUnavailable(
+                                f"the Kafka producer hit a fatal error ({self._fatal.str()}) and is being "
+                                "re-created; retry shortly"
+                            )
+                        self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    if time.monotonic() < deadline:
+                        with contextlib.suppress(Exception):
+                            self._producer.poll(0.005)
+                        continue
+                    batch.fail(
+                        index,
+                        KafkaUnavailable(
+                            "the producer's queue is full: Kafka is not accepting writes fast enough"
+                        ),
+                    )
+                    break
+                except KafkaException as exc:
+                    batch.fail(index, _map_exception(exc, "writing to Kafka"))
+                    break
+                except Kvs2Error as exc:
+                    batch.fail(index, exc)
+                    break
+        return batch
 
     def write_conditional(
         self, request_id: bytes, key: bytes, value: bytes | None, expected_revision: int, partition: int

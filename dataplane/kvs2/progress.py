@@ -28,6 +28,8 @@ class Snapshot:
     caught_up_at: Mapping[int, float] = field(default_factory=dict)
     # time.monotonic() at which Kafka was last asked for (and answered) each partition's end offset.
     ends_proven_at: Mapping[int, float] = field(default_factory=dict)
+    # Why the replica is not applying records (e.g. its disk is full); empty when nothing is wrong.
+    problem: str = ""
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.applied.get(partition, 0) > offset

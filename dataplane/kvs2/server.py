@@ -24,18 +24,20 @@ from grpc_reflection.v1alpha import reflection
 from kvs2 import errors
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
+from kvs2.assembly import build_parts
 from kvs2.authz import AuthorizationInterceptor
-from kvs2.conditional import ConditionalWrites
+from kvs2.bootstrap import bootstrap_in_child
 from kvs2.config import ServeSettings
 from kvs2.consistency import ReadOptions
-from kvs2.core import KeyRange, Store
+from kvs2.core import ItemStatus, KeyRange, Store, WriteItem, write_batch
 from kvs2.credentials import add_port
 from kvs2.health_port import start_health_server
-from kvs2.ingest import Ingester, TopicSpec
-from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
+from kvs2.ingest import Ingester
+from kvs2.kafka_io import WriteToken
 from kvs2.progress import Progress, Snapshot
 from kvs2.redis_server import start_redis
-from kvs2.storage import Entry, Outcome, Replica
+from kvs2.snapshot import Header, SnapshotSource, Trailer
+from kvs2.storage import Entry, Outcome
 from kvs2.watch import Progressed, watch
 from kvs2.workers import FanIn, Fanout, exited, fork_followers
 
@@ -100,9 +102,10 @@ def _positions(offsets: Mapping[int, int]) -> list[pb.Position]:
 
 
 class Kvs2Servicer(pb_grpc.Kvs2Servicer):
-    def __init__(self, store: Store, default_timeout: float) -> None:
+    def __init__(self, store: Store, default_timeout: float, snapshots: SnapshotSource | None = None) -> None:
         self._store = store
         self._default_timeout = default_timeout
+        self._snapshots = snapshots
 
     def _timeout(self, context: Context) -> float:
         """Time left: the client's deadline less a margin to carry our answer back, else the default."""
@@ -230,6 +233,65 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
         except errors.Kvs2Error as exc:
             await context.abort(status_of(exc), str(exc))
 
+    async def Snapshot(  # noqa: N802
+        self, request: pb.SnapshotRequest, context: Context
+    ) -> AsyncIterator[pb.SnapshotChunk]:
+        try:
+            if self._snapshots is None:
+                raise errors.Unavailable("this replica process does not send snapshots")
+            async for part in self._snapshots.stream(request.topic):
+                if isinstance(part, Header):
+                    yield pb.SnapshotChunk(
+                        header=pb.SnapshotHeader(
+                            topic=part.identity.topic,
+                            topic_id=part.identity.topic_id,
+                            partitions=part.identity.partitions,
+                            positions=_positions(part.positions),
+                            size=part.size,
+                        )
+                    )
+                elif isinstance(part, Trailer):
+                    yield pb.SnapshotChunk(trailer=pb.SnapshotTrailer(sha256=part.sha256))
+                else:
+                    yield pb.SnapshotChunk(data=part)
+        except errors.Kvs2Error as exc:
+            await context.abort(status_of(exc), str(exc))
+
+    async def Write(self, request: pb.WriteRequest, context: Context) -> pb.WriteReply:  # noqa: N802
+        async def call() -> pb.WriteReply:
+            items = [
+                WriteItem(
+                    i.key,
+                    None if i.delete else i.value,
+                    i.if_revision if i.HasField("if_revision") else None,
+                )
+                for i in request.items
+            ]
+            topic_id = self._store.progress.now.topic_id  # the topic this batch goes to
+            result = await write_batch(self._store, items, self._timeout(context))
+            reply = pb.WriteReply(tokens=_positions(result.tokens), topic_id=topic_id)
+            add = reply.results.add
+            for r in result.items:
+                add(
+                    status=_ITEM_STATUS[r.status],
+                    partition=r.partition,
+                    offset=r.offset,
+                    revision=r.revision,
+                    error=r.error,
+                )
+            return reply
+
+        return await _translate(context, call)
+
+
+_ITEM_STATUS = {
+    ItemStatus.PUBLISHED: pb.WriteItemResult.PUBLISHED,
+    ItemStatus.CONDITION_FAILED: pb.WriteItemResult.CONDITION_FAILED,
+    ItemStatus.INVALID: pb.WriteItemResult.INVALID,
+    ItemStatus.FAILED: pb.WriteItemResult.FAILED,
+    ItemStatus.OUTCOME_UNKNOWN: pb.WriteItemResult.OUTCOME_UNKNOWN,
+}
+
 
 # ----- the process ---------------------------------------------------------------------------------
 class HealthGate:
@@ -294,24 +356,9 @@ async def running_replica(
     stop = stop or asyncio.Event()
     fatal = on_fatal or (lambda _why: stop.set())
     loop = asyncio.get_running_loop()
-    kafka = client_config(settings.bootstrap_servers, settings.kafka_config)
-    replica = Replica(settings.data_dir, map_size=settings.map_size)
-    progress = Progress(loop)
-    writer = Writer(kafka, settings.topic, message_timeout=settings.default_write_timeout)
-    admin = Admin(kafka)
-    conditional = ConditionalWrites(writer, replica, progress, settings.cas_cleanup_grace)
-    store = Store(
-        replica,
-        writer,
-        progress,
-        settings.limits,
-        end_offsets=lambda partitions: admin.end_offsets_each(settings.topic, partitions),
-        conditional=conditional,
-        topic_now=lambda: admin.describe(settings.topic).topic_id,
-    )
-
-    def set_limit(limit: int) -> None:
-        writer.topic_max_message_bytes = limit
+    parts = build_parts(settings, loop)  # shared with kvs2.embedded
+    replica, progress, writer = parts.replica, parts.progress, parts.writer
+    conditional, store, set_limit = parts.conditional, parts.store, parts.set_limit
 
     ingester: Ingester | None = None
     fanin: FanIn | None = None
@@ -334,18 +381,7 @@ async def running_replica(
             if fanout is not None:
                 fanout.send("limit", limit)
 
-        ingester = Ingester(
-            replica,
-            admin,
-            lambda: ChangelogReader(kafka, settings.topic),
-            settings.topic,
-            on_progress,
-            on_topic_limit=on_limit,
-            on_outcomes=on_outcomes,
-            create=TopicSpec(settings.partitions, settings.replication_factor)
-            if settings.create_topic
-            else None,
-        )
+        ingester = parts.ingester(on_progress, on_outcomes, on_limit)
     else:
         assert role.fanin_fd is not None
         fanin = FanIn(
@@ -358,7 +394,15 @@ async def running_replica(
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
     interceptors = [AuthorizationInterceptor(settings.authz)] if settings.authz is not None else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, settings.default_write_timeout), server)
+    snapshots = SnapshotSource(
+        replica,
+        progress,
+        settings.topic,
+        max_streams=settings.snapshot_max_streams,
+        max_bytes_per_second=settings.snapshot_max_bytes_per_second,
+    )
+    servicer = Kvs2Servicer(store, settings.default_write_timeout, snapshots)
+    pb_grpc.add_Kvs2Servicer_to_server(servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -527,7 +571,9 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
 
 
 def run_replica(settings: ServeSettings) -> int:
-    """`kvs2 serve`: fork the followers first (before any gRPC, LMDB or Kafka object exists), then run."""
+    """`kvs2 serve`: bootstrap from a peer's snapshot if the replica must build (kvs2.bootstrap), fork the
+    followers (before any gRPC, LMDB or Kafka object exists), then run."""
+    bootstrap_in_child(settings)
     if settings.workers <= 1:
         return asyncio.run(serve(settings))
     pids, fds = fork_followers(

@@ -17,7 +17,8 @@ Layout (named databases):
   garbage_keys (dupsort) user key → request id of each of its `garbage` records
   urgent  request id → b"": garbage a plain tombstone of its key found untombstoned (see
           `kvs2.conditional`): it must be tombstoned before Kafka may drop that plain tombstone
-  meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped"
+  meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped", b"caught_up_at" (wall-clock
+          seconds when the replica last proved itself caught up; kvs2.guard)
 A key's revision is the Kafka offset of its last write plus one, so 0 never names a write and can
 stand for "absent" (what compare-and-set's "must not exist" needs).
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from typing import Any, NamedTuple
 
 import lmdb
 
+from kvs2.diskspace import storage_failure
 from kvs2.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -180,11 +183,20 @@ class Replica:
     """The LMDB environment. Exactly one thread (the ingester) writes; any thread reads."""
 
     def __init__(
-        self, path: Path, *, map_size: int = 1 << 34, sync: bool = True, history: int = DEFAULT_HISTORY
+        self,
+        path: Path,
+        *,
+        map_size: int = 1 << 34,
+        sync: bool = True,
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = 0,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.history = history
+        # Bound on the change history's size in bytes (0: none): values are stored twice (data and
+        # history), so a write-heavy store must not fill its disk with history.
+        self.history_bytes = history_bytes
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -364,6 +376,32 @@ class Replica:
             return None
         return TopicIdentity(bytes(topic).decode(), bytes(topic_id).decode(), int(bytes(partitions)))
 
+    def caught_up_at(self) -> float | None:
+        """Wall-clock time the replica last proved itself caught up (kvs2.guard), None if unrecorded."""
+        with self._reading(self._meta) as txn:
+            raw = txn.get(b"caught_up_at")
+        return None if raw is None else float(bytes(raw))
+
+    def mark_caught_up(self, at: float) -> None:
+        """Record that the replica was caught up at wall-clock time `at` (an idle replica's proof)."""
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    txn.put(b"caught_up_at", repr(at).encode(), db=self._meta)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                raise storage_failure(self.path, exc) from exc
+
+    def copy_to(self, directory: Path) -> dict[int, int]:
+        """Write a compacted, consistent copy of the environment (`data.mdb`) into `directory`; return
+        the next offsets it reflects. One read transaction: writers carry on meanwhile (kvs2.snapshot)."""
+        with self._reading(self._offsets) as txn:
+            offsets = self._offsets_in(txn)
+            self._env.copy(str(directory), compact=True, txn=txn)
+        return offsets
+
     def skipped_records(self) -> int:
         with self._reading(self._meta) as txn:
             raw = txn.get(b"skipped")
@@ -403,12 +441,16 @@ class Replica:
             txn.put(b"topic_id", identity.topic_id.encode(), db=self._meta)
             txn.put(b"partitions", str(identity.partitions).encode(), db=self._meta)
             txn.put(b"format", FORMAT_VERSION, db=self._meta)
+            # A build from the beginning is safe from the resurrection guard's point of view from now.
+            txn.put(b"caught_up_at", repr(time.time()).encode(), db=self._meta)
 
     def apply(
         self,
         records: Iterable[Record],
         next_offsets: Mapping[int, int],
         fresh_from: Mapping[int, int] | None = None,
+        *,
+        caught_up_at: float | None = None,
     ) -> Applied:
         """Apply records in order and store the partitions' next offsets, all in ONE transaction.
 
@@ -421,18 +463,26 @@ class Replica:
         partition's end, an instant ago, too recently for Kafka's cleaner to have compacted them; a gap
         among them is a transaction marker or an aborted transaction of another producer, not a lost
         change, and does not cut the change history.
+        `caught_up_at` (wall clock), when given, is stored with the offsets (kvs2.guard).
         """
         records = list(records)
         has_cond = set(self._has_cond)
         while True:
             try:
-                return self._apply_once(records, next_offsets, fresh_from or {})
+                return self._apply_once(records, next_offsets, fresh_from or {}, caught_up_at)
             except lmdb.MapFullError:
                 self._has_cond = has_cond  # the aborted transaction's changes to it are void
                 self._grow()
+            except lmdb.Error as exc:  # nothing was committed: the stored state is the last consistent one
+                self._has_cond = has_cond
+                raise storage_failure(self.path, exc) from exc
 
     def _apply_once(
-        self, records: Sequence[Record], next_offsets: Mapping[int, int], fresh_from: Mapping[int, int]
+        self,
+        records: Sequence[Record],
+        next_offsets: Mapping[int, int],
+        fresh_from: Mapping[int, int],
+        caught_up_at: float | None = None,
     ) -> Applied:
         skipped = 0
         outcomes: list[Outcome] = []
@@ -502,12 +552,16 @@ class Replica:
             for partition, offset in next_offsets.items():
                 txn.put(_PART.pack(partition), _OFFSET.pack(offset), db=self._offsets)
                 self._trim(changes, history, partition, offset)
+            if self.history_bytes:
+                self._trim_bytes(txn, changes, history, {**expected, **next_offsets})
             for partition, offset in history.items():
                 txn.put(_PART.pack(partition), _OFFSET.pack(offset), db=self._history)
             if skipped:
                 raw = txn.get(b"skipped", db=self._meta)
                 total = (0 if raw is None else int(bytes(raw))) + skipped
                 txn.put(b"skipped", str(total).encode(), db=self._meta)
+            if caught_up_at is not None:
+                txn.put(b"caught_up_at", repr(caught_up_at).encode(), db=self._meta)
         return Applied(skipped, outcomes)
 
     def _collect_cond(self, txn: lmdb.Transaction, key: bytes) -> None:
@@ -594,6 +648,31 @@ class Replica:
             changes.delete()  # moves to the next entry
         history[partition] = keep_from
 
+    def _trim_bytes(
+        self, txn: lmdb.Transaction, changes: lmdb.Cursor, history: dict[int, int], ends: Mapping[int, int]
+    ) -> None:
+        """Drop the oldest changes of every partition, a slice at a time, until the history's pages fit
+        in `history_bytes`; each partition's history then starts at its first change kept."""
+        while _db_bytes(txn.stat(self._changes)) > self.history_bytes:
+            removed = False
+            for partition in sorted(ends):
+                n = 0
+                changes.set_range(_CHANGE_KEY.pack(partition, 0))
+                while n < 64 and (key := changes.key()):
+                    if _CHANGE_KEY.unpack(key)[0] != partition:
+                        break
+                    changes.delete()  # moves to the next entry
+                    n += 1
+                if not n:
+                    continue
+                removed = True
+                key = changes.key()
+                first = _CHANGE_KEY.unpack(key) if key else None
+                keep_from = first[1] if first is not None and first[0] == partition else ends[partition]
+                history[partition] = max(history.get(partition, 0), keep_from)
+            if not removed:
+                return
+
     def _grow(self) -> None:
         with self._gate.exclusive():
             new_size = self._env.info()["map_size"] * 2
@@ -603,6 +682,12 @@ class Replica:
     def close(self) -> None:
         with self._gate.exclusive():
             self._env.close()
+
+
+def _db_bytes(stat: Any) -> int:
+    return int(stat["psize"]) * (
+        int(stat["branch_pages"]) + int(stat["leaf_pages"]) + int(stat["overflow_pages"])
+    )
 
 
 def _decode(raw: bytes) -> Entry:

@@ -30,6 +30,10 @@ class Reason(StrEnum):
     NOT_SUPPORTED = "NotSupported"
     TOPIC_INCOMPATIBLE = "TopicIncompatible"
     RESOURCE_CONFLICT = "ResourceConflict"
+    TOPIC_IN_USE = "TopicInUse"
+    TOPIC_LOST = "TopicLost"
+    KAFKA_CLUSTER_CHANGED = "KafkaClusterChanged"
+    CHILD_UPDATE_REFUSED = "ChildUpdateRefused"
     # Outside trouble that is retried with backoff and heals without help.
     KAFKA_UNAVAILABLE = "KafkaUnavailable"
     KAFKA_REJECTED = "KafkaRejected"
@@ -41,6 +45,8 @@ class Reason(StrEnum):
     REPLICAS_NOT_READY = "ReplicasNotReady"
     # Deletion.
     TOPIC_DELETED = "TopicDeleted"
+    TOPIC_RETAINED = "TopicRetained"
+    TOPIC_LEFT_BEHIND = "TopicLeftBehind"
 
 
 class OperatorError(Exception):
@@ -82,6 +88,30 @@ class ResourceConflictError(OperatorError):
     """A child's name is taken by an object some other controller owns; the operator will not steal it."""
 
     reason = Reason.RESOURCE_CONFLICT
+    permanent = True
+
+
+class TopicInUseError(OperatorError):
+    """Another KeyValueStore already owns the topic (same name on the same Kafka cluster)."""
+
+    reason = Reason.TOPIC_IN_USE
+    permanent = True
+
+
+class TopicLostError(OperatorError):
+    """The topic this store recorded (cluster id + topic id) is gone or was replaced by another topic.
+
+    Never "repaired" by creating an empty topic: the store's data lived in the lost one.
+    """
+
+    reason = Reason.TOPIC_LOST
+    permanent = True
+
+
+class KafkaClusterChangedError(OperatorError):
+    """spec.kafka.bootstrapServers now reaches another Kafka cluster than the one with the store's topic."""
+
+    reason = Reason.KAFKA_CLUSTER_CHANGED
     permanent = True
 
 
@@ -138,3 +168,10 @@ class KubernetesInvalidError(KubernetesApiError):
 
     reason = Reason.INVALID_SPEC
     permanent = True
+
+
+class ChildUpdateRefusedError(KubernetesInvalidError):
+    """422 on a field Kubernetes does not allow to change on an existing child (e.g. a StatefulSet's
+    selector or volumeClaimTemplates): the spec is fine, the operator must act (recreate the child)."""
+
+    reason = Reason.CHILD_UPDATE_REFUSED

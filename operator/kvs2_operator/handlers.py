@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from kvs2_operator import deletion
 from kvs2_operator.crd import (
     ANNOTATION_PREFIX,
     FIELD_MANAGER,
@@ -37,8 +40,8 @@ from kvs2_operator.crd import (
 )
 from kvs2_operator.errors import OperatorError, Reason
 from kvs2_operator.kube import KubeApi, load_configuration
-from kvs2_operator.model import parse_ref, parse_store
-from kvs2_operator.reconcile import Deps, kafka_admin_config, list_stores, reconcile
+from kvs2_operator.model import parse_ref
+from kvs2_operator.reconcile import Deps, list_stores, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class Options:
     resync_interval: float = 30.0
     namespaces: list[str] = field(default_factory=list)
     kubeconfig: str | None = None
+    #: Seconds after a store's deletionTimestamp before its topic is given up on (Kafka or Secret gone).
+    deletion_timeout: float = 300.0
 
 
 def _options(memo: Any) -> Options:
@@ -74,7 +79,10 @@ def _options(memo: Any) -> Options:
 def _deps(memo: Any) -> Deps:
     deps = getattr(memo, "deps", None)
     if deps is None:
-        deps = memo.deps = Deps(kube=KubeApi(load_configuration(_options(memo).kubeconfig)))
+        options = _options(memo)
+        deps = memo.deps = Deps(
+            kube=KubeApi(load_configuration(options.kubeconfig)), namespaces=options.namespaces or None
+        )
     assert isinstance(deps, Deps)
     return deps
 
@@ -111,6 +119,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
+    # Children are watched through a server-side label selector: on a cluster with thousands of
+    # StatefulSets and Services, only the operator's own ever reach it.
+    child_selector = f"{LABEL_MANAGED_BY}={FIELD_MANAGER}"
+    for group_version_plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group_version_plural] = child_selector
     # Events come only from status.py, one per transition, with reasons from the closed list; kopf's
     # own Events (reason "Error", "Logging", ...) would repeat them in other words.
     settings.posting.enabled = False
@@ -125,7 +138,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     options = _options(memo)
     deps = _deps(memo)
     _nudges(memo)  # created here, in the operator-wide memo that kopf copies (shallowly) per object
-    memo.resync_task = asyncio.create_task(resync_loop(deps, options), name="kvs2-resync")
+    memo.resync = Resync()
+    memo.resync_task = asyncio.create_task(supervise_resync(deps, options, memo.resync), name="kvs2-resync")
 
 
 @kopf.on.cleanup()
@@ -163,7 +177,52 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
-async def resync_loop(deps: Deps, options: Options) -> None:
+#: Seconds a crashed resync loop waits before it is restarted.
+RESYNC_RESTART_DELAY = 5.0
+
+
+@dataclass
+class Resync:
+    """The resync loop's vital signs, for the liveness probe."""
+
+    last_sweep: float = field(default_factory=time.monotonic)
+    crashes: int = 0
+    last_error: str = ""
+
+    def stale_after(self, interval: float) -> float:
+        """A sweep lists every store and reconciles them with bounded Kafka/API timeouts; one taking
+        longer than this means the loop is stuck."""
+        return max(3 * interval, interval + 300.0)
+
+
+async def supervise_resync(deps: Deps, options: Options, resync: Resync) -> None:
+    """Run the resync loop forever: a crash is logged, counted and the loop restarted."""
+    while True:
+        try:
+            await resync_loop(deps, options, resync)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            resync.crashes += 1
+            resync.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the resync loop crashed (%d so far); restarting it", resync.crashes)
+            await asyncio.sleep(RESYNC_RESTART_DELAY)
+
+
+@kopf.on.probe(id="resync")
+def resync_alive(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """kopf's /healthz: fails (HTTP 500, the pod is restarted) when the resync loop stopped sweeping."""
+    resync = getattr(memo, "resync", None)
+    if not isinstance(resync, Resync):
+        return {"started": False}
+    interval = _options(memo).resync_interval
+    age = time.monotonic() - resync.last_sweep
+    if age > resync.stale_after(interval):
+        raise kopf.PermanentError(f"no resync sweep for {age:.0f}s (crashes: {resync.crashes})")
+    return {"lastSweepSecondsAgo": round(age, 1), "crashes": resync.crashes, "lastError": resync.last_error}
+
+
+async def resync_loop(deps: Deps, options: Options, resync: Resync | None = None) -> None:
     """Every `resync_interval` seconds, one pass over every store: drift repair and status refresh.
 
     Passes run concurrently (bounded): a store whose Kafka is down spends a request timeout per pass,
@@ -182,6 +241,8 @@ async def resync_loop(deps: Deps, options: Options) -> None:
             log.info("resync %s/%s: %s", parse_ref(body).namespace, parse_ref(body).name, outcome.error)
 
     while True:
+        if resync is not None:
+            resync.last_sweep = time.monotonic()
         await asyncio.sleep(options.resync_interval)
         try:
             bodies = await list_stores(deps, options.namespaces or None)
@@ -206,6 +267,12 @@ async def reconcile_store(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any
 # --- children: drift and readiness without waiting for the resync -------------------------------------
 
 _CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
+#: The children's resources, as kopf's settings name them.
+CHILD_RESOURCES = (
+    ("apps", "v1", "statefulsets"),
+    ("v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
 
 
 @dataclass
@@ -273,35 +340,46 @@ def _deletes_topic(spec: kopf.Spec, **_: Any) -> bool:
     return spec.get("topicDeletionPolicy") == "Delete"
 
 
+def _seconds_since(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    try:
+        since = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - since).total_seconds())
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_topic)
 async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """topicDeletionPolicy Delete: delete the topic the store owns (status.topic), then let it go.
+    """topicDeletionPolicy Delete: stop the workload, then delete the topic the store created (deletion.py).
 
-    Only status.topic is ever deleted — a topic the store never created or adopted (e.g. an
-    incompatible one it refused) is not the store's to delete.
+    Never traps the store: past `--deletion-timeout` seconds since its deletionTimestamp, trouble that
+    would otherwise be retried (Kafka down, the credentials Secret gone) ends in a Warning Event saying
+    the topic was left behind, and kopf removes the finalizer.
     """
     deps = _deps(memo)
-    topic = (body.get("status") or {}).get("topic")
-    if not topic:
-        logger.info("no topic was ever owned by this store; nothing to delete")
-        return
+    options = _options(memo)
+    raw = dict(body)
+    waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
+    give_up = waited >= options.deletion_timeout
     try:
-        store = parse_store(dict(body))
-        admin = deps.topics.for_config(await kafka_admin_config(store, deps.kube))
-        deleted = await admin.delete(str(topic))
+        outcome = await deletion.finalize(raw, deps, give_up=give_up)
     except OperatorError as exc:
-        if exc.permanent:
-            raise kopf.PermanentError(f"{exc.reason}: cannot delete topic {topic}: {exc.message}") from exc
-        raise kopf.TemporaryError(
-            f"{exc.reason}: topic {topic} not deleted yet: {exc.message}", delay=retry_delay(retry, exc)
-        ) from exc
-    message = f"topic {topic} deleted" if deleted else f"topic {topic} was already gone"
-    logger.info(message)
-    with contextlib.suppress(OperatorError):
+        if not (give_up or exc.permanent):
+            delay = min(retry_delay(retry, exc), max(1.0, options.deletion_timeout - waited))
+            raise kopf.TemporaryError(
+                f"{exc.reason}: topic not deleted yet (giving up in "
+                f"{options.deletion_timeout - waited:.0f}s): {exc.message}",
+                delay=delay,
+            ) from exc
+        outcome = deletion.left_behind(raw, exc, waited)
+    (logger.warning if outcome.warning else logger.info)(outcome.message)
+    with contextlib.suppress(OperatorError):  # a terminating namespace accepts no new Events
         await deps.kube.post_event(
-            {**body, "apiVersion": f"{GROUP}/{VERSION}", "kind": "KeyValueStore"},
-            type_="Normal",
-            reason=str(Reason.TOPIC_DELETED),
-            message=message,
+            {**raw, "apiVersion": f"{GROUP}/{VERSION}", "kind": "KeyValueStore"},
+            type_="Warning" if outcome.warning else "Normal",
+            reason=str(outcome.reason),
+            message=outcome.message,
         )
-    deps.forget(parse_ref(dict(body)))
+    deps.forget(parse_ref(raw))

@@ -31,13 +31,16 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from kvs2_operator.errors import (
+    KafkaClusterChangedError,
     KafkaRejectedError,
     KafkaUnavailableError,
     NotSupportedError,
     TopicIncompatibleError,
+    TopicLostError,
 )
 from kvs2_operator.kafka_security import ConnectionProblems
 from kvs2_operator.model import TopicSpec
+from kvs2_operator.ownership import Claim, Ownership
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class TopicState:
     partitions: int
     replication_factor: int
     config: Mapping[str, str] = field(default_factory=dict)
+    #: Kafka's topic id (base64, as Kafka's tools print it): a re-created topic of the same name has another.
+    topic_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class EnsureResult:
     created: bool
     state: TopicState
     changed_config: Mapping[str, str]
+    #: What the store owns now (recorded in its status).
+    claim: Claim
 
 
 class AdminLike(Protocol):
@@ -92,6 +99,7 @@ class AdminLike(Protocol):
     def create_topics(self, new_topics: list[Any], **kwargs: Any) -> dict[str, Future[Any]]: ...
     def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Future[Any]]: ...
     def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Future[Any]]: ...
+    def describe_cluster(self, **kwargs: Any) -> Future[Any]: ...
     def incremental_alter_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Future[Any]]: ...
     def delete_topics(self, topics: list[str], **kwargs: Any) -> dict[str, Future[Any]]: ...
 
@@ -244,7 +252,20 @@ class TopicAdmin:
             partitions=len(partitions),
             replication_factor=max((len(p.replicas) for p in partitions), default=0),
             config={key: entry.value for key, entry in entries.items() if entry.value is not None},
+            topic_id=str(getattr(description, "topic_id", "") or ""),
         )
+
+    def _cluster_id_sync(self) -> str:
+        try:
+            result = self._wait(self._client().describe_cluster(request_timeout=self.timeout))
+        except Exception as exc:
+            raise _map_error(exc, "describing the Kafka cluster") from exc
+        cluster_id = str(getattr(result, "cluster_id", "") or "")
+        if not cluster_id:
+            raise KafkaRejectedError(
+                "Kafka did not report a cluster id (DescribeCluster); the broker is too old"
+            )
+        return cluster_id
 
     def _create_sync(self, spec: TopicSpec) -> bool:
         topic = NewTopic(
@@ -291,8 +312,23 @@ class TopicAdmin:
     async def delete(self, name: str) -> bool:
         return await asyncio.to_thread(self._delete_sync, name)
 
-    async def ensure(self, spec: TopicSpec, *, owned: bool) -> EnsureResult:
-        """Create the topic, or adopt a compatible existing one and bring its managed config in line."""
+    async def cluster_id(self) -> str:
+        """The id of the Kafka cluster these bootstrap servers reach (it survives broker restarts)."""
+        return await asyncio.to_thread(self._cluster_id_sync)
+
+    async def ensure(
+        self, spec: TopicSpec, *, claim: Claim | None = None, cluster_id: str | None = None
+    ) -> EnsureResult:
+        """Keep the claimed topic in line, or (no claim yet) create the topic or adopt a compatible one.
+
+        With a claim, nothing on Kafka is created or changed unless the topic is provably the claimed one
+        (same cluster id, same topic id): a topic that vanished or was replaced is `TopicLost`, another
+        cluster is `KafkaClusterChanged`. Neither is "repaired" — that would hand the store an empty
+        topic, or force compaction onto someone else's.
+        """
+        cluster = cluster_id if cluster_id is not None else await self.cluster_id()
+        if claim is not None:
+            return await self._ensure_claimed(spec, claim, cluster)
         state = await self.describe(spec.name)
         created = False
         if state is None:
@@ -310,20 +346,54 @@ class TopicAdmin:
                 )
             if created:
                 log.info(
-                    "created topic %s (%d partitions, rf %d)",
+                    "created topic %s (%d partitions, rf %d, id %s)",
                     spec.name,
                     spec.partitions,
                     spec.replication_factor,
+                    state.topic_id,
                 )
-        check_compatible(spec, state, owned=owned or created)
+        check_compatible(spec, state, owned=created)
+        state, changes = await self._align_config(spec, state)
+        ownership = Ownership.CREATED if created else Ownership.ADOPTED
+        new_claim = Claim(spec.name, cluster, state.topic_id, ownership)
+        return EnsureResult(created=created, state=state, changed_config=changes, claim=new_claim)
+
+    async def _ensure_claimed(self, spec: TopicSpec, claim: Claim, cluster: str) -> EnsureResult:
+        if cluster != claim.cluster_id:
+            raise KafkaClusterChangedError(
+                f"spec.kafka.bootstrapServers now reaches Kafka cluster {cluster}, but {claim.describe()}. "
+                "Nothing was created or changed on either cluster: set bootstrapServers back, or create a "
+                "new store for the other cluster"
+            )
+        state = await self.describe(spec.name)
+        if state is None:
+            raise TopicLostError(
+                f"{claim.describe()} no longer exists. The operator does not re-create it empty (the "
+                "store's data was in it); to start over with an empty topic, delete and re-create the store"
+            )
+        if state.topic_id != claim.topic_id:
+            raise TopicLostError(
+                f"{claim.describe()} is gone: topic {spec.name} there now is a different topic (id "
+                f"{state.topic_id}), created by someone else; it is left untouched. To use it, delete and "
+                "re-create the store (it is then adopted if compatible)"
+            )
+        check_compatible(spec, state, owned=True)
+        state, changes = await self._align_config(spec, state)
+        return EnsureResult(created=False, state=state, changed_config=changes, claim=claim)
+
+    async def _align_config(self, spec: TopicSpec, state: TopicState) -> tuple[TopicState, dict[str, str]]:
         changes = config_changes(spec, state)
         if changes:
             await asyncio.to_thread(self._alter_sync, spec.name, changes)
             log.info("topic %s: config set %s", spec.name, changes)
             state = TopicState(
-                state.name, state.partitions, state.replication_factor, {**state.config, **changes}
+                state.name,
+                state.partitions,
+                state.replication_factor,
+                {**state.config, **changes},
+                state.topic_id,
             )
-        return EnsureResult(created=created, state=state, changed_config=changes)
+        return state, changes
 
 
 class TopicAdmins:

@@ -44,6 +44,8 @@ _PLURALS = {
     "Event": "events",
     "Secret": "secrets",
     "ConfigMap": "configmaps",  # spec.kafka.tls.ca.configMapName
+    "Pod": "pods",
+    "ResourceQuota": "resourcequotas",
     "KeyValueStore": "keyvaluestores",
 }
 
@@ -150,6 +152,10 @@ class KubeApi:
             return status, _status_message(data, str(response.reason))
         return status, json.loads(data) if data else {}
 
+    def request_sync(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A blocking call for code outside the event loop (leader election runs before kopf's loop)."""
+        return self._request_sync(method, path, body=body)
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         return await asyncio.to_thread(self._request_sync, method, path, **kwargs)
 
@@ -174,9 +180,15 @@ class KubeApi:
             self._raise(status, data, f"get {ref.describe()}")
         return dict(data)
 
-    async def list(self, ref: Ref, label_selector: str | None = None) -> list[dict[str, Any]]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        status, data = await self._request("GET", ref.path(), query=query)
+    async def list(
+        self, ref: Ref, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        status, data = await self._request("GET", ref.path(), query=query or None)
         if status >= 300:
             self._raise(status, data, f"list {ref.describe()}")
         return list(data.get("items", []))
@@ -203,6 +215,17 @@ class KubeApi:
         if status >= 300:
             self._raise(status, data, f"delete {ref.describe()}")
         return True
+
+    async def patch(self, ref: Ref, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch (fields the operator changes outside server-side apply); None if absent."""
+        status, data = await self._request(
+            "PATCH", ref.path(), body=dict(body), content_type="application/merge-patch+json"
+        )
+        if status == 404:
+            return None
+        if status >= 300:
+            self._raise(status, data, f"patch {ref.describe()}")
+        return dict(data)
 
     async def patch_status(self, ref: Ref, status_body: Mapping[str, Any]) -> dict[str, Any]:
         status, data = await self._request(

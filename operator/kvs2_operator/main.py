@@ -6,10 +6,31 @@ The lead wires the `kvs2 operator` subcommand to `run(argv)`; `python -m kvs2_op
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.server
 import logging
+import os
+import signal
+import socket
 import sys
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from kvs2_operator.errors import OperatorError
+from kvs2_operator.leader import LeaseElector
+from kvs2_operator.model import IMAGE_GID, OperatorDefaults
+
+
+def default_image() -> str:
+    """The data-plane image of the same release as this operator (one image runs both)."""
+    try:
+        return f"kvs2:{version('kvs2')}"
+    except PackageNotFoundError:
+        return "kvs2:latest"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,11 +57,43 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between full passes over every store (drift repair, status refresh); default 30",
     )
     parser.add_argument(
+        "--deletion-timeout",
+        type=float,
+        default=300.0,
+        help="seconds after a store (topicDeletionPolicy Delete) is deleted before the operator gives up on "
+        "a topic it cannot delete (Kafka or the credentials Secret unavailable), leaves it behind with a "
+        "Warning Event and removes the finalizer; default 300",
+    )
+    parser.add_argument(
+        "--default-image",
+        default=os.environ.get("KVS2_DEFAULT_IMAGE") or default_image(),
+        help="data-plane image of stores that set no spec.image (env KVS2_DEFAULT_IMAGE); default: "
+        "kvs2:<this operator's version>",
+    )
+    parser.add_argument(
+        "--pod-fs-group",
+        default=os.environ.get("KVS2_POD_FS_GROUP", str(IMAGE_GID)),
+        help="fsGroup of data-plane pods, so volumes are writable for the image's group (env "
+        f"KVS2_POD_FS_GROUP); empty where the platform assigns one (OpenShift); default {IMAGE_GID}",
+    )
+    parser.add_argument(
         "--liveness",
         default=None,
         metavar="URL",
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    parser.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="run only while holding a coordination.k8s.io Lease, so several replicas can be deployed "
+        "(one reconciles, the others stand by)",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE", "kvs2-system"),
+        help="namespace of the Lease (env POD_NAMESPACE); default kvs2-system",
+    )
+    parser.add_argument("--leader-election-lease", default="kvs2-operator", help="name of the Lease")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -61,6 +114,17 @@ def run(argv: list[str]) -> int:
     if args.resync_interval <= 0:
         print("kvs2 operator: --resync-interval must be positive", file=sys.stderr)
         return 2
+    fs_group: int | None = None
+    if str(args.pod_fs_group).strip():
+        try:
+            fs_group = int(args.pod_fs_group)
+        except ValueError:
+            print("kvs2 operator: --pod-fs-group must be an integer or empty", file=sys.stderr)
+            return 2
+    defaults = OperatorDefaults(image=args.default_image or None, fs_group=fs_group)
+    if args.deletion_timeout < 0:
+        print("kvs2 operator: --deletion-timeout must not be negative", file=sys.stderr)
+        return 2
 
     # Imported here: importing kopf handlers registers them, which only `run` should do.
     import kopf
@@ -75,13 +139,33 @@ def run(argv: list[str]) -> int:
         print(f"kvs2 operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     memo = kopf.Memo(
-        deps=Deps(kube=KubeApi(configuration)),
+        deps=Deps(kube=KubeApi(configuration), namespaces=list(args.namespace) or None, defaults=defaults),
         options=handlers.Options(
             resync_interval=args.resync_interval,
             namespaces=list(args.namespace),
             kubeconfig=args.kubeconfig,
+            deletion_timeout=args.deletion_timeout,
         ),
     )
+    elector: LeaseElector | None = None
+    lost = threading.Event()
+    if args.leader_election:
+        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        elector = LeaseElector(
+            memo.deps.kube.request_sync,
+            args.leader_election_namespace,
+            args.leader_election_lease,
+            identity,
+        )
+        with _standby_health(args.liveness):
+            if not elector.wait_until_leader():
+                return 1
+
+        def on_lost() -> None:
+            lost.set()
+            os.kill(os.getpid(), signal.SIGTERM)  # kopf stops gracefully; the pod restarts as a standby
+
+        elector.keep_leading(on_lost)
     try:
         kopf.run(
             standalone=True,
@@ -93,7 +177,40 @@ def run(argv: list[str]) -> int:
     except OperatorError as exc:
         print(f"kvs2 operator: {exc}", file=sys.stderr)
         return 1
-    return 0
+    finally:
+        if elector is not None:
+            elector.stop()
+            if not lost.is_set():
+                elector.release()
+    return 1 if lost.is_set() else 0
+
+
+@contextlib.contextmanager
+def _standby_health(url: str | None) -> Iterator[None]:
+    """While standing by, answer the liveness probe (kopf serves it once this replica leads)."""
+    if not url:
+        yield
+        return
+    parts = urllib.parse.urlsplit(url)
+
+    class Standby(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"standby": true}')
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer((parts.hostname or "127.0.0.1", parts.port or 80), Standby)
+    thread = threading.Thread(target=server.serve_forever, name="kvs2-standby-health", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 if __name__ == "__main__":

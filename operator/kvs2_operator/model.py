@@ -23,6 +23,10 @@ DEFAULT_PARTITIONS = 3
 DEFAULT_REPLICATION_FACTOR = 3
 DEFAULT_STORAGE_SIZE = "1Gi"
 DEFAULT_SHUTDOWN_GRACE = 10
+#: A Kubernetes resource quantity (the API server's own regular expression, as the CRD uses it).
+QUANTITY_RE = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 TOPIC_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -30,6 +34,37 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SECURITY_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 DELETION_POLICIES = ("Retain", "Delete")
 DEFAULT_REDIS_PORT = 6379
+#: The group the image's `kvs2` user belongs to (Dockerfile); volumes are made writable for it.
+IMAGE_GID = 65532
+#: Requests given to a data-plane container whose spec sets no resources, so pods are never BestEffort.
+DEFAULT_RESOURCES: Mapping[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+#: librdkafka settings the data plane owns: overriding them would break the store's guarantees (ordering,
+#: durability, exactly-once production, key→partition mapping) or bypass spec.kafka.authentication.
+RESERVED_CLIENT_CONFIG = (
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "partitioner",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+)
+RESERVED_CLIENT_CONFIG_PREFIXES = ("sasl.",)
+PVC_RETENTION_POLICIES = ("Delete", "Retain")
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """What the operator fills in where a spec is silent (its flags; see main.py)."""
+
+    #: The data-plane image matching the operator's own version (`--default-image`).
+    image: str | None = None
+    #: fsGroup of data-plane pods; None where the platform assigns one (OpenShift restricted-v2).
+    fs_group: int | None = IMAGE_GID
 
 
 @dataclass(frozen=True)
@@ -103,6 +138,22 @@ class RedisSpec:
 
 
 @dataclass(frozen=True)
+class PodTemplate:
+    """Scheduling and identity knobs copied into the data-plane pod template as given."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] | None = None
+    #: None: the default (spread across zones and nodes, soft).
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] | None = None
+    priority_class_name: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account_name: str | None = None
+
+
+@dataclass(frozen=True)
 class StoreSpec:
     replicas: int
     image: str
@@ -116,6 +167,10 @@ class StoreSpec:
     pdb: PdbSpec
     topic_deletion_policy: str
     redis: RedisSpec = field(default_factory=RedisSpec)
+    pod: PodTemplate = field(default_factory=PodTemplate)
+    fs_group: int | None = IMAGE_GID
+    #: What happens to a replica's PVC when the store scales down (the StatefulSet's whenScaled).
+    pvc_retention_on_scale_down: str = "Delete"
     # gRPC TLS, mTLS and per-subject rights (kvs2_operator.grpc_tls).
     tls: GrpcTls | None = None
 
@@ -293,7 +348,42 @@ def _parse_security(kafka: Mapping[str, Any], client_config: Mapping[str, str]) 
     return {"tls": tls, "sasl": sasl}
 
 
-def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreSpec:
+def _list_of_objects(value: Any, path: str) -> tuple[Mapping[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise SpecError(f"{path} must be a list of objects")
+    return tuple(dict(item) for item in value)
+
+
+def _parse_pod(raw: Any) -> PodTemplate:
+    pod = _obj(raw, "spec.pod")
+    pull_secrets = []
+    for i, item in enumerate(_list_of_objects(pod.get("imagePullSecrets"), "spec.pod.imagePullSecrets")):
+        pull_secrets.append(_str(item.get("name"), f"spec.pod.imagePullSecrets[{i}].name"))
+    spread = pod.get("topologySpreadConstraints")
+    affinity = pod.get("affinity")
+    priority = pod.get("priorityClassName")
+    account = pod.get("serviceAccountName")
+    return PodTemplate(
+        labels=_str_map(pod.get("labels"), "spec.pod.labels"),
+        annotations=_str_map(pod.get("annotations"), "spec.pod.annotations"),
+        node_selector=_str_map(pod.get("nodeSelector"), "spec.pod.nodeSelector"),
+        tolerations=_list_of_objects(pod.get("tolerations"), "spec.pod.tolerations"),
+        affinity=dict(_obj(affinity, "spec.pod.affinity")) if affinity is not None else None,
+        topology_spread_constraints=(
+            _list_of_objects(spread, "spec.pod.topologySpreadConstraints") if spread is not None else None
+        ),
+        priority_class_name=_str(priority, "spec.pod.priorityClassName") if priority is not None else None,
+        image_pull_secrets=tuple(pull_secrets),
+        service_account_name=_str(account, "spec.pod.serviceAccountName") if account is not None else None,
+    )
+
+
+def parse_spec(
+    raw_spec: Mapping[str, Any], namespace: str, name: str, defaults: OperatorDefaults | None = None
+) -> StoreSpec:
+    defaults = defaults or OperatorDefaults()
     spec = _obj(raw_spec, "spec")
     kafka = _obj(spec.get("kafka"), "spec.kafka")
     if not kafka:
@@ -304,6 +394,12 @@ def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreS
             raise SpecError(
                 f"spec.kafka.clientConfig {key!r}: keys must not contain ',' or '=', "
                 "values must not contain ','"
+            )
+        if key in RESERVED_CLIENT_CONFIG or key.startswith(RESERVED_CLIENT_CONFIG_PREFIXES):
+            raise SpecError(
+                f"spec.kafka.clientConfig {key!r} is set by the operator and cannot be overridden "
+                "(bootstrap servers, acks, idempotence and the partitioner keep the store's guarantees; "
+                "credentials go in spec.kafka.authentication)"
             )
     storage = _obj(spec.get("storage"), "spec.storage")
     size = storage.get("size", DEFAULT_STORAGE_SIZE)
@@ -319,7 +415,7 @@ def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreS
         raise SpecError("spec.podDisruptionBudget: set maxUnavailable or minAvailable, not both")
     return StoreSpec(
         replicas=_int(spec.get("replicas"), "spec.replicas", default=1, minimum=0, maximum=1000),
-        image=_str(spec.get("image"), "spec.image"),
+        image=_image(spec.get("image"), defaults),
         image_pull_policy=_str(
             spec.get("imagePullPolicy"), "spec.imagePullPolicy", default="IfNotPresent", choices=PULL_POLICIES
         ),
@@ -344,7 +440,7 @@ def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreS
             storage_class_name=storage_class,
             ephemeral=bool(storage.get("ephemeral", False)),
         ),
-        resources=dict(_obj(spec.get("resources"), "spec.resources")),
+        resources=_resources(spec.get("resources")),
         pdb=PdbSpec(
             enabled=bool(pdb.get("enabled", True)),
             max_unavailable=max_unavailable,
@@ -357,8 +453,39 @@ def parse_spec(raw_spec: Mapping[str, Any], namespace: str, name: str) -> StoreS
             choices=DELETION_POLICIES,
         ),
         redis=_parse_redis(spec.get("redis")),
+        pod=_parse_pod(spec.get("pod")),
+        fs_group=defaults.fs_group,
+        pvc_retention_on_scale_down=_str(
+            storage.get("retentionOnScaleDown"),
+            "spec.storage.retentionOnScaleDown",
+            default="Delete",
+            choices=PVC_RETENTION_POLICIES,
+        ),
         tls=parse_grpc_tls(spec.get("tls")),
     )
+
+
+def _resources(raw: Any) -> dict[str, Any]:
+    resources = dict(_obj(raw, "spec.resources"))
+    for section in ("requests", "limits"):
+        for key, value in _obj(resources.get(section), f"spec.resources.{section}").items():
+            text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            if not isinstance(text, str) or not QUANTITY_RE.match(text) or text.startswith("-"):
+                raise SpecError(
+                    f"spec.resources.{section}.{key} must be a non-negative quantity such as '250m' or "
+                    f"'1Gi', got {value!r}"
+                )
+    return resources
+
+
+def _image(value: Any, defaults: OperatorDefaults) -> str:
+    if value is None and defaults.image:
+        return defaults.image
+    if value is None:
+        raise SpecError(
+            "spec.image is required: this operator has no default data-plane image (--default-image)"
+        )
+    return _str(value, "spec.image")
 
 
 def _parse_redis(raw: Any) -> RedisSpec:
@@ -382,11 +509,11 @@ def parse_ref(body: Mapping[str, Any]) -> StoreRef:
     )
 
 
-def parse_store(body: Mapping[str, Any]) -> Store:
+def parse_store(body: Mapping[str, Any], defaults: OperatorDefaults | None = None) -> Store:
     """Identity first (see `parse_ref`), then the spec, which may raise SpecError."""
     ref = parse_ref(body)
     return Store(
         ref=ref,
-        spec=parse_spec(_obj(body.get("spec"), "spec"), ref.namespace, ref.name),
+        spec=parse_spec(_obj(body.get("spec"), "spec"), ref.namespace, ref.name, defaults),
         status=dict(_obj(body.get("status"), "status")),
     )

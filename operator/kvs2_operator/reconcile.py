@@ -14,24 +14,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs2_operator import render
+from kvs2_operator import diagnose, render
 from kvs2_operator.crd import GROUP, KIND, VERSION, pdb_name, statefulset_name
 from kvs2_operator.errors import (
+    ChildUpdateRefusedError,
     CredentialsUnavailableError,
+    KafkaClusterChangedError,
+    KubernetesInvalidError,
     OperatorError,
     Reason,
     ResourceConflictError,
     SpecError,
+    TopicInUseError,
+    TopicLostError,
 )
 from kvs2_operator.kafka_admin import TopicAdmins
 from kvs2_operator.kafka_security import admin_settings
 from kvs2_operator.kube import KubeApi, Ref
-from kvs2_operator.model import Store, StoreRef, parse_ref, parse_store
+from kvs2_operator.model import OperatorDefaults, Store, StoreRef, parse_ref, parse_store
+from kvs2_operator.ownership import Claim, Ownership, claim_from_status, holder_of
 from kvs2_operator.status import (
     WORKLOAD_READY,
     Condition,
@@ -44,12 +51,40 @@ from kvs2_operator.status import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A claim being made (between "nobody holds this topic" and the status write that records it)."""
+
+    namespace: str
+    name: str
+    uid: str
+    claim: Claim | None = None
+
+
+@dataclass
+class Claims:
+    """Serialises the "does another store hold this topic?" decision across stores of this process.
+
+    The decision reads the other stores' statuses; a claim made by a pass whose status write has not
+    landed yet is invisible there, so it is reserved here first (keyed by cluster id and topic name).
+    """
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reserved: dict[tuple[str, str], Reservation] = field(default_factory=dict)
+
+
 @dataclass
 class Deps:
     """What a pass needs from the outside world, created once per operator process."""
 
     kube: KubeApi
     topics: TopicAdmins = field(default_factory=TopicAdmins)
+    #: The namespaces the operator serves (None: all) — where other stores may hold a topic.
+    namespaces: list[str] | None = None
+    defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
+    claims: Claims = field(default_factory=Claims)
+    #: The last admin config that worked for each store (uid): deletion may outlive the Secret.
+    admin_configs: dict[str, dict[str, str]] = field(default_factory=dict)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
 
     def lock_for(self, ref: StoreRef) -> asyncio.Lock:
@@ -58,6 +93,10 @@ class Deps:
 
     def forget(self, ref: StoreRef) -> None:
         self._locks.pop((ref.namespace, ref.name), None)
+        self.admin_configs.pop(ref.uid, None)
+        for key, reservation in list(self.claims.reserved.items()):
+            if reservation.uid == ref.uid:
+                del self.claims.reserved[key]
 
 
 @dataclass(frozen=True)
@@ -110,26 +149,73 @@ async def kafka_admin_config(store: Store, kube: KubeApi) -> dict[str, str]:
     return config
 
 
-async def _ensure_topic(store: Store, deps: Deps, previous: Mapping[str, Any]) -> Condition:
+async def _ensure_topic(store: Store, deps: Deps, previous: Mapping[str, Any]) -> tuple[Condition, Claim]:
     topic = store.spec.kafka.topic
-    admin = deps.topics.for_config(await kafka_admin_config(store, deps.kube))
-    owned = previous.get("topic") == topic.name
-    result = await admin.ensure(topic, owned=owned)
-    if result.created:
-        reason = Reason.TOPIC_CREATED
+    config = await kafka_admin_config(store, deps.kube)
+    admin = deps.topics.for_config(config)
+    claim = claim_from_status(previous, topic.name)
+    if claim is not None:
+        result = await admin.ensure(topic, claim=claim)
     else:
-        reason = Reason.TOPIC_ADOPTED
-        for cond in previous.get("conditions") or ():
-            if cond.get("type") == "TopicReady" and cond.get("status") == "True" and owned:
-                reason = Reason(cond.get("reason", Reason.TOPIC_ADOPTED))
+        cluster = await admin.cluster_id()
+        key = (cluster, topic.name)
+        async with deps.claims.lock:
+            await _refuse_if_held(store, cluster, deps)
+            mine = deps.claims.reserved.get(key)
+            deps.claims.reserved[key] = Reservation(
+                store.namespace, store.name, store.ref.uid, mine.claim if mine is not None else None
+            )
+        try:
+            result = await admin.ensure(topic, claim=None, cluster_id=cluster)
+        except OperatorError:
+            if deps.claims.reserved.get(key, Reservation("", "", "")).claim is None:
+                deps.claims.reserved.pop(key, None)
+            raise
+        claim = result.claim
+        # This process created it in an earlier pass whose status write was lost: still Created.
+        if (
+            mine is not None
+            and mine.uid == store.ref.uid
+            and mine.claim
+            and mine.claim.topic_id == claim.topic_id
+        ):
+            claim = mine.claim
+        deps.claims.reserved[key] = Reservation(store.namespace, store.name, store.ref.uid, claim)
+    deps.admin_configs[store.ref.uid] = config
+    reason = Reason.TOPIC_CREATED if claim.ownership == Ownership.CREATED else Reason.TOPIC_ADOPTED
     state = result.state
-    return topic_condition(
-        True,
-        reason,
-        f"topic {state.name}: {state.partitions} partitions, replication factor {state.replication_factor}, "
-        f"cleanup.policy={state.config.get('cleanup.policy', 'compact')}, "
-        f"min.insync.replicas={state.config.get('min.insync.replicas', '?')}",
+    return (
+        topic_condition(
+            True,
+            reason,
+            f"topic {state.name}: {state.partitions} partitions, replication factor "
+            f"{state.replication_factor}, cleanup.policy={state.config.get('cleanup.policy', 'compact')}, "
+            f"min.insync.replicas={state.config.get('min.insync.replicas', '?')}",
+        ),
+        claim,
     )
+
+
+async def _refuse_if_held(store: Store, cluster: str, deps: Deps) -> None:
+    """TopicInUse when another store recorded (or this process reserved for it) the same topic."""
+    topic = store.spec.kafka.topic.name
+    others = await list_stores(deps, deps.namespaces)
+    holder = holder_of(topic, cluster, store.ref.uid, others)
+    if holder is not None:
+        raise TopicInUseError(
+            f"topic {topic} on Kafka cluster {cluster} belongs to KeyValueStore {holder.namespace}/"
+            f"{holder.name} (it {holder.ownership.lower()} it); two stores must not own one topic. Nothing "
+            "was changed: give this store another spec.kafka.topic.name, or delete one of the two"
+        )
+    reservation = deps.claims.reserved.get((cluster, topic))
+    alive = {str((b.get("metadata") or {}).get("uid")) for b in others}
+    if reservation is not None and reservation.uid != store.ref.uid:
+        if reservation.uid in alive:
+            raise TopicInUseError(
+                f"topic {topic} on Kafka cluster {cluster} is being claimed by KeyValueStore "
+                f"{reservation.namespace}/{reservation.name}; two stores must not own one topic"
+            )
+        del deps.claims.reserved[(cluster, topic)]
 
 
 async def _check_not_foreign(kube: KubeApi, obj: Mapping[str, Any], store: Store) -> None:
@@ -145,12 +231,48 @@ async def _check_not_foreign(kube: KubeApi, obj: Mapping[str, Any], store: Store
             )
 
 
+#: Phrases of the API server's 422 for a field that cannot change on an existing object.
+_IMMUTABLE_MARKERS = ("field is immutable", "updates to statefulset spec for fields other than")
+
+
+async def credentials_hash(store: Store, kube: KubeApi) -> str | None:
+    """A digest of the credentials Secret's keys the pods use: put on the pod template, so that a changed
+    Secret rolls the pods (env from secretKeyRef is read only when a container starts). None without
+    authentication; the StatefulSet's current value while the Secret is unreadable (no roll for that)."""
+    auth = store.spec.kafka.authentication
+    if auth is None:
+        return None
+    secret = await kube.get(Ref("v1", "Secret", store.namespace, auth.secret_name))
+    data = (secret or {}).get("data") or {}
+    if secret is None or auth.username_key not in data or auth.password_key not in data:
+        sts = await kube.get(Ref("apps/v1", "StatefulSet", store.namespace, statefulset_name(store.name)))
+        template = ((sts or {}).get("spec") or {}).get("template") or {}
+        current = (template.get("metadata") or {}).get("annotations") or {}
+        value = current.get(render.CREDENTIALS_HASH_ANNOTATION)
+        return str(value) if value else None
+    digest = hashlib.sha256()
+    for key in (auth.username_key, auth.password_key):
+        digest.update(f"{key}\0{data[key]}\0".encode())
+    return digest.hexdigest()[:16]
+
+
 async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
     """Server-side apply of every child; returns the StatefulSet as the API server stored it."""
     statefulset: dict[str, Any] = {}
-    for obj in render.render_children(store):
+    for obj in render.render_children(store, await credentials_hash(store, deps.kube)):
         await _check_not_foreign(deps.kube, obj, store)
-        applied = await deps.kube.apply(obj)
+        try:
+            applied = await deps.kube.apply(obj)
+        except KubernetesInvalidError as exc:
+            if any(marker in exc.message for marker in _IMMUTABLE_MARKERS):
+                raise ChildUpdateRefusedError(
+                    f"{obj['kind']} {store.namespace}/{obj['metadata']['name']} cannot be changed in place "
+                    f"({exc.message}). The spec is valid: the operator must replace this child, which it "
+                    "does not do by itself yet — delete the child (kubectl delete --cascade=orphan for a "
+                    "StatefulSet keeps its pods) and the next pass re-creates it",
+                    exc.status,
+                ) from exc
+            raise
         if obj["kind"] == "StatefulSet":
             statefulset = applied
     if render.render_pdb(store) is None:
@@ -186,9 +308,11 @@ async def reconcile(body: Mapping[str, Any], deps: Deps) -> Outcome | None:
             fresh = await deps.kube.get(store_ref(ref.namespace, ref.name))
         except OperatorError as exc:
             return Outcome(status=body.get("status") or {}, error=exc)
-        if fresh is None or fresh.get("metadata", {}).get("deletionTimestamp"):
+        if fresh is None:
             deps.forget(ref)
             return None
+        if fresh.get("metadata", {}).get("deletionTimestamp"):
+            return None  # the finalizer's work (deletion.py) may still need what Deps remembers
         fresh = dict(_with_identity(fresh))
         return await _reconcile(fresh, parse_ref(fresh), deps)
 
@@ -199,7 +323,7 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
     errors: list[OperatorError] = []
 
     try:
-        store = parse_store(body)
+        store = parse_store(body, deps.defaults)
     except SpecError as exc:
         errors.append(exc)
         topic_cond = topic_condition(False, exc.reason, exc.message)
@@ -210,19 +334,24 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
         return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
 
     extra["endpoint"] = render.endpoint(store)
+    extra["image"] = store.spec.image
     topic_name = store.spec.kafka.topic.name
-    owned = previous.get("topic") == topic_name
+    owned = claim_from_status(previous, topic_name) is not None
 
     # 1. The topic.
     try:
-        topic_cond = await _ensure_topic(store, deps, previous)
+        topic_cond, claim = await _ensure_topic(store, deps, previous)
         topic_usable = True
-        extra["topic"] = topic_name
+        extra.update(claim.status_fields())
     except OperatorError as exc:
         errors.append(exc)
         topic_cond = topic_condition(False, exc.reason, exc.message)
-        # A topic the store already owns is still there, unchanged: keep its workload reconciled.
-        topic_usable = owned
+        # A topic the store owns is still there, unchanged (Kafka is down, a spec change was refused):
+        # keep its workload reconciled. Not when the topic is lost or on another cluster: the pods would
+        # be pointed at a topic that is not the store's.
+        topic_usable = owned and not isinstance(
+            exc, TopicLostError | KafkaClusterChangedError | TopicInUseError
+        )
 
     # 2. The children, and what the StatefulSet controller reports about them.
     statefulset: dict[str, Any] | None = None
@@ -230,21 +359,41 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
         try:
             statefulset = await _apply_children(store, deps)
             workload_cond = workload_condition(statefulset, store.spec.replicas)
+            if workload_cond.status is False:
+                workload_cond = await _explained(workload_cond, store, statefulset, deps)
         except OperatorError as exc:
             errors.append(exc)
             workload_cond = Condition(WORKLOAD_READY, False, exc.reason, exc.message)
             statefulset = await _safe_observe(ref, deps, errors)
     else:
+        statefulset = await _safe_observe(ref, deps, errors)
         workload_cond = Condition(
             WORKLOAD_READY,
             False,
             Reason.WAITING_FOR_TOPIC,
-            f"the workload is created once topic {topic_name} is ready",
+            f"the workload is created once topic {topic_name} is ready"
+            if statefulset is None
+            else f"the workload is left as it is until topic {topic_name} is usable",
         )
-        statefulset = await _safe_observe(ref, deps, errors)
     extra.update(_replica_counts(statefulset))
 
     return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
+
+
+async def _explained(
+    cond: Condition, store: Store, statefulset: Mapping[str, Any] | None, deps: Deps
+) -> Condition:
+    """The condition with the controllers' own reason quoted, when they gave one (diagnose.py)."""
+    try:
+        problem = await diagnose.workload_problem(
+            deps.kube, store.namespace, store.name, statefulset, store.spec.replicas
+        )
+    except OperatorError as exc:  # explaining is a courtesy: never fail the pass for it
+        log.info("%s/%s: cannot look into the workload: %s", store.namespace, store.name, exc)
+        return cond
+    if not problem:
+        return cond
+    return Condition(cond.type, cond.status, cond.reason, f"{cond.message}; {problem}")
 
 
 async def _safe_observe(ref: StoreRef, deps: Deps, errors: list[OperatorError]) -> dict[str, Any] | None:

@@ -39,11 +39,15 @@ from kvs2_operator.crd import (
     statefulset_name,
 )
 from kvs2_operator.kafka_security import pod_parts
-from kvs2_operator.model import Store
+from kvs2_operator.model import DEFAULT_RESOURCES, Store
 
 CONTAINER_NAME = "kvs2"
 VOLUME_NAME = "data"
+TMP_VOLUME_NAME = "tmp"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
+ZONE_TOPOLOGY_KEY = "topology.kubernetes.io/zone"
+#: Pod annotation carrying a hash of the credentials Secret's keys: a changed Secret rolls the pods.
+CREDENTIALS_HASH_ANNOTATION = "kvs2.io/credentials-hash"
 #: Seconds beyond the data plane's own shutdown grace before the kubelet sends SIGKILL.
 TERMINATION_MARGIN_SECONDS = 10
 
@@ -86,6 +90,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
         {"name": "KVS2_LOG_LEVEL", "value": spec.log_level},
         {"name": "KVS2_SHUTDOWN_GRACE", "value": str(spec.shutdown_grace_seconds)},
         {"name": "KVS2_WORKERS", "value": str(spec.workers)},
+        {"name": "KVS2_BOOTSTRAP_PEERS", "value": bootstrap_peers(store)},
     ]
     if spec.redis.enabled:
         env.append({"name": "KVS2_REDIS_LISTEN", "value": f"$(POD_IP):{spec.redis.port}"})
@@ -110,6 +115,14 @@ def container_env(store: Store) -> list[dict[str, Any]]:
     return env
 
 
+def bootstrap_peers(store: Store) -> str:
+    """The headless Service's name: it resolves to every replica's pod address (ready or not), which a
+    new or rebuilt replica asks in turn for a snapshot instead of replaying the topic (kvs2.bootstrap
+    expands the name and skips itself). One name, not one per pod: scaling must not change the pod
+    template, or every replica would be restarted."""
+    return f"{headless_service_name(store.name)}.{store.namespace}.svc:{GRPC_PORT}"
+
+
 def _container(store: Store) -> dict[str, Any]:
     spec = store.spec
     container: dict[str, Any] = {
@@ -131,7 +144,15 @@ def _container(store: Store) -> dict[str, Any]:
             {"name": VOLUME_NAME, "mountPath": DATA_DIR},
             *pod_parts(spec.kafka.tls, spec.kafka.sasl)[2],
             *grpc_tls.pod_parts(spec.tls)[2],
+            {"name": TMP_VOLUME_NAME, "mountPath": "/tmp"},
         ],
+        # Pod Security "restricted": nothing to escalate to, no capabilities, an immutable image.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
         "readinessProbe": {
             "grpc": {"port": grpc_tls.probe_port(spec.tls, GRPC_PORT)},
             "periodSeconds": 5,
@@ -151,29 +172,43 @@ def _container(store: Store) -> dict[str, Any]:
             "failureThreshold": 6,
         },
     }
-    if spec.resources:
-        container["resources"] = dict(spec.resources)
+    # Requests by default, so a replica is never BestEffort (first to be evicted under memory pressure).
+    container["resources"] = dict(spec.resources) if spec.resources else dict(DEFAULT_RESOURCES)
     return container
 
 
-IMAGE_UID = 65532  # the `kvs2` user of the Dockerfile
+def _pod_security_context(store: Store) -> dict[str, Any]:
+    """Pod Security "restricted" without hard-coding a UID: the image's numeric USER (65532) runs, and a
+    platform that assigns UIDs (OpenShift's restricted-v2) may. fsGroup makes volumes writable for the
+    image's group; the operator omits it where the platform assigns one (`--pod-fs-group ''`)."""
+    context: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if store.spec.fs_group is not None:
+        context["fsGroup"] = store.spec.fs_group
+        context["fsGroupChangePolicy"] = "OnRootMismatch"
+    return context
+
+
+def _default_spread(selector: dict[str, Any]) -> list[dict[str, Any]]:
+    """Replicas spread over zones, then nodes — soft, so a one-node or zone-less cluster schedules all."""
+    return [
+        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector}
+        for key in (ZONE_TOPOLOGY_KEY, HOSTNAME_TOPOLOGY_KEY)
+    ]
 
 
 def _pod_spec(store: Store) -> dict[str, Any]:
     selector = {"matchLabels": selector_labels(store.name)}
+    knobs = store.spec.pod
     pod: dict[str, Any] = {
         "terminationGracePeriodSeconds": store.spec.shutdown_grace_seconds + TERMINATION_MARGIN_SECONDS,
         "enableServiceLinks": False,
-        # The image runs as the unprivileged user 65532 (Dockerfile); fsGroup makes the volume writable
-        # for it on real clusters.
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": IMAGE_UID,
-            "runAsGroup": IMAGE_UID,
-            "fsGroup": IMAGE_UID,
-        },
+        # A replica never talks to the Kubernetes API: no token in its filesystem.
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security_context(store),
         "containers": [_container(store)],
-        "affinity": {
+        "affinity": dict(knobs.affinity)
+        if knobs.affinity is not None
+        else {
             "podAntiAffinity": {
                 "preferredDuringSchedulingIgnoredDuringExecution": [
                     {
@@ -183,26 +218,43 @@ def _pod_spec(store: Store) -> dict[str, Any]:
                 ]
             }
         },
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": 1,
-                "topologyKey": HOSTNAME_TOPOLOGY_KEY,
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": selector,
-            }
-        ],
+        "topologySpreadConstraints": [dict(c) for c in knobs.topology_spread_constraints]
+        if knobs.topology_spread_constraints is not None
+        else _default_spread(selector),
     }
+    if knobs.node_selector:
+        pod["nodeSelector"] = dict(knobs.node_selector)
+    if knobs.tolerations:
+        pod["tolerations"] = [dict(t) for t in knobs.tolerations]
+    if knobs.priority_class_name:
+        pod["priorityClassName"] = knobs.priority_class_name
+    if knobs.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in knobs.image_pull_secrets]
+    if knobs.service_account_name:
+        pod["serviceAccountName"] = knobs.service_account_name
+    volumes: list[dict[str, Any]] = [{"name": TMP_VOLUME_NAME, "emptyDir": {}}]
     if store.spec.storage.ephemeral:
-        pod["volumes"] = [{"name": VOLUME_NAME, "emptyDir": {}}]
-    secret_volumes = (
+        volumes.insert(0, {"name": VOLUME_NAME, "emptyDir": {}})
+    volumes += (
         pod_parts(store.spec.kafka.tls, store.spec.kafka.sasl)[1] + grpc_tls.pod_parts(store.spec.tls)[1]
     )
-    if secret_volumes:
-        pod["volumes"] = [*pod.get("volumes", []), *secret_volumes]
+    pod["volumes"] = volumes
     return pod
 
 
-def render_statefulset(store: Store) -> dict[str, Any]:
+def _pod_metadata(store: Store, credentials_hash: str | None) -> dict[str, Any]:
+    knobs = store.spec.pod
+    metadata: dict[str, Any] = {"labels": {**knobs.labels, **common_labels(store.name)}}
+    annotations = dict(knobs.annotations)
+    if credentials_hash:
+        annotations[CREDENTIALS_HASH_ANNOTATION] = credentials_hash
+    if annotations:
+        metadata["annotations"] = annotations
+    return metadata
+
+
+def render_statefulset(store: Store, credentials_hash: str | None = None) -> dict[str, Any]:
+    """`credentials_hash`: a digest of the credentials Secret's data; when it changes the pods roll."""
     storage = store.spec.storage
     spec: dict[str, Any] = {
         "replicas": store.spec.replicas,
@@ -210,7 +262,7 @@ def render_statefulset(store: Store) -> dict[str, Any]:
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "RollingUpdate"},
         "selector": {"matchLabels": selector_labels(store.name)},
-        "template": {"metadata": {"labels": common_labels(store.name)}, "spec": _pod_spec(store)},
+        "template": {"metadata": _pod_metadata(store, credentials_hash), "spec": _pod_spec(store)},
     }
     if not storage.ephemeral:
         claim_spec: dict[str, Any] = {
@@ -222,7 +274,10 @@ def render_statefulset(store: Store) -> dict[str, Any]:
         spec["volumeClaimTemplates"] = [
             {"metadata": {"name": VOLUME_NAME, "labels": selector_labels(store.name)}, "spec": claim_spec}
         ]
-        spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Delete", "whenScaled": "Delete"}
+        spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": "Delete",
+            "whenScaled": store.spec.pvc_retention_on_scale_down,
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -279,7 +334,12 @@ def render_pdb(store: Store) -> dict[str, Any] | None:
     pdb = store.spec.pdb
     if not pdb.enabled:
         return None
-    spec: dict[str, Any] = {"selector": {"matchLabels": selector_labels(store.name)}}
+    # AlwaysAllow: a replica that is not ready (crash-looping, catching up) may always be evicted — it serves
+    # nothing, and a drain must not hang on it.
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(store.name)},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
     if pdb.min_available is not None:
         spec["minAvailable"] = pdb.min_available
     else:
@@ -292,9 +352,13 @@ def render_pdb(store: Store) -> dict[str, Any] | None:
     }
 
 
-def render_children(store: Store) -> list[dict[str, Any]]:
+def render_children(store: Store, credentials_hash: str | None = None) -> list[dict[str, Any]]:
     """Every child in apply order: Services first so the StatefulSet's serviceName exists."""
-    children = [render_headless_service(store), render_client_service(store), render_statefulset(store)]
+    children = [
+        render_headless_service(store),
+        render_client_service(store),
+        render_statefulset(store, credentials_hash),
+    ]
     pdb = render_pdb(store)
     if pdb is not None:
         children.append(pdb)

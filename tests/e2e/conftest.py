@@ -153,25 +153,38 @@ class OperatorPod:
 
     kube: Kube
 
-    def name(self) -> str:
+    replicas: int = 1
+
+    def names(self) -> list[str]:
         pods = self.kube.items("pods", "app.kubernetes.io/name=kvs2-operator")
-        return str(pods[0]["metadata"]["name"]) if pods else "(none)"
+        return sorted(str(p["metadata"]["name"]) for p in pods)
+
+    def name(self) -> str:
+        names = self.names()
+        return names[0] if names else "(none)"
 
     def log(self, lines: int = 60) -> str:
-        return self.kube.kubelet.container_log(OPERATOR_NAMESPACE, self.name(), "operator", lines)
+        """Every operator pod's log (with several replicas, one leads and the others stand by)."""
+        return "\n".join(
+            f"--- {pod} ---\n{self.kube.kubelet.container_log(self.kube.namespace, pod, 'operator', lines)}"
+            for pod in self.names()
+        )
 
     def wait_healthy(self, timeout: float = 90.0) -> None:
-        """Until kopf's liveness endpoint answers on the pod's IP: the operator really runs (a crash-looping
-        pod can look Ready for a moment, its Deployment having no readiness probe)."""
+        """Until every replica's liveness endpoint answers on its pod IP: the operator really runs (a
+        crash-looping pod can look Ready for a moment, its Deployment having no readiness probe)."""
 
         def healthy() -> bool:
             pods = self.kube.items("pods", "app.kubernetes.io/name=kvs2-operator")
-            if len(pods) != 1 or not pods[0]["status"].get("podIP"):
+            if len(pods) != self.replicas or not all(p["status"].get("podIP") for p in pods):
                 return False
             try:
-                url = f"http://{pods[0]['status']['podIP']}:8080/healthz"
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    return int(resp.status) == 200
+                for pod in pods:
+                    url = f"http://{pod['status']['podIP']}:8080/healthz"
+                    with urllib.request.urlopen(url, timeout=2) as resp:
+                        if int(resp.status) != 200:
+                            return False
+                return True
             except OSError:
                 return False
 

@@ -83,14 +83,27 @@ def test_chart_crd_and_rbac_are_the_ones_in_deploy() -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["kvs2", "operator"]
     assert container["args"][-4:] == ["--namespace", "a", "--namespace", "b"]
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
+    assert "--leader-election" in container["args"]
+    assert deployment["spec"]["replicas"] == 2  # one leads (holds the Lease), one stands by
+
+
+def test_watch_namespaces_confine_the_operators_rules_to_them() -> None:
+    docs = _render("--set", "operator.watchNamespaces={a,b}")
+    main = next(d for d in docs if d["kind"] == "ClusterRole")["metadata"]["name"]
+    assert not any(d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == main for d in docs)
+    bindings = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding" and "leader" not in
+                d["metadata"]["name"]}  # fmt: skip
+    assert bindings == {"a", "b"}
+    cluster_bound = {d["roleRef"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"}
+    scoped = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] in cluster_bound)
+    assert {g for r in scoped["rules"] for g in r["resources"]} == {"customresourcedefinitions", "namespaces"}
 
 
 @pytest.fixture(scope="module")
 def helm_operator(cluster: Cluster, kubelet: KubeletProcess) -> Iterator[OperatorPod]:
     install = ["install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--create-namespace", "--wait"]
     helm(*install, "--timeout=3m", kubeconfig=cluster.kubeconfig)
-    operator = OperatorPod(Kube(cluster, kubelet, RELEASE_NAMESPACE))
+    operator = OperatorPod(Kube(cluster, kubelet, RELEASE_NAMESPACE), replicas=2)
     operator.wait_healthy()
     try:
         yield operator

@@ -274,3 +274,34 @@ def test_scale_out_catches_up_and_a_rolling_update_keeps_replicas_ready(
     assert env["KVS2_LOG_LEVEL"] == "DEBUG"
     last = target(store_pods(kube, name)[0])
     assert seed(seed_code, ["mget", last, keys])[0] == [[k, "OK", k.upper()] for k in keys]
+
+
+def test_a_store_without_image_becomes_ready_under_pod_security_restricted_and_deletes_cleanly(
+    kube: Kube, operator_pod: OperatorPod, kafka: KafkaBroker, seed_code: Path
+) -> None:
+    """The namespace enforces Pod Security `restricted` (the real API server's admission); the store sets
+    no image (the operator's default, recorded in status). With `topicDeletionPolicy: Delete`, deleting it
+    stops the replicas before it deletes the topic it created."""
+    kube.cluster.kubectl(
+        "label", "namespace", kube.namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    name = "locked"
+    manifest = store_manifest(name, kafka.bootstrap_servers, replicas=2, topicDeletionPolicy="Delete")
+    del manifest["spec"]["image"]
+    kube.apply(manifest)
+    store = _wait_ready(kube, name, operator_pod)
+    _assert_ready_means_all_replicas_ready(kube, name, 2)
+    assert store["status"]["image"] == "kvs2:0.1.0"
+    assert store["status"]["topicOwnership"] == "Created"
+    pod = store_pods(kube, name)[0]
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    a = target(pod)
+    assert seed(seed_code, ["set", a, "k", "v"]) == ["PUBLISHED"]
+
+    topic = f"{kube.namespace}.{name}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    kube.kubectl("delete", "kvs", name, "--wait=true", "--timeout=120s", timeout=150)
+    assert not store_pods(kube, name), "the topic was deleted while replicas still ran"
+    names = admin.list_topics(timeout=15).topics
+    assert topic not in names

@@ -137,3 +137,19 @@ def test_a_plain_write_makes_earlier_conditional_records_garbage(replica: Replic
     entry = replica.get(b"k")
     assert entry is not None
     assert entry.value == b"plain"  # a clean-up tombstone never touches data
+
+
+def test_change_history_is_bounded_by_bytes_oldest_first(tmp_path: Path) -> None:
+    r = Replica(tmp_path / "bounded", map_size=1 << 24, history_bytes=256 * 1024)
+    r.reset(TopicIdentity("t", "id", 2))
+    value = b"v" * 4000
+    for i in range(200):
+        r.apply([Record(f"k{i}".encode(), value, i % 2, i // 2)], {i % 2: i // 2 + 1})
+    assert len(r.items()) == 200  # data is never trimmed
+    starts = r.history_start()
+    assert 0 < starts[0] < 100 and 0 < starts[1] < 100  # both partitions lost their oldest changes
+    for p in (0, 1):
+        kept = r.changes(p, starts[p], 100, limit=1000)
+        assert [c.offset for c in kept] == list(range(starts[p], 100))  # complete from the start on
+    assert sum(len(r.changes(p, 0, 100, limit=1000)) for p in (0, 1)) * 4000 <= 256 * 1024
+    r.close()

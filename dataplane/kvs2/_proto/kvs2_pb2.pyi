@@ -635,3 +635,269 @@ class WatchEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
+
+@_typing.final
+class SnapshotRequest(_message.Message):
+    """Added: asks a serving replica for a snapshot of its store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    """The topic the asking replica follows; the peer refuses (FAILED_PRECONDITION) if it follows another."""
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotRequest: _TypeAlias = SnapshotRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotHeader(_message.Message):
+    """Added: the first message of a snapshot: what it reflects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    TOPIC_ID_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    topic_id: _builtins.str
+    partitions: _builtins.int
+    size: _builtins.int
+    """Bytes of data that follow."""
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
+        """The next offset per partition the snapshot reflects: the receiver resumes reading from here."""
+
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        topic_id: _builtins.str = ...,
+        partitions: _builtins.int = ...,
+        positions: _abc.Iterable[Global___Position] | None = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions", b"partitions", "positions", b"positions", "size", b"size", "topic", b"topic", "topic_id", b"topic_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotHeader: _TypeAlias = SnapshotHeader  # noqa: Y015
+
+@_typing.final
+class SnapshotTrailer(_message.Message):
+    """Added: the last message of a snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.bytes
+    """SHA-256 of all data bytes, in order."""
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotTrailer: _TypeAlias = SnapshotTrailer  # noqa: Y015
+
+@_typing.final
+class SnapshotChunk(_message.Message):
+    """Added: a header, then data chunks (an LMDB environment file, compacted), then a trailer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    TRAILER_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___SnapshotHeader: ...
+    @_builtins.property
+    def trailer(self) -> Global___SnapshotTrailer: ...
+    def __init__(
+        self,
+        *,
+        header: Global___SnapshotHeader | None = ...,
+        data: _builtins.bytes = ...,
+        trailer: Global___SnapshotTrailer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data", "trailer"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___SnapshotChunk: _TypeAlias = SnapshotChunk  # noqa: Y015
+
+@_typing.final
+class WriteItem(_message.Message):
+    """Added: one item of a Write batch: a put (value set), or a delete (delete = true)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    IF_REVISION_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    value: _builtins.bytes
+    delete: _builtins.bool
+    if_revision: _builtins.int
+    """Compare-and-set for this item only, as SetRequest.if_revision."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        value: _builtins.bytes = ...,
+        delete: _builtins.bool = ...,
+        if_revision: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "if_revision", b"if_revision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision", "delete", b"delete", "if_revision", b"if_revision", "key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__if_revision: _TypeAlias = _typing.Literal["if_revision"]  # noqa: Y015
+    _WhichOneofArgType__if_revision: _TypeAlias = _typing.Literal["_if_revision", b"_if_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__if_revision) -> _WhichOneofReturnType__if_revision | None: ...
+
+Global___WriteItem: _TypeAlias = WriteItem  # noqa: Y015
+
+@_typing.final
+class WriteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___WriteItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteRequest: _TypeAlias = WriteRequest  # noqa: Y015
+
+@_typing.final
+class WriteItemResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Status:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WriteItemResult._Status.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PUBLISHED: WriteItemResult._Status.ValueType  # 0
+        """Kafka acknowledged the record (with if_revision: the condition held and it is applied)."""
+        CONDITION_FAILED: WriteItemResult._Status.ValueType  # 1
+        """With if_revision only: the condition did not hold; nothing changed. `revision` is the key's
+        revision at that moment (0: absent).
+        """
+        INVALID: WriteItemResult._Status.ValueType  # 2
+        """The item itself is wrong (empty or reserved key, key or value over a limit): nothing was sent."""
+        FAILED: WriteItemResult._Status.ValueType  # 3
+        """Kafka refused the record or it was never handed to Kafka: it is NOT in the log."""
+        OUTCOME_UNKNOWN: WriteItemResult._Status.ValueType  # 4
+        """Handed to Kafka but not acknowledged in time: it MAY STILL BE APPLIED later."""
+
+    class Status(_Status, metaclass=_StatusEnumTypeWrapper): ...
+    PUBLISHED: WriteItemResult.Status.ValueType  # 0
+    """Kafka acknowledged the record (with if_revision: the condition held and it is applied)."""
+    CONDITION_FAILED: WriteItemResult.Status.ValueType  # 1
+    """With if_revision only: the condition did not hold; nothing changed. `revision` is the key's
+    revision at that moment (0: absent).
+    """
+    INVALID: WriteItemResult.Status.ValueType  # 2
+    """The item itself is wrong (empty or reserved key, key or value over a limit): nothing was sent."""
+    FAILED: WriteItemResult.Status.ValueType  # 3
+    """Kafka refused the record or it was never handed to Kafka: it is NOT in the log."""
+    OUTCOME_UNKNOWN: WriteItemResult.Status.ValueType  # 4
+    """Handed to Kafka but not acknowledged in time: it MAY STILL BE APPLIED later."""
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    status: Global___WriteItemResult.Status.ValueType
+    partition: _builtins.int
+    """PUBLISHED and CONDITION_FAILED: where Kafka stored the record."""
+    offset: _builtins.int
+    revision: _builtins.int
+    """PUBLISHED put: the key's revision after it; CONDITION_FAILED: the key's current revision."""
+    error: _builtins.str
+    """INVALID, FAILED, OUTCOME_UNKNOWN: why, for a person."""
+    def __init__(
+        self,
+        *,
+        status: Global___WriteItemResult.Status.ValueType = ...,
+        partition: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "offset", b"offset", "partition", b"partition", "revision", b"revision", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteItemResult: _TypeAlias = WriteItemResult  # noqa: Y015
+
+@_typing.final
+class WriteReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    TOPIC_ID_FIELD_NUMBER: _builtins.int
+    topic_id: _builtins.str
+    """The topic the batch was written to (as SetReply.topic_id): a recreated topic's offsets never count."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteItemResult]:
+        """One per request item, in request order."""
+
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
+        """Read-your-writes for the whole batch: the highest offset written per partition. Pass them as
+        ReadOptions.after to read every item of this batch from any replica.
+        """
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___WriteItemResult] | None = ...,
+        tokens: _abc.Iterable[Global___Position] | None = ...,
+        topic_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "tokens", b"tokens", "topic_id", b"topic_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteReply: _TypeAlias = WriteReply  # noqa: Y015

@@ -64,6 +64,16 @@ class Kvs2Stub:
                 request_serializer=kvs2__pb2.WatchRequest.SerializeToString,
                 response_deserializer=kvs2__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/kvs2.Kvs2/Snapshot',
+                request_serializer=kvs2__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=kvs2__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
+        self.Write = channel.unary_unary(
+                '/kvs2.Kvs2/Write',
+                request_serializer=kvs2__pb2.WriteRequest.SerializeToString,
+                response_deserializer=kvs2__pb2.WriteReply.FromString,
+                _registered_method=True)
 
 
 class Kvs2Servicer:
@@ -108,6 +118,21 @@ class Kvs2Servicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Added: a consistent copy of this replica's store, for a new replica to start from (kvs2.snapshot).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Write(self, request, context):
+        """Added: many puts and deletes in one call, produced to Kafka without waiting between records.
+        NOT atomic across keys: each item succeeds or fails on its own (see WriteItemResult).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_Kvs2Servicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +165,16 @@ def add_Kvs2Servicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=kvs2__pb2.WatchRequest.FromString,
                     response_serializer=kvs2__pb2.WatchEvent.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=kvs2__pb2.SnapshotRequest.FromString,
+                    response_serializer=kvs2__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'Write': grpc.unary_unary_rpc_method_handler(
+                    servicer.Write,
+                    request_deserializer=kvs2__pb2.WriteRequest.FromString,
+                    response_serializer=kvs2__pb2.WriteReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +339,60 @@ class Kvs2:
             '/kvs2.Kvs2/Watch',
             kvs2__pb2.WatchRequest.SerializeToString,
             kvs2__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvs2.Kvs2/Snapshot',
+            kvs2__pb2.SnapshotRequest.SerializeToString,
+            kvs2__pb2.SnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Write(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvs2.Kvs2/Write',
+            kvs2__pb2.WriteRequest.SerializeToString,
+            kvs2__pb2.WriteReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,7 +64,6 @@ def test_bounded_reads_on_a_replica_cut_off_from_kafka_stay_within_their_bound(s
     assert verdict.ok, "\n".join(verdict.violations)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 defect 2: fixed on h/relcore")
 def test_watch_from_a_range_snapshot_delivers_every_later_write_once(stack: FaultStack) -> None:
     """Range on r0, writes through r1, then Watch from the Range's `applied`, resumed on r1 halfway:
     every write after the snapshot arrives exactly once, in order. Keys under a prefix of their own, so
@@ -106,7 +105,6 @@ def test_watch_from_a_range_snapshot_delivers_every_later_write_once(stack: Faul
     assert verdict.checked == 12
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 defect 1: fixed on h/relcore")
 def test_a_replica_rebuilt_from_the_compacted_log_holds_every_acknowledged_write(stack: FaultStack) -> None:
     """create-if-absent, plain delete, create-if-absent again, on 20 keys; compaction drops the delete's
     tombstone (delete.retention.ms=100) before any janitor cleans the first conditional record (grace

@@ -14,17 +14,11 @@ pytestmark = pytest.mark.integration
 
 SEED = 8
 DURATION = 30.0
-# Many keys: each is one more chance for the known defects to show in 30 s (with 6 keys a run came out
-# clean once in three, and a strict xfail must fail every time until the fixes are merged).
+# Many keys: each is one more chance for a defect to show in 30 s (with 6 keys, runs on the code before
+# issue 8's fixes came out clean once in three; with 16 they found violations every time).
 KEYS = 16
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 defect 1: fixed on h/relcore (a replica rebuilt from the compacted log loses "
-    "acknowledged conditional writes and resurrects deleted conditional values; defects 2 and 3 "
-    "show too when the mix hits them)",
-)
 def test_short_fixed_seed_torture_finds_no_violation(pytestconfig: pytest.Config, tmp_path: Path) -> None:
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     assert capture is not None

@@ -34,7 +34,11 @@ def crd(cluster: Cluster) -> Path:
 
 
 def start_operator(
-    namespace: str, kubeconfig: Path, log_path: Path, resync: float = RESYNC_SECONDS
+    namespace: str,
+    kubeconfig: Path,
+    log_path: Path,
+    resync: float = RESYNC_SECONDS,
+    extra_args: tuple[str, ...] = (),
 ) -> ManagedProcess:
     proc = ManagedProcess(
         name="operator",
@@ -51,6 +55,7 @@ def start_operator(
             str(kubeconfig),
             "--log-level",
             "DEBUG",
+            *extra_args,
         ],
         log_path=log_path,
         cwd=repo_root(),

@@ -48,7 +48,6 @@ BASE = store_manifest("good", BOOTSTRAP)
             "replicationFactor in body should be greater than or equal to 1",
         ),
         ("spec.kafka", None, "spec.kafka: Required value"),
-        ("spec.image", None, "spec.image: Required value"),
         ("spec.topicDeletionPolicy", "Sometimes", 'supported values: "Retain", "Delete"'),
         ("spec.kafka.topic.config", {"cleanup.policy": "delete"}, "cleanup.policy must be 'compact'"),
         ("spec.kafka.topic.name", "no spaces", "spec.kafka.topic.name in body should match"),
@@ -70,14 +69,15 @@ def test_invalid_manifest_is_rejected(
 
 
 def test_defaults_are_filled_by_the_api_server(stores: Stores, crd: Path) -> None:
-    code, output = stores.apply(_with(BASE, "spec.kafka.topic", None))
+    code, output = stores.apply(_with(_with(BASE, "spec.kafka.topic", None), "spec.image", None))
     assert code == 0, output
     stored = stores.get("kvs", "good")
     assert stored is not None
     spec = stored["spec"]
     assert spec["kafka"]["topic"] == {"partitions": 3, "replicationFactor": 3}
     assert spec["topicDeletionPolicy"] == "Retain"
-    assert spec["storage"] == {"size": "1Gi", "ephemeral": False}
+    assert spec["storage"] == {"size": "1Gi", "ephemeral": False, "retentionOnScaleDown": "Delete"}
+    assert "image" not in spec  # the operator's default image, recorded in status.image
     assert spec["podDisruptionBudget"] == {"enabled": True}
 
 
@@ -96,6 +96,13 @@ def test_immutable_fields_cannot_change(
     assert code == 0, output
     code, output = stores.apply(_with(first, path, value), check=False)
     assert code != 0 and expected in output, output
+
+
+def test_the_scale_down_pvc_policy_may_change(stores: Stores, crd: Path) -> None:
+    code, output = stores.apply(BASE)
+    assert code == 0, output
+    code, output = stores.apply(_with(BASE, "spec.storage.retentionOnScaleDown", "Retain"))
+    assert code == 0, output
 
 
 def test_topic_name_cannot_be_added_later(stores: Stores, crd: Path) -> None:

@@ -75,7 +75,7 @@ def test_operator_works_with_only_its_service_account(
     )
     kubeconfig.chmod(0o600)
     # Sanity: the token really is the service account, not an admin.
-    denied = cluster.kubectl("--kubeconfig", str(kubeconfig), "get", "pods", "-A", check=False)
+    denied = cluster.kubectl("--kubeconfig", str(kubeconfig), "get", "secrets", "-A", check=False)
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
 
     proc = start_operator(stores.namespace, kubeconfig, tmp_path / "operator.log")

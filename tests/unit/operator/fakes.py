@@ -32,11 +32,16 @@ def kafka_error(code: int) -> KafkaException:
     return KafkaException(KafkaError(code))
 
 
+_TOPIC_IDS = itertools.count(1)
+
+
 @dataclass
 class FakeTopic:
     partitions: int
     rf: int
     config: dict[str, str]
+    #: Kafka gives every topic a new id, also one re-created under the same name.
+    topic_id: str = field(default_factory=lambda: f"topic-id-{next(_TOPIC_IDS)}", compare=False)
 
 
 @dataclass
@@ -46,6 +51,13 @@ class FakeAdmin:
     topics: dict[str, FakeTopic] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     down: bool = False
+    cluster_id: str = "cluster-a"
+
+    def describe_cluster(self, **_: Any) -> Future[Any]:
+        self.calls.append("describe cluster")
+        if (err := self._fail()) is not None:
+            return _done(error=err)
+        return _done(SimpleNamespace(cluster_id=self.cluster_id))
 
     def _fail(self) -> KafkaException | None:
         return kafka_error(KafkaError._TRANSPORT) if self.down else None
@@ -76,7 +88,7 @@ class FakeAdmin:
             else:
                 t = self.topics[name]
                 parts = [SimpleNamespace(replicas=list(range(t.rf))) for _ in range(t.partitions)]
-                result[name] = _done(SimpleNamespace(partitions=parts))
+                result[name] = _done(SimpleNamespace(partitions=parts, topic_id=t.topic_id))
         return result
 
     def describe_configs(self, resources: list[Any], **_: Any) -> dict[Any, Future[Any]]:
@@ -126,6 +138,7 @@ class FakeKube:
         self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.status_writes = 0
+        self.patches: list[tuple[str, str, dict[str, Any]]] = []
         self.down = False
         self._uid = itertools.count(1)
 
@@ -145,7 +158,9 @@ class FakeKube:
         obj = self.objects.get(self._key(ref))
         return copy.deepcopy(obj) if obj is not None else None
 
-    async def list(self, ref: Ref, label_selector: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self, ref: Ref, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         self._check()
         return [
             copy.deepcopy(o)
@@ -173,6 +188,19 @@ class FakeKube:
     async def delete(self, ref: Ref) -> bool:
         self._check()
         return self.objects.pop(self._key(ref), None) is not None
+
+    async def patch(self, ref: Ref, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        self._check()
+        obj = self.objects.get(self._key(ref))
+        if obj is None:
+            return None
+        self.patches.append((ref.kind, ref.name or "", copy.deepcopy(dict(body))))
+        for key, value in body.items():
+            if isinstance(value, Mapping):
+                obj.setdefault(key, {}).update(copy.deepcopy(dict(value)))
+            else:
+                obj[key] = copy.deepcopy(value)
+        return copy.deepcopy(obj)
 
     async def patch_status(self, ref: Ref, status_body: Mapping[str, Any]) -> dict[str, Any]:
         self._check()

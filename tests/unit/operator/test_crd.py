@@ -10,6 +10,7 @@ import pytest
 import yaml
 from kvs2_operator import crd, model
 from kvs2_operator.errors import Reason
+from kvs2_operator.ownership import Claim, Ownership
 from kvs2_operator.status import build_status, topic_condition, workload_condition
 
 CRD_PATH = Path(__file__).resolve().parents[3] / "deploy" / "crd.yaml"
@@ -67,7 +68,7 @@ def test_printer_columns(version: dict[str, Any]) -> None:
 def test_bounds_and_defaults_match_the_model(version: dict[str, Any]) -> None:
     root = version["schema"]["openAPIV3Schema"]
     spec = _props(root, "spec")
-    assert spec["required"] == ["image", "kafka"]
+    assert spec["required"] == ["kafka"]  # the image defaults to the operator's own version
     assert _props(spec, "replicas")["minimum"] == 0
     topic = _props(spec, "kafka", "topic")
     assert _props(topic, "partitions")["minimum"] == 1
@@ -89,7 +90,7 @@ def test_immutability_rules_exist_with_readable_messages(version: dict[str, Any]
     topic_rules = _props(root, "spec", "kafka", "topic")["x-kubernetes-validations"]
     assert any("oldSelf.name" in r["rule"] and "immutable" in r["message"] for r in topic_rules)
     storage_rules = _props(root, "spec", "storage")["x-kubernetes-validations"]
-    assert storage_rules[0]["rule"] == "self == oldSelf"
+    assert all(f"self.{f} == oldSelf.{f}" in storage_rules[0]["rule"] for f in ("size", "ephemeral"))
     # partitions/replicationFactor changes are NOT rejected by CEL: the operator refuses them (NotSupported).
     text = CRD_PATH.read_text()
     assert "oldSelf.partitions" not in text and "oldSelf.replicationFactor" not in text
@@ -112,7 +113,13 @@ def test_status_schema_declares_everything_the_operator_writes(version: dict[str
         generation=1,
         topic=topic_condition(True, Reason.TOPIC_CREATED, "m"),
         workload=workload_condition(None, 1),
-        extra={"replicas": 0, "readyReplicas": 0, "selector": "a=b", "topic": "t", "endpoint": "e:1"},
+        extra={
+            "replicas": 0,
+            "readyReplicas": 0,
+            "selector": "a=b",
+            "endpoint": "e:1",
+            **Claim("t", "cluster", "id", Ownership.CREATED).status_fields(),
+        },
     )
     assert set(written) <= set(declared["properties"])
     item = declared["properties"]["conditions"]["items"]

@@ -1,0 +1,207 @@
+"""Snapshots of a replica's store: made by a serving peer, installed by a replica that has to (re)build.
+
+Why: replaying a large topic takes minutes to hours; copying a peer's LMDB environment takes as long as
+moving its bytes. LMDB copies a consistent, compacted environment from one read transaction while the
+peer keeps ingesting and serving, and the copy carries the offsets it reflects (they live in the same
+environment), so the new replica resumes reading Kafka exactly where the copy ends.
+
+A snapshot on the wire (kvs2.server translates these to `SnapshotChunk` messages): a `Header` (topic
+identity, positions, size), the bytes of the copied `data.mdb`, then a `Trailer` with their SHA-256.
+The receiver writes the bytes into `<data dir>/.snapshot-incoming/`, verifies size, checksum, and that
+the received environment itself names the expected topic identity and the header's positions, and only
+then moves it into place with one rename — a half-received snapshot is never opened as the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from kvs2.errors import FailedPrecondition, Kvs2Error, Unavailable
+from kvs2.progress import Progress
+from kvs2.storage import Replica, TopicIdentity
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+INCOMING = ".snapshot-incoming"
+OUTGOING_PREFIX = ".snapshot-outgoing-"
+DATA_FILE = "data.mdb"
+LOCK_FILE = "lock.mdb"
+
+
+class SnapshotInvalid(Kvs2Error):
+    """A received snapshot failed verification; the replica falls back to replaying the topic."""
+
+
+@dataclass(frozen=True)
+class Header:
+    identity: TopicIdentity
+    positions: Mapping[int, int]
+    size: int
+
+
+@dataclass(frozen=True)
+class Trailer:
+    sha256: bytes
+
+
+@dataclass
+class SnapshotSource:
+    """The peer's side: streams snapshots of `replica`, at most `max_streams` at a time and each at most
+    `max_bytes_per_second` (0: unlimited), so that a scale-out cannot starve the peer's own work."""
+
+    replica: Replica
+    progress: Progress
+    topic: str
+    max_streams: int = 1
+    max_bytes_per_second: int = 0
+    _active: int = field(default=0, init=False)
+
+    async def stream(self, topic: str) -> AsyncGenerator[Header | bytes | Trailer, None]:
+        if topic != self.topic:
+            raise FailedPrecondition(f"this replica follows topic {self.topic!r}, not {topic!r}")
+        if not self.progress.serving:
+            raise Unavailable("this replica is not serving (catching up): it has no snapshot to give")
+        if self._active >= self.max_streams:
+            raise Unavailable(
+                f"this replica is already sending {self._active} snapshot(s), its limit "
+                "(--snapshot-max-streams); ask another peer or retry later"
+            )
+        self._active += 1
+        try:
+            async for part in self._stream():
+                yield part
+        finally:
+            self._active -= 1
+
+    async def _stream(self) -> AsyncIterator[Header | bytes | Trailer]:
+        workdir = self.replica.path / f"{OUTGOING_PREFIX}{uuid.uuid4().hex}"
+        workdir.mkdir()
+        try:
+            positions = await asyncio.to_thread(self.replica.copy_to, workdir)
+            identity = self.replica.identity()
+            if identity is None:
+                raise Unavailable("this replica is being rebuilt: it has no snapshot to give")
+            path = workdir / DATA_FILE
+            size = path.stat().st_size
+            file = path.open("rb")
+        finally:
+            # The open file stays readable; nothing is left on disk if the stream is abandoned.
+            shutil.rmtree(workdir, ignore_errors=True)
+        log.info("sending a snapshot (%d bytes) at positions %s", size, dict(positions))
+        with file:
+            yield Header(identity, positions, size)
+            digest = hashlib.sha256()
+            sent = 0
+            started = time.monotonic()
+            while chunk := await asyncio.to_thread(file.read, CHUNK_BYTES):
+                digest.update(chunk)
+                yield chunk
+                sent += len(chunk)
+                if self.max_bytes_per_second > 0:
+                    ahead = sent / self.max_bytes_per_second - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            yield Trailer(digest.digest())
+        log.info("snapshot sent (%d bytes)", sent)
+
+
+def clean_leftovers(data_dir: Path) -> None:
+    """Remove half-received or abandoned snapshot files (a crash mid-transfer leaves them)."""
+    if not data_dir.is_dir():
+        return
+    for child in data_dir.iterdir():
+        if child.name == INCOMING or child.name.startswith(OUTGOING_PREFIX):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+class Incoming:
+    """The receiver's side: collects one snapshot under `<data dir>/.snapshot-incoming/` and installs it
+    into `data_dir` only once it is complete and verified. Use before the replica's store is opened."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.dir = data_dir / INCOMING
+        data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir()
+        self._file: BinaryIO = (self.dir / DATA_FILE).open("wb")
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self.header: Header | None = None
+
+    def begin(self, header: Header) -> None:
+        if self.header is not None:
+            raise SnapshotInvalid("the snapshot stream sent a second header")
+        self.header = header
+
+    def write(self, chunk: bytes) -> None:
+        if self.header is None:
+            raise SnapshotInvalid("the snapshot stream sent data before its header")
+        self._size += len(chunk)
+        if self._size > self.header.size:
+            raise SnapshotInvalid(
+                f"the snapshot stream sent more than the announced {self.header.size} bytes"
+            )
+        self._digest.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self, trailer: Trailer, expected: TopicIdentity, start_offsets: Mapping[int, int]) -> Header:
+        """Verify and install; SnapshotInvalid (and nothing installed) if anything does not match."""
+        header = self.header
+        if header is None:
+            raise SnapshotInvalid("the snapshot stream ended without a header")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self._size != header.size:
+            raise SnapshotInvalid(f"received {self._size} bytes of a {header.size}-byte snapshot")
+        if self._digest.digest() != trailer.sha256:
+            raise SnapshotInvalid("the snapshot's SHA-256 does not match: it was corrupted in transit")
+        if header.identity != expected:
+            raise SnapshotInvalid(f"the snapshot is of {header.identity}, but the topic is now {expected}")
+        gone = {p: o for p, o in header.positions.items() if o < start_offsets.get(p, 0)}
+        if gone:
+            raise SnapshotInvalid(
+                f"the snapshot's positions {gone} are no longer in Kafka (it starts at {dict(start_offsets)})"
+            )
+        received = Replica(self.dir, map_size=max(header.size * 2, 1 << 20))
+        try:
+            identity, positions = received.identity(), received.next_offsets()
+        finally:
+            received.close()
+        if identity != expected or positions != dict(header.positions):
+            raise SnapshotInvalid(
+                f"the received store is of {identity} at {positions}, not what its header announced "
+                f"({header.identity} at {dict(header.positions)})"
+            )
+        os.replace(self.dir / DATA_FILE, self.data_dir / DATA_FILE)  # the one atomic step
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / LOCK_FILE).unlink()
+        _fsync_dir(self.data_dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return header
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
