@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from kvs2.config import (
     parse_kafka_pairs,
 )
 from kvs2.errors import ConfigError
+from kvs2.logs import configure_logging
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -84,6 +84,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--metrics-listen",
+        default=_env("KVS2_METRICS_LISTEN", ""),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off unless set)",
+    )
+    p.add_argument("--log-format", choices=["text", "json"], default=_env("KVS2_LOG_FORMAT", "text"))
+    p.add_argument(
+        "--progress-log-interval",
+        type=float,
+        default=float(_env("KVS2_PROGRESS_LOG_INTERVAL", "10")),
+        help="seconds between catch-up progress log lines while NOT_SERVING",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -104,14 +117,16 @@ def _serve(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         replication_factor=args.replication_factor,
         log_level=args.log_level,
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
+        progress_log_interval=args.progress_log_interval,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
+    from kvs2.metrics import worker_files
     from kvs2.server import run_replica
 
-    return run_replica(settings)
+    with worker_files(settings.workers if settings.metrics_listen else 1):
+        return run_replica(settings)
 
 
 # ----- client commands ------------------------------------------------------------------------------

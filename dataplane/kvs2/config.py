@@ -52,6 +52,11 @@ class ServeSettings:
     log_level: str = "INFO"
     # Server processes for this replica (kvs2.workers): one runs the ingester, all serve on the port.
     workers: int = 1
+    # Observability (kvs2.metrics, kvs2.logs): /metrics on its own HOST:PORT ("" = off); log format;
+    # seconds between catch-up progress lines while NOT_SERVING.
+    metrics_listen: str = ""
+    log_format: str = "text"
+    progress_log_interval: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -65,8 +70,17 @@ class ServeSettings:
             raise ConfigError("--max-multiget-keys must be at least 1")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.metrics_listen and not _is_host_port(self.metrics_listen):
+            raise ConfigError(f"--metrics-listen must be HOST:PORT, got {self.metrics_listen!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigError("--partitions and --replication-factor must be at least 1")
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit())
 
 
 def parse_kafka_pairs(pairs: Sequence[str]) -> dict[str, str]:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from kvs2 import metrics
 from kvs2.errors import Kvs2Error, TopicNotFound
 from kvs2.kafka_io import Admin, ChangelogReader, OffsetGone
 from kvs2.progress import Snapshot
@@ -203,6 +204,7 @@ class Ingester:
                     advanced[partition] = end
             if records or advanced:
                 applied = self._replica.apply(records, advanced)
+                metrics.record_applied(records)
                 if applied.outcomes:
                     self._on_outcomes(applied.outcomes)
                 offsets.update(advanced)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -28,7 +29,9 @@ from kvs2.config import ServeSettings
 from kvs2.consistency import ReadOptions
 from kvs2.core import KeyRange, Store
 from kvs2.ingest import Ingester, TopicSpec
+from kvs2.interceptors import MetricsInterceptor
 from kvs2.kafka_io import Admin, ChangelogReader, Writer, WriteToken, client_config
+from kvs2.observe import Observer
 from kvs2.progress import Progress, Snapshot
 from kvs2.storage import Entry, Outcome, Replica
 from kvs2.watch import Progressed, watch
@@ -94,9 +97,10 @@ def _positions(offsets: Mapping[int, int]) -> list[pb.Position]:
 
 
 class Kvs2Servicer(pb_grpc.Kvs2Servicer):
-    def __init__(self, store: Store, default_timeout: float) -> None:
+    def __init__(self, store: Store, default_timeout: float, topic: str = "") -> None:
         self._store = store
         self._default_timeout = default_timeout
+        self._topic = topic
 
     def _timeout(self, context: Context) -> float:
         """Time left: the client's deadline less a margin to carry our answer back, else the default."""
@@ -213,6 +217,26 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
         except errors.Kvs2Error as exc:
             await context.abort(status_of(exc), str(exc))
 
+    async def ReplicaStatus(  # noqa: N802
+        self, request: pb.ReplicaStatusRequest, context: Context
+    ) -> pb.ReplicaStatusReply:
+        s = self._store.progress.now
+        now = time.monotonic()
+        return pb.ReplicaStatusReply(
+            serving=s.serving,
+            topic=self._topic,
+            partitions=[
+                pb.PartitionStatus(
+                    partition=p,
+                    applied=s.applied.get(p, 0),
+                    end_offset=s.high_watermarks.get(p, 0),
+                    lag=s.lag(p),
+                    seconds_since_caught_up=-1.0 if p not in s.caught_up_at else s.staleness(p, now),
+                )
+                for p in range(s.partitions)
+            ],
+        )
+
 
 # ----- the process ---------------------------------------------------------------------------------
 GRPC_OPTIONS = [
@@ -304,8 +328,12 @@ async def running_replica(
         fanin.attach(loop)
 
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
-    server = grpc.aio.server(options=options)
-    pb_grpc.add_Kvs2Servicer_to_server(Kvs2Servicer(store, settings.default_write_timeout), server)
+    server = grpc.aio.server(
+        options=options, interceptors=[MetricsInterceptor()] if settings.metrics_listen else None
+    )
+    pb_grpc.add_Kvs2Servicer_to_server(
+        Kvs2Servicer(store, settings.default_write_timeout, settings.topic), server
+    )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -328,6 +356,7 @@ async def running_replica(
     if port == 0:
         raise errors.ConfigError(f"cannot listen on {settings.listen}")
     await server.start()
+    observer = Observer.start(settings, progress, replica) if role.leader else None  # metrics, progress logs
     stopping = asyncio.Event()
     janitor: asyncio.Task[None] | None = None
     if ingester is not None:
@@ -342,6 +371,8 @@ async def running_replica(
     try:
         yield server, port, progress
     finally:
+        if observer is not None:
+            observer.close()
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", settings.shutdown_grace)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace)

@@ -46,6 +46,8 @@ class Kvs2Stub:
     """Added: keys in [start, end) or under a prefix, one consistent snapshot per page."""
     Watch: _grpc.UnaryStreamMultiCallable[_kvs2_pb2.WatchRequest, _kvs2_pb2.WatchEvent]
     """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
+    ReplicaStatus: _grpc.UnaryUnaryMultiCallable[_kvs2_pb2.ReplicaStatusRequest, _kvs2_pb2.ReplicaStatusReply]
+    """Added: where this replica is per partition and how far behind Kafka (`kvs2 status`)."""
 
 @_typing.type_check_only
 class Kvs2AsyncStub(Kvs2Stub):
@@ -59,6 +61,8 @@ class Kvs2AsyncStub(Kvs2Stub):
     """Added: keys in [start, end) or under a prefix, one consistent snapshot per page."""
     Watch: _aio.UnaryStreamMultiCallable[_kvs2_pb2.WatchRequest, _kvs2_pb2.WatchEvent]  # type: ignore[assignment]
     """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
+    ReplicaStatus: _aio.UnaryUnaryMultiCallable[_kvs2_pb2.ReplicaStatusRequest, _kvs2_pb2.ReplicaStatusReply]  # type: ignore[assignment]
+    """Added: where this replica is per partition and how far behind Kafka (`kvs2 status`)."""
 
 class Kvs2Servicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,5 +109,13 @@ class Kvs2Servicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_kvs2_pb2.WatchEvent], _abc.AsyncIterator[_kvs2_pb2.WatchEvent]]:
         """Added: changes to a key, a prefix or a range, in apply order, resumable from positions."""
+
+    @_abc_1.abstractmethod
+    def ReplicaStatus(
+        self,
+        request: _kvs2_pb2.ReplicaStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kvs2_pb2.ReplicaStatusReply, _abc.Awaitable[_kvs2_pb2.ReplicaStatusReply]]:
+        """Added: where this replica is per partition and how far behind Kafka (`kvs2 status`)."""
 
 def add_Kvs2Servicer_to_server(servicer: Kvs2Servicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
