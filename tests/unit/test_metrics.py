@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -28,6 +29,9 @@ from prometheus_client import CollectorRegistry
 
 from tests.unit.conftest import FakeWriter
 
+if TYPE_CHECKING:
+    from kvs2._proto.kvs2_pb2_grpc import Kvs2AsyncStub
+
 
 def _registry() -> CollectorRegistry:
     registry = CollectorRegistry()
@@ -41,7 +45,7 @@ def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[pb_grpc.Kvs2Stub, Progress, Replica]]:
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Kvs2AsyncStub, Progress, Replica]]:
     replica = Replica(tmp_path / "db", map_size=1 << 22)
     replica.reset(TopicIdentity("t", "id", 1))
     progress = Progress(asyncio.get_running_loop())
@@ -58,7 +62,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[pb_grpc.Kvs2Stub, Progre
 
 
 async def test_rpcs_are_counted_by_method_and_status_code(
-    served: tuple[pb_grpc.Kvs2Stub, Progress, Replica],
+    served: tuple[Kvs2AsyncStub, Progress, Replica],
 ) -> None:
     stub, _, _ = served
     reg = _registry()
@@ -78,7 +82,7 @@ async def test_rpcs_are_counted_by_method_and_status_code(
 
 
 async def test_watch_streams_and_events_are_counted(
-    served: tuple[pb_grpc.Kvs2Stub, Progress, Replica],
+    served: tuple[Kvs2AsyncStub, Progress, Replica],
 ) -> None:
     stub, _, _ = served
     reg = _registry()
@@ -102,7 +106,7 @@ async def test_watch_streams_and_events_are_counted(
 
 
 async def test_replica_status_rpc_reports_positions_and_lag(
-    served: tuple[pb_grpc.Kvs2Stub, Progress, Replica],
+    served: tuple[Kvs2AsyncStub, Progress, Replica],
 ) -> None:
     stub, progress, _ = served
     progress.update(
