@@ -266,6 +266,31 @@ def _cmd_health(client: Client, args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def _cmd_status(client: Client, args: argparse.Namespace) -> int:
+    reply = client.replica_status()
+    rows = [
+        {
+            "partition": p.partition,
+            "applied": p.applied,
+            "end_offset": p.end_offset,
+            "lag": p.lag,
+            "caught_up_ago_s": None if p.seconds_since_caught_up < 0 else round(p.seconds_since_caught_up, 1),
+        }
+        for p in reply.partitions
+    ]
+    health = "SERVING" if reply.serving else "NOT_SERVING"
+    if args.json:
+        _emit({"target": args.target, "topic": reply.topic, "health": health, "partitions": rows}, True)
+        return 0
+    total = sum(p.lag for p in reply.partitions)
+    print(f"replica {args.target}  topic {reply.topic!r}  {health}  lag {total} records")
+    print(f"{'PARTITION':>9}  {'APPLIED':>12}  {'END OFFSET':>12}  {'LAG':>10}  CAUGHT UP")
+    for r in rows:
+        ago = "never" if r["caught_up_ago_s"] is None else f"{r['caught_up_ago_s']}s ago"
+        print(f"{r['partition']:>9}  {r['applied']:>12}  {r['end_offset']:>12}  {r['lag']:>10}  {ago}")
+    return 0
+
+
 _COMMANDS = {
     "get": _cmd_get,
     "mget": _cmd_mget,
@@ -274,6 +299,7 @@ _COMMANDS = {
     "scan": _cmd_scan,
     "watch": _cmd_watch,
     "health": _cmd_health,
+    "status": _cmd_status,
 }
 
 
@@ -329,6 +355,7 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--from", dest="from_", action="append", default=[], metavar="P:O", help="resume position")
     p.add_argument("--progress-ms", type=int, default=1000)
     p.add_argument("--progress", action="store_true", help="with --json, also print PROGRESS events")
+    sub.add_parser("status", parents=[common], help="the replica's positions and lag per partition")
     p = sub.add_parser("health", parents=[common], help="the replica's gRPC health status")
     p.add_argument("--service", default="")
 
