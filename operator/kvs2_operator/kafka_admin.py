@@ -30,6 +30,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
     ResourceType,
 )
 
+from kvs2_operator import metrics
 from kvs2_operator.errors import (
     KafkaRejectedError,
     KafkaUnavailableError,
@@ -262,12 +263,15 @@ class TopicAdmin:
 
     # The async API.
 
+    @metrics.kafka_call("describe")
     async def describe(self, name: str) -> TopicState | None:
         return await asyncio.to_thread(self._describe_sync, name)
 
+    @metrics.kafka_call("delete")
     async def delete(self, name: str) -> bool:
         return await asyncio.to_thread(self._delete_sync, name)
 
+    @metrics.kafka_call("ensure")
     async def ensure(self, spec: TopicSpec, *, owned: bool) -> EnsureResult:
         """Create the topic, or adopt a compatible existing one and bring its managed config in line."""
         state = await self.describe(spec.name)

@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (kvs2_operator.metrics)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -82,6 +88,10 @@ def run(argv: list[str]) -> int:
             kubeconfig=args.kubeconfig,
         ),
     )
+    if args.metrics_listen:
+        from kvs2_operator import metrics
+
+        logging.getLogger(__name__).info("metrics at :%d/metrics", metrics.serve(args.metrics_listen))
     try:
         kopf.run(
             standalone=True,
