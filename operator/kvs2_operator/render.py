@@ -44,6 +44,9 @@ VOLUME_NAME = "data"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 #: Seconds beyond the data plane's own shutdown grace before the kubelet sends SIGKILL.
 TERMINATION_MARGIN_SECONDS = 10
+#: Where each replica serves Prometheus metrics (`kvs2 serve --metrics-listen`), named "metrics" on the pod
+#: and on the headless Service so a PodMonitor/ServiceMonitor selects it by name.
+METRICS_PORT = 9464
 
 
 def selector_labels(store_name: str) -> dict[str, str]:
@@ -84,6 +87,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
         {"name": "KVS2_LOG_LEVEL", "value": spec.log_level},
         {"name": "KVS2_SHUTDOWN_GRACE", "value": str(spec.shutdown_grace_seconds)},
         {"name": "KVS2_WORKERS", "value": str(spec.workers)},
+        {"name": "KVS2_METRICS_LISTEN", "value": f"$(POD_IP):{METRICS_PORT}"},
     ]
     if kafka.client_config:
         joined = ",".join(f"{k}={v}" for k, v in sorted(kafka.client_config.items()))
@@ -112,7 +116,10 @@ def _container(store: Store) -> dict[str, Any]:
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["kvs2", "serve"],
-        "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "env": container_env(store),
         "volumeMounts": [{"name": VOLUME_NAME, "mountPath": DATA_DIR}],
         "readinessProbe": {
@@ -229,7 +236,7 @@ def render_headless_service(store: Store) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": selector_labels(store.name),
-            "ports": [_grpc_port()],
+            "ports": [_grpc_port(), {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}],
         },
     }
 
