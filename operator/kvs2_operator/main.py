@@ -91,7 +91,9 @@ def run(argv: list[str]) -> int:
     if args.metrics_listen:
         from kvs2_operator import metrics
 
-        logging.getLogger(__name__).info("metrics at :%d/metrics", metrics.serve(args.metrics_listen))
+        logging.getLogger(__name__).info(
+            "metrics at :%d/metrics", metrics.serve(args.metrics_listen).server_port
+        )
     try:
         kopf.run(
             standalone=True,

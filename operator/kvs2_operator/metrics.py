@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ParamSpec, Protocol, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import PROCESS_COLLECTOR, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -170,8 +171,8 @@ def kafka_call(call: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, A
     return decorate
 
 
-def serve(listen: str) -> int:
-    """Start `/metrics` on HOST:PORT in a daemon thread; returns the port."""
+def serve(listen: str) -> WSGIServer:
+    """Start `/metrics` on HOST:PORT in a daemon thread (`.server_port` is the port, `.shutdown()` stops)."""
     host, _, port = listen.rpartition(":")
     server, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
-    return int(server.server_port)
+    return server

@@ -12,6 +12,7 @@ a backlog the ingester has fetched but not yet applied is visible — which is e
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from confluent_kafka import Producer
 from kvs2.client import Client
 from kvs2.metrics import parse_listen
 
-from tests.harness.common import free_port, wait_until
+from tests.harness.common import free_port, repo_root, wait_until
 from tests.harness.kafka import KafkaBroker
 from tests.harness.prometheus import PrometheusServer, ensure_prometheus
 from tests.harness.replica import ReplicaProcess, kvs2_command
@@ -210,3 +211,41 @@ def test_catch_up_progress_is_logged_and_status_prints_a_table(
         assert all(row.split()[3] == "0" for row in table[2:])  # lag column
     finally:
         replica.stop()
+
+
+def _family_names(text: str) -> set[str]:
+    """Every series name a scrape can hold: families with their type's suffixes, samples or not."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(family.name + s for s in suffixes.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def test_every_dashboard_query_names_a_metric_a_live_scrape_has(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    from kvs2_operator import metrics as operator_metrics
+
+    listen = f"127.0.0.1:{free_port()}"
+    start_replica(kafka.bootstrap_servers, topic, "a", extra_args=_metrics_args(listen))
+    operator = operator_metrics.serve("127.0.0.1:0")
+    try:
+        scraped = _family_names(_scrape(listen)) | _family_names(_scrape(f"127.0.0.1:{operator.server_port}"))
+    finally:
+        operator.shutdown()
+        operator.server_close()
+    dashboard = json.loads((repo_root() / "charts/kvs2/files/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert exprs
+    used = {name for expr in exprs for name in re.findall(r"\b(kvs2_[a-z0-9_]+)", expr)}
+    assert used, exprs
+    assert used <= scraped, f"dashboard queries name metrics no scrape has: {sorted(used - scraped)}"
+    # And the alert rules name only live metrics too.
+    rules = (repo_root() / "charts/kvs2/files/prometheus-rules.yaml").read_text()
+    in_rules = {n for n in re.findall(r"\b(kvs2_[a-z0-9_]+)", rules) if not n.endswith("_says")}
+    assert in_rules <= scraped, sorted(in_rules - scraped)
