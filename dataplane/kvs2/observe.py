@@ -12,6 +12,7 @@ import logging
 
 from kvs2 import metrics
 from kvs2.config import ServeSettings
+from kvs2.errors import ConfigError
 from kvs2.logs import report_catchup
 from kvs2.progress import Progress, Snapshot
 from kvs2.storage import Replica
@@ -47,7 +48,10 @@ class Observer:
         server = None
         if settings.metrics_listen:
             registry = metrics.registry_for(LiveState(progress, replica), settings.workers)
-            server = metrics.MetricsServer(settings.metrics_listen, registry)
+            try:
+                server = metrics.MetricsServer(settings.metrics_listen, registry)
+            except OSError as exc:
+                raise ConfigError(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
             host, _ = metrics.parse_listen(settings.metrics_listen)
             log.info("metrics at http://%s:%d/metrics", host, server.port)
         reporter = asyncio.get_running_loop().create_task(

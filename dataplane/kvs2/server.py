@@ -352,11 +352,11 @@ async def running_replica(
         log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
 
     progress.on_serving_change(on_serving)
+    observer = Observer.start(settings, progress, replica) if role.leader else None  # metrics, progress logs
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise errors.ConfigError(f"cannot listen on {settings.listen}")
     await server.start()
-    observer = Observer.start(settings, progress, replica) if role.leader else None  # metrics, progress logs
     stopping = asyncio.Event()
     janitor: asyncio.Task[None] | None = None
     if ingester is not None:

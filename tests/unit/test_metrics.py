@@ -201,3 +201,18 @@ def test_catchup_report_gives_percentage_rate_and_eta() -> None:
     assert fields["eta_seconds"] == 30
     assert "25.0% of end offsets" in message
     assert "ETA 30s" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"metrics_listen": "9464"}, "--metrics-listen must be HOST:PORT"),
+        ({"log_format": "xml"}, "--log-format must be text or json"),
+    ],
+)
+def test_observability_settings_are_checked(changes: dict[str, str], message: str) -> None:
+    from kvs2.config import ServeSettings
+    from kvs2.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        ServeSettings(bootstrap_servers="b:1", topic="t", data_dir=Path("d"), **changes)  # type: ignore[arg-type]
