@@ -76,7 +76,7 @@ def prometheus_bin() -> Path:
 
 @pytest.fixture
 def scraped(tmp_path: Path, prometheus_bin: Path) -> Iterator[list[PrometheusServer]]:
-    """`scraped` list: append-free holder; the test starts Prometheus once it knows its targets."""
+    """Prometheus servers the test starts (once it knows its targets); all stopped at the end."""
     servers: list[PrometheusServer] = []
     yield servers
     for server in servers:
@@ -90,9 +90,13 @@ def test_prometheus_sees_lag_rise_while_the_replica_replays_a_backlog_and_return
     scraped: list[PrometheusServer],
     tmp_path: Path,
 ) -> None:
+    from kvs2_operator import metrics as operator_metrics
+
     listen = f"127.0.0.1:{free_port()}"
     replica = start_replica(kafka.bootstrap_servers, topic, "a", extra_args=_metrics_args(listen))
-    prom = PrometheusServer(tmp_path / "prometheus", [listen], interval="200ms").start()
+    operator = operator_metrics.serve("127.0.0.1:0")  # the operator's endpoint, scraped beside the replica
+    operator_target = f"127.0.0.1:{operator.server_port}"
+    prom = PrometheusServer(tmp_path / "prometheus", [listen, operator_target], interval="200ms").start()
     scraped.append(prom)
 
     def lag() -> float | None:
@@ -101,6 +105,14 @@ def test_prometheus_sees_lag_rise_while_the_replica_replays_a_backlog_and_return
 
     wait_until(lambda: lag() == 0, timeout=60, what="Prometheus to scrape lag 0 from the replica")
     assert len(prom.query("kvs2_partition_lag_records")) == PARTITIONS
+    wait_until(lambda: prom.target_health() == ["up", "up"], timeout=30, what="both targets up")
+    assert {labels["ready"] for labels, _ in prom.query("kvs2_operator_stores")} == {
+        "True",
+        "False",
+        "Unknown",
+    }
+    operator.shutdown()
+    operator.server_close()
     assert prom.query("max_over_time(max(kvs2_partition_lag_records)[10m:200ms])")[0][1] == 0
 
     assert replica.stop() == 0  # the ingester stops; Kafka moves on without it
