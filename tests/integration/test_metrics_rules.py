@@ -123,22 +123,38 @@ def test_alerts_fire_on_lag_not_serving_map_usage_and_operator_errors(tmp_path: 
                     },
                     {"eval_time": "5m", "alertname": "Kvs2ReplicaNotServing", "exp_alerts": []},
                     {"eval_time": "5m", "alertname": "Kvs2LmdbMapNearlyFull", "exp_alerts": []},
-                    {"eval_time": "12m", "alertname": "Kvs2StoreNotReady", "exp_alerts": [_firing({})]},
+                    {
+                        "eval_time": "12m",
+                        "alertname": "Kvs2StoreNotReady",
+                        "exp_alerts": [
+                            _firing(
+                                {"ready": "False"},
+                                summary="1 KeyValueStore(s) have been Ready=False for 10 minutes",
+                                description="kubectl get kvs -A shows which and why (the REASON column).",
+                            )
+                        ],
+                    },
                     {
                         "eval_time": "25m",
                         "alertname": "Kvs2OperatorReconcileErrors",
-                        "exp_alerts": [_firing({"reason": "KafkaUnavailable"})],
+                        "exp_alerts": [
+                            _firing(
+                                {"reason": "KafkaUnavailable"},
+                                summary="kvs2 operator reconcile passes fail with reason KafkaUnavailable",
+                                description="Passes have kept failing for 15 minutes; the stores' conditions "
+                                "carry the details.",
+                            )
+                        ],
                     },
                 ],
             }
         ],
     }
-    # exp_annotations must match exactly when given; the ones without are checked by labels only.
     path = tmp_path / "rules_test.yaml"
     path.write_text(yaml.safe_dump(tests, sort_keys=False))
     result = _promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _firing(labels: dict[str, str]) -> dict[str, Any]:
-    return {"exp_labels": {"severity": "warning", **labels}}
+def _firing(labels: dict[str, str], **annotations: str) -> dict[str, Any]:
+    return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}
