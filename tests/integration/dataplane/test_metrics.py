@@ -117,7 +117,7 @@ def test_prometheus_sees_lag_rise_while_the_replica_replays_a_backlog_and_return
 
     assert replica.stop() == 0  # the ingester stops; Kafka moves on without it
     _produce(kafka.bootstrap_servers, topic, RECORDS)
-    start_replica(kafka.bootstrap_servers, topic, "a", wait=False, extra_args=_metrics_args(listen))
+    replica = start_replica(kafka.bootstrap_servers, topic, "a", wait=False, extra_args=_metrics_args(listen))
 
     def recorded_lag() -> float:
         result = prom.query("max_over_time(max(kvs2_partition_lag_records)[10m:200ms])")
