@@ -91,9 +91,12 @@ def run(argv: list[str]) -> int:
     if args.metrics_listen:
         from kvs2_operator import metrics
 
-        logging.getLogger(__name__).info(
-            "metrics at :%d/metrics", metrics.serve(args.metrics_listen).server_port
-        )
+        try:
+            port = metrics.serve(args.metrics_listen).server_port
+        except (ValueError, OSError) as exc:
+            print(f"kvs2 operator: cannot serve metrics on {args.metrics_listen!r}: {exc}", file=sys.stderr)
+            return 2
+        logging.getLogger(__name__).info("metrics at :%d/metrics", port)
     try:
         kopf.run(
             standalone=True,
