@@ -3,6 +3,7 @@ PrometheusRule the chart renders carries exactly them, and the alerts fire on th
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -46,25 +47,46 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:  # the check ab
     assert _promtool("check", "rules", str(path)).returncode != 0
 
 
+def _render(*sets: str) -> list[dict[str, Any]]:
+    argv = [str(ensure_tool("helm")), "template", "t", str(CHART), "--kube-version", "1.37.0"]
+    for item in sets:
+        argv += ["--set", item]
+    rendered = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
 def test_the_chart_renders_the_same_rules_as_a_prometheus_rule() -> None:
-    rendered = subprocess.run(
-        [
-            str(ensure_tool("helm")),
-            "template",
-            "t",
-            str(CHART),
-            "--kube-version",
-            "1.37.0",
-            "--set",
-            "metrics.prometheusRule.enabled=true",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    docs = _render("metrics.prometheusRule.enabled=true")
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert rule["spec"] == yaml.safe_load(RULES.read_text())
+    assert not [d for d in _render() if d["kind"] in ("PrometheusRule", "PodMonitor", "ServiceMonitor")]
+
+
+def test_monitors_select_the_ports_and_pods_the_operator_names() -> None:
+    from kvs2_operator.model import parse_store
+    from kvs2_operator.render import render_children
+
+    from tests.unit.operator.conftest import BASE_BODY
+
+    docs = _render("metrics.serviceMonitor.enabled=true", "metrics.dashboard.enabled=true")
+    by_kind = {d["kind"]: d for d in docs if d["kind"] in ("PodMonitor", "ServiceMonitor", "Deployment")}
+    # Stores: the PodMonitor selects the pods the operator renders, on their port "metrics".
+    statefulset = next(c for c in render_children(parse_store(BASE_BODY)) if c["kind"] == "StatefulSet")
+    pod = statefulset["spec"]["template"]
+    selector = by_kind["PodMonitor"]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    port_names = {p["name"] for c in pod["spec"]["containers"] for p in c["ports"]}
+    assert by_kind["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] in port_names
+    # The operator: the ServiceMonitor's port is a port of the operator's pod, which serves metrics there.
+    container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert "metrics" in {p["name"] for p in container["ports"]}
+    assert "--metrics-listen" in container["args"]
+    assert by_kind["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "metrics"
+    (dashboard,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("dashboard")
+    ]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["kvs2.json"])["uid"] == "kvs2-overview"
 
 
 def _series(name: str, values: str) -> dict[str, Any]:
