@@ -16,7 +16,7 @@ import json
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,13 @@ TOOLSET = GoToolSet(
 def ensure_prometheus() -> Path:
     """The bin directory holding `prometheus` and `promtool` (built on first use, then cached)."""
     return ensure_toolset(TOOLSET)
+
+
+def ensure_prometheus_live(config: Any) -> Path:
+    """`ensure_prometheus()` from a pytest fixture, with capture off so a cold build's progress shows."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
+        return ensure_prometheus()
 
 
 @dataclass

@@ -8,11 +8,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.harness.common import repo_root
 from tests.harness.gobuild import ensure_tool
-from tests.harness.prometheus import ensure_prometheus
+from tests.harness.prometheus import ensure_prometheus, ensure_prometheus_live
 
 CHART = repo_root() / "charts" / "kvs2"
 RULES = CHART / "files" / "prometheus-rules.yaml"
@@ -25,6 +26,11 @@ NOT_SERVING_DESCRIPTION = (
     "It is still catching up with Kafka (kvs2_catchup_ratio says how far) or cannot reach Kafka; its log "
     "has a catch-up progress line at a steady interval."
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built(pytestconfig: pytest.Config) -> None:
+    ensure_prometheus_live(pytestconfig)  # a cold build prints its progress
 
 
 def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

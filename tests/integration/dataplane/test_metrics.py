@@ -25,7 +25,7 @@ from kvs2.metrics import parse_listen
 
 from tests.harness.common import free_port, repo_root, wait_until
 from tests.harness.kafka import KafkaBroker
-from tests.harness.prometheus import PrometheusServer, ensure_prometheus
+from tests.harness.prometheus import PrometheusServer, ensure_prometheus_live
 from tests.harness.replica import ReplicaProcess, kvs2_command
 from tests.integration.dataplane.conftest import PARTITIONS, StartReplica
 
@@ -70,8 +70,8 @@ def _produce(bootstrap: str, topic: str, count: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def prometheus_bin() -> Path:
-    return ensure_prometheus()
+def prometheus_bin(pytestconfig: pytest.Config) -> Path:
+    return ensure_prometheus_live(pytestconfig)
 
 
 @pytest.fixture
