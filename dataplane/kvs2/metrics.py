@@ -247,7 +247,8 @@ class ReplicaCollector(Collector):
         yield GaugeMetricFamily(
             "kvs2_catchup_ratio",
             "Applied share of Kafka's end offsets over all partitions (1 when caught up; replay progress)",
-            value=1.0 if total_end == 0 else total_applied / total_end,
+            # No end offsets seen yet: nothing known to be applied unless the replica already serves.
+            value=float(s.serving) if total_end == 0 else total_applied / total_end,
         )
         yield GaugeMetricFamily(
             "kvs2_serving",
