@@ -1,10 +1,16 @@
 """A real Prometheus (and promtool) for the tests, built from its Go module and cached by version.
 
-What is built: only `cmd/prometheus` and `cmd/promtool`, without the `builtinassets` build tag. The web UI's
-JavaScript bundle is made by npm in Prometheus' own release process and is not part of the Go module; the
-server builds and runs fine without it (only the browser UI pages are missing — the HTTP API the tests query,
-`/api/v1/...`, is all Go). So one `go build` of two packages is the whole cost; see `COLD_BUILD` for the
-measured cold time.
+What is built, and why (measured on the 2-core machine, `/usr/bin/time`, module cache warm):
+* only `cmd/prometheus` and `cmd/promtool`, without the `builtinassets` tag: the web UI's JavaScript bundle
+  is made by npm in Prometheus' release process and is not in the Go module; the server runs fine without
+  it (only the browser pages are missing — the HTTP API the tests query is all Go);
+* with the `remove_all_sd` tag: Prometheus' own switch that leaves out the cloud service discoveries
+  (AWS, Azure, GCE, OpenStack, Hetzner, … — large SDKs); static, file and HTTP discovery stay, and the tests
+  use static targets. A cold build (empty Go build cache) took 438 CPU-seconds (370 user + 68 system),
+  against 735 for the full build even with part of its build cache warm from the Kubernetes build: about
+  4 minutes instead of 6+ on two idle cores, and binaries half the size (52 MB each). promtool still
+  includes Kubernetes discovery (it imports it directly). Both binaries are needed: promtool checks and
+  unit-tests the alert rules, the server scrapes real replicas.
 
 `PrometheusServer` runs it on 127.0.0.1 with a config the test writes (scrape targets and a short
 interval), a TSDB in the test's directory, and `query()` for the HTTP API.
@@ -29,10 +35,10 @@ from tests.harness.gobuild import GoToolSet, ensure_toolset
 # Go module versions v0.3XX.Y are Prometheus 3.XX.Y releases.
 PROMETHEUS_MODULE_VERSION = "v0.316.0"
 PROMETHEUS_VERSION = "3.16.0"
-COLD_BUILD = "about 4 minutes on 2 cores"
+COLD_BUILD = "about 4 minutes on 2 idle cores (438 CPU-seconds measured)"
 
 TOOLSET = GoToolSet(
-    name="prometheus",
+    name="prometheus-minsd",
     module="github.com/prometheus/prometheus",
     version=PROMETHEUS_MODULE_VERSION,
     packages=(
@@ -44,6 +50,7 @@ TOOLSET = GoToolSet(
         f"-X github.com/prometheus/common/version.Version={PROMETHEUS_VERSION}",
         "-X github.com/prometheus/common/version.Branch=module",
     ),
+    tags=("remove_all_sd",),
     cold_build=COLD_BUILD,
 )
 

@@ -113,17 +113,19 @@ def test_prometheus_sees_lag_rise_while_the_replica_replays_a_backlog_and_return
     }
     operator.shutdown()
     operator.server_close()
-    assert prom.query("max_over_time(max(kvs2_partition_lag_records)[10m:200ms])")[0][1] == 0
+
+    def recorded_lag() -> float | None:
+        """The largest lag Prometheus holds for the last 10 minutes (None: no samples in that window yet)."""
+        result = prom.query("max_over_time(max(kvs2_partition_lag_records)[10m:200ms])")
+        return result[0][1] if result else None
+
+    wait_until(lambda: recorded_lag() == 0, timeout=30, what="Prometheus to hold only lag 0 so far")
 
     assert replica.stop() == 0  # the ingester stops; Kafka moves on without it
     _produce(kafka.bootstrap_servers, topic, RECORDS)
     replica = start_replica(kafka.bootstrap_servers, topic, "a", wait=False, extra_args=_metrics_args(listen))
 
-    def recorded_lag() -> float:
-        result = prom.query("max_over_time(max(kvs2_partition_lag_records)[10m:200ms])")
-        return result[0][1] if result else 0.0
-
-    wait_until(lambda: recorded_lag() > 0, timeout=120, what="Prometheus to record a lag above 0")
+    wait_until(lambda: (recorded_lag() or 0) > 0, timeout=120, what="Prometheus to record a lag above 0")
     wait_until(lambda: lag() == 0, timeout=300, what="the lag to fall back to 0")
     assert prom.query("kvs2_serving")[0][1] == 1
     # What the replica says over gRPC agrees: every partition applied up to its end offset.
