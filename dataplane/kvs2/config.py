@@ -74,6 +74,11 @@ class ServeSettings:
     snapshot_max_bytes_per_second: int = 0
     # Bound on the Watch change history in bytes (0: bounded by offsets only) (kvs2.storage).
     history_bytes: int = 1 << 30
+    # Observability (kvs2.metrics, kvs2.logs): /metrics on its own HOST:PORT ("" = off); log format;
+    # seconds between catch-up progress lines while NOT_SERVING.
+    metrics_listen: str = ""
+    log_format: str = "text"
+    progress_log_interval: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -95,6 +100,10 @@ class ServeSettings:
             raise ConfigError("--max-multiget-keys must be at least 1")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.metrics_listen and not _is_host_port(self.metrics_listen):
+            raise ConfigError(f"--metrics-listen must be HOST:PORT, got {self.metrics_listen!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigError("--partitions and --replication-factor must be at least 1")
         check_kafka_config(self.kafka_config)
@@ -115,6 +124,11 @@ def check_kafka_config(config: Mapping[str, str]) -> None:
 def parse_peers(raw: str) -> tuple[str, ...]:
     """`"a:1, b:2,"` → `("a:1", "b:2")` (--bootstrap-peers)."""
     return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit())
 
 
 def parse_kafka_pairs(pairs: Sequence[str]) -> dict[str, str]:
