@@ -27,6 +27,8 @@ PROTECTED_KAFKA_SETTINGS = {
     "partitioner": "every replica and every Kafka client puts a key in the same partition (murmur2_random)",
     "allow.auto.create.topics": "a missing topic is reported, never silently re-created empty",
     "transactional.id": "its producer is not transactional",
+    "max.in.flight.requests.per.connection": "a timed-out write is retried alone and never written twice "
+    "(one request in flight; see kvs2.kafka_io)",
 }
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
