@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from kvs2.config import (
 from kvs2.credentials import client_tls_from_options, server_tls_from_options
 from kvs2.errors import ConfigError
 from kvs2.kafka_security import librdkafka_settings, security_from_options
+from kvs2.logs import configure_logging
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -131,6 +131,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--metrics-listen",
+        default=_env("KVS2_METRICS_LISTEN", ""),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off unless set)",
+    )
+    p.add_argument("--log-format", choices=["text", "json"], default=_env("KVS2_LOG_FORMAT", "text"))
+    p.add_argument(
+        "--progress-log-interval",
+        type=float,
+        default=float(_env("KVS2_PROGRESS_LOG_INTERVAL", "10")),
+        help="seconds between catch-up progress log lines while NOT_SERVING",
+    )
     _add_serve_security(p)
 
 
@@ -222,17 +235,19 @@ def _serve(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         replication_factor=args.replication_factor,
         log_level=args.log_level,
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
+        progress_log_interval=args.progress_log_interval,
         tls=server_tls_from_options(args.tls_dir, args.tls_cert, args.tls_key, args.tls_client_ca),
         authz=policy_from_options(args.authz_file, args.authz),
         health_listen=args.health_listen or None,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
+    from kvs2.metrics import worker_files
     from kvs2.server import run_replica
 
-    return run_replica(settings)
+    with worker_files(settings.workers if settings.metrics_listen else 1):
+        return run_replica(settings)
 
 
 # ----- client commands ------------------------------------------------------------------------------
@@ -372,6 +387,31 @@ def _cmd_health(client: Client, args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def _cmd_status(client: Client, args: argparse.Namespace) -> int:
+    reply = client.replica_status()
+    rows = [
+        {
+            "partition": p.partition,
+            "applied": p.applied,
+            "end_offset": p.end_offset,
+            "lag": p.lag,
+            "caught_up_ago_s": None if p.seconds_since_caught_up < 0 else round(p.seconds_since_caught_up, 1),
+        }
+        for p in reply.partitions
+    ]
+    health = "SERVING" if reply.serving else "NOT_SERVING"
+    if args.json:
+        _emit({"target": args.target, "topic": reply.topic, "health": health, "partitions": rows}, True)
+        return 0
+    total = sum(p.lag for p in reply.partitions)
+    print(f"replica {args.target}  topic {reply.topic!r}  {health}  lag {total} records")
+    print(f"{'PARTITION':>9}  {'APPLIED':>12}  {'END OFFSET':>12}  {'LAG':>10}  CAUGHT UP")
+    for r in rows:
+        ago = "never" if r["caught_up_ago_s"] is None else f"{r['caught_up_ago_s']}s ago"
+        print(f"{r['partition']:>9}  {r['applied']:>12}  {r['end_offset']:>12}  {r['lag']:>10}  {ago}")
+    return 0
+
+
 _COMMANDS = {
     "get": _cmd_get,
     "mget": _cmd_mget,
@@ -381,6 +421,7 @@ _COMMANDS = {
     "watch": _cmd_watch,
     "health": _cmd_health,
     "load": load.command,
+    "status": _cmd_status,
 }
 
 
@@ -447,6 +488,7 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--from", dest="from_", action="append", default=[], metavar="P:O", help="resume position")
     p.add_argument("--progress-ms", type=int, default=1000)
     p.add_argument("--progress", action="store_true", help="with --json, also print PROGRESS events")
+    sub.add_parser("status", parents=[common], help="the replica's positions and lag per partition")
     p = sub.add_parser("health", parents=[common], help="the replica's gRPC health status")
     p.add_argument("--service", default="")
     load.add_parser(sub, common)

@@ -544,6 +544,13 @@ class Client:
             return "UNREACHABLE"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
+    def replica_status(self) -> pb.ReplicaStatusReply:
+        """The replica's applied offset, Kafka's end offset and lag per partition (`kvs2 status`)."""
+        reply: pb.ReplicaStatusReply = self._stub.ReplicaStatus(
+            pb.ReplicaStatusRequest(), timeout=self.timeout
+        )
+        return reply
+
 
 # ----- asyncio client --------------------------------------------------------------------------------
 class AsyncClient:

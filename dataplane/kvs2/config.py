@@ -33,6 +33,8 @@ PROTECTED_KAFKA_SETTINGS = {
     "partitioner": "every replica and every Kafka client puts a key in the same partition (murmur2_random)",
     "allow.auto.create.topics": "a missing topic is reported, never silently re-created empty",
     "transactional.id": "its producer is not transactional",
+    "max.in.flight.requests.per.connection": "a timed-out write is retried alone and never written twice "
+    "(one request in flight; see kvs2.kafka_io)",
 }
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -80,6 +82,11 @@ class ServeSettings:
     snapshot_max_bytes_per_second: int = 0
     # Bound on the Watch change history in bytes (0: bounded by offsets only) (kvs2.storage).
     history_bytes: int = 1 << 30
+    # Observability (kvs2.metrics, kvs2.logs): /metrics on its own HOST:PORT ("" = off); log format;
+    # seconds between catch-up progress lines while NOT_SERVING.
+    metrics_listen: str = ""
+    log_format: str = "text"
+    progress_log_interval: float = 10.0
     # gRPC TLS (kvs2.credentials; mutual when it has a client CA), per-subject rights (kvs2.authz), and
     # a plaintext port serving only grpc.health.v1 for probes that cannot speak TLS.
     tls: ServerTls | None = None
@@ -113,6 +120,10 @@ class ServeSettings:
             raise ConfigError("--max-multiget-keys must be at least 1")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.metrics_listen and not _is_host_port(self.metrics_listen):
+            raise ConfigError(f"--metrics-listen must be HOST:PORT, got {self.metrics_listen!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
         if self.partitions < 1 or self.replication_factor < 1:
             raise ConfigError("--partitions and --replication-factor must be at least 1")
         check_kafka_config(self.kafka_config)
@@ -133,6 +144,11 @@ def check_kafka_config(config: Mapping[str, str]) -> None:
 def parse_peers(raw: str) -> tuple[str, ...]:
     """`"a:1, b:2,"` → `("a:1", "b:2")` (--bootstrap-peers)."""
     return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit())
 
 
 def parse_kafka_pairs(pairs: Sequence[str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from kvs2 import metrics
 from kvs2.conditional import ConditionalResult, ConditionalWrites
 from kvs2.config import Limits
 from kvs2.consistency import EVENTUAL, EndOffsetLookup, EndOffsetOracle, ReadOptions, validate, wait_fresh
@@ -167,7 +168,8 @@ class Store:
         partitions = self._progress.now.partitions
         validate(options, partitions)
         touched = range(partitions) if keys is None else {partition_for(k, partitions) for k in keys}
-        await wait_fresh(self._progress, self._oracle, options, touched, timeout)
+        with metrics.read_wait(options):
+            await wait_fresh(self._progress, self._oracle, options, touched, timeout)
 
     # ----- reads -----------------------------------------------------------------------------------
     async def get(

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from kvs2 import metrics
 from kvs2.consistency import EndOffsetProbe
 from kvs2.errors import Kvs2Error, TopicNotFound
 from kvs2.guard import COUNTERS, DEFAULT_MARGIN_SECONDS, REFRESH_SECONDS, CaughtUpClock, stale_reason
@@ -272,6 +273,7 @@ class Ingester:
             if records or advanced:
                 stamp = clock.observe_proven(proven_at(offsets | advanced))
                 applied = self._replica.apply(records, advanced, fresh_from, caught_up_at=stamp)
+                metrics.record_applied(records)
                 if applied.outcomes:
                     self._on_outcomes(applied.outcomes)
                 offsets.update(advanced)

@@ -50,8 +50,15 @@ log = logging.getLogger(__name__)
 RECORD_OVERHEAD = 256
 # message.timeout.ms is the write timeout plus this: a caller's wait always ends first (kvs2.core).
 MESSAGE_TIMEOUT_MARGIN = 30.0
-# Delivery failures after which the record may nevertheless be in the log.
-_AMBIGUOUS = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._PURGE_INFLIGHT}
+# Delivery failures after which the record may nevertheless be in the log. A purged *queued* record too:
+# after a request timeout librdkafka puts the request's records back in the queue to retry them, although
+# the broker may already hold them.
+_AMBIGUOUS = {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._PURGE_INFLIGHT,
+    KafkaError._PURGE_QUEUE,
+}
 # librdkafka's default `message.max.bytes`.
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 
@@ -443,6 +450,17 @@ class Writer:
     The `murmur2_random` partitioner is the Java client's: a Java or Kafka Connect producer puts a
     key in the same partition as we do, so any Kafka producer can write to a store.
 
+    One produce request in flight per broker connection (`max.in.flight.requests.per.connection=1`), so
+    a record is never written twice. Why (torture seed 23, tests/integration/faults/test_duplicates.py):
+    with several requests in flight, a request R1 that times out (frozen connection, broker restart) may
+    already be in the log; librdkafka keeps its records to retry them with the same sequence numbers,
+    which the broker would recognise. But when the request behind it, R2, is answered
+    OUT_OF_ORDER_SEQUENCE_NUMBER, librdkafka (2.16 too; librdkafka issue #4953) bumps the producer epoch
+    and renumbers every unacknowledged record — R1's included — so the broker takes R1's records as new
+    and appends them a second time, after newer writes. With one request in flight no R2 can be behind
+    an unanswered R1: R1 is retried alone and deduplicated. `enable.gapless.guarantee` does not help
+    here (it only turns *permanent* batch failures into fatal errors; this epoch bump is not one).
+
     A fatal producer error (librdkafka's idempotence guarantees can no longer hold) makes the producer
     unusable for good. The writer then re-creates it: writes fail with UNAVAILABLE until the new one is
     in place, and `on_health(False)` reports the replica unfit to take writes while there is none.
@@ -467,6 +485,8 @@ class Writer:
             # says the write may still be applied; a delivery timeout says so too (_AMBIGUOUS).
             "message.timeout.ms": int((message_timeout + MESSAGE_TIMEOUT_MARGIN) * 1000),
             **config,
+            # After `config`: the no-duplicates guarantee rests on it (see the class docstring).
+            "max.in.flight.requests.per.connection": 1,
             "error_cb": self._on_error,
         }
         self._factory = producer_factory

@@ -12,9 +12,10 @@ import inspect
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,7 +34,9 @@ from kvs2.core import ItemStatus, KeyRange, Store, WriteItem, write_batch
 from kvs2.credentials import add_port
 from kvs2.health_port import start_health_server
 from kvs2.ingest import Ingester
+from kvs2.interceptors import MetricsInterceptor
 from kvs2.kafka_io import WriteToken
+from kvs2.observe import Observer
 from kvs2.progress import Progress, Snapshot
 from kvs2.redis_server import start_redis
 from kvs2.snapshot import Header, SnapshotSource, Trailer
@@ -102,10 +105,18 @@ def _positions(offsets: Mapping[int, int]) -> list[pb.Position]:
 
 
 class Kvs2Servicer(pb_grpc.Kvs2Servicer):
-    def __init__(self, store: Store, default_timeout: float, snapshots: SnapshotSource | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        default_timeout: float,
+        snapshots: SnapshotSource | None = None,
+        *,
+        topic: str = "",
+    ) -> None:
         self._store = store
         self._default_timeout = default_timeout
         self._snapshots = snapshots
+        self._topic = topic
 
     def _timeout(self, context: Context) -> float:
         """Time left: the client's deadline less a margin to carry our answer back, else the default."""
@@ -283,6 +294,26 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
 
         return await _translate(context, call)
 
+    async def ReplicaStatus(  # noqa: N802
+        self, request: pb.ReplicaStatusRequest, context: Context
+    ) -> pb.ReplicaStatusReply:
+        s = self._store.progress.now
+        now = time.monotonic()
+        return pb.ReplicaStatusReply(
+            serving=s.serving,
+            topic=self._topic,
+            partitions=[
+                pb.PartitionStatus(
+                    partition=p,
+                    applied=s.applied.get(p, 0),
+                    end_offset=s.high_watermarks.get(p, 0),
+                    lag=s.lag(p),
+                    seconds_since_caught_up=-1.0 if p not in s.caught_up_at else s.staleness(p, now),
+                )
+                for p in range(s.partitions)
+            ],
+        )
+
 
 _ITEM_STATUS = {
     ItemStatus.PUBLISHED: pb.WriteItemResult.PUBLISHED,
@@ -392,8 +423,11 @@ async def running_replica(
         fanin.attach(loop)
 
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
-    interceptors = [AuthorizationInterceptor(settings.authz)] if settings.authz is not None else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    # Metrics first, so that refused calls are counted too.
+    interceptors: list[Any] = [MetricsInterceptor()] if settings.metrics_listen else []
+    if settings.authz is not None:
+        interceptors.append(AuthorizationInterceptor(settings.authz))
+    server = grpc.aio.server(options=options, interceptors=interceptors or None)
     snapshots = SnapshotSource(
         replica,
         progress,
@@ -401,7 +435,7 @@ async def running_replica(
         max_streams=settings.snapshot_max_streams,
         max_bytes_per_second=settings.snapshot_max_bytes_per_second,
     )
-    servicer = Kvs2Servicer(store, settings.default_write_timeout, snapshots)
+    servicer = Kvs2Servicer(store, settings.default_write_timeout, snapshots, topic=settings.topic)
     pb_grpc.add_Kvs2Servicer_to_server(servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -428,6 +462,7 @@ async def running_replica(
             loop.call_soon_threadsafe(health.set, "producer", ok)
 
     writer.on_health = on_producer_health
+    observer = Observer.start(settings, progress, replica) if role.leader else None  # metrics, progress logs
     try:
         port = add_port(server, settings.listen, settings.tls)
     except RuntimeError:  # grpc raises when the bind fails; its own message only says "failed"
@@ -485,6 +520,8 @@ async def running_replica(
     finally:
         # Every step runs whatever happened to the ones before: the producer is always flushed and
         # LMDB always closed (issue 8).
+        if observer is not None:
+            observer.close()
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", settings.shutdown_grace)
         await _step("health", health_servicer.enter_graceful_shutdown)
 

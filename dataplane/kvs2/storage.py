@@ -407,6 +407,19 @@ class Replica:
             raw = txn.get(b"skipped")
         return 0 if raw is None else int(bytes(raw))
 
+    def stats(self) -> dict[str, int]:
+        """LMDB's numbers for metrics: map size, page size, pages in use, keys in the data database."""
+        with self._reading(self._data) as txn:
+            entries = int(txn.stat(self._data)["entries"])
+            info = self._env.info()
+            page_size = int(self._env.stat()["psize"])
+        return {
+            "map_size": int(info["map_size"]),
+            "page_size": page_size,
+            "used_pages": int(info["last_pgno"]) + 1,
+            "entries": entries,
+        }
+
     def items(self) -> list[tuple[bytes, Entry]]:
         """Every key in order (for tests and tooling; not a serving path)."""
         with self._reading(self._data) as txn:

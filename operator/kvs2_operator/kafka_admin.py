@@ -30,6 +30,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
     ResourceType,
 )
 
+from kvs2_operator import metrics
 from kvs2_operator.errors import (
     KafkaClusterChangedError,
     KafkaRejectedError,
@@ -306,16 +307,20 @@ class TopicAdmin:
 
     # The async API.
 
+    @metrics.kafka_call("describe")
     async def describe(self, name: str) -> TopicState | None:
         return await asyncio.to_thread(self._describe_sync, name)
 
+    @metrics.kafka_call("delete")
     async def delete(self, name: str) -> bool:
         return await asyncio.to_thread(self._delete_sync, name)
 
+    @metrics.kafka_call("cluster_id")
     async def cluster_id(self) -> str:
         """The id of the Kafka cluster these bootstrap servers reach (it survives broker restarts)."""
         return await asyncio.to_thread(self._cluster_id_sync)
 
+    @metrics.kafka_call("ensure")
     async def ensure(
         self, spec: TopicSpec, *, claim: Claim | None = None, cluster_id: str | None = None
     ) -> EnsureResult:

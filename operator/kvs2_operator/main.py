@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
     parser.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (kvs2_operator.metrics)",
+    )
+    parser.add_argument(
         "--leader-election",
         action="store_true",
         help="run only while holding a coordination.k8s.io Lease, so several replicas can be deployed "
@@ -147,6 +153,15 @@ def run(argv: list[str]) -> int:
             deletion_timeout=args.deletion_timeout,
         ),
     )
+    if args.metrics_listen:
+        from kvs2_operator import metrics
+
+        try:
+            port = metrics.serve(args.metrics_listen).server_port
+        except (ValueError, OSError) as exc:
+            print(f"kvs2 operator: cannot serve metrics on {args.metrics_listen!r}: {exc}", file=sys.stderr)
+            return 2
+        logging.getLogger(__name__).info("metrics at :%d/metrics", port)
     elector: LeaseElector | None = None
     lost = threading.Event()
     if args.leader_election:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs2_operator import diagnose, render
+from kvs2_operator import diagnose, metrics, render
 from kvs2_operator.crd import GROUP, KIND, VERSION, pdb_name, statefulset_name
 from kvs2_operator.errors import (
     ChildUpdateRefusedError,
@@ -296,6 +296,7 @@ def _replica_counts(statefulset: Mapping[str, Any] | None) -> dict[str, int]:
     }
 
 
+@metrics.reconcile_pass
 async def reconcile(body: Mapping[str, Any], deps: Deps) -> Outcome | None:
     """One pass over the store `body` names. Returns None when the store is gone or being deleted.
 

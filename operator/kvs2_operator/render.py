@@ -50,6 +50,9 @@ ZONE_TOPOLOGY_KEY = "topology.kubernetes.io/zone"
 CREDENTIALS_HASH_ANNOTATION = "kvs2.io/credentials-hash"
 #: Seconds beyond the data plane's own shutdown grace before the kubelet sends SIGKILL.
 TERMINATION_MARGIN_SECONDS = 10
+#: Where each replica serves Prometheus metrics (`kvs2 serve --metrics-listen`), named "metrics" on the pod
+#: and on the headless Service so a PodMonitor/ServiceMonitor selects it by name.
+METRICS_PORT = 9464
 
 
 def selector_labels(store_name: str) -> dict[str, str]:
@@ -91,6 +94,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
         {"name": "KVS2_SHUTDOWN_GRACE", "value": str(spec.shutdown_grace_seconds)},
         {"name": "KVS2_WORKERS", "value": str(spec.workers)},
         {"name": "KVS2_BOOTSTRAP_PEERS", "value": bootstrap_peers(store)},
+        {"name": "KVS2_METRICS_LISTEN", "value": f"$(POD_IP):{METRICS_PORT}"},
     ]
     if spec.redis.enabled:
         env.append({"name": "KVS2_REDIS_LISTEN", "value": f"$(POD_IP):{spec.redis.port}"})
@@ -138,6 +142,7 @@ def _container(store: Store) -> dict[str, Any]:
                 if spec.redis.enabled
                 else []
             ),
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "env": container_env(store),
         "volumeMounts": [
@@ -314,7 +319,7 @@ def render_headless_service(store: Store) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": selector_labels(store.name),
-            "ports": _ports(store),
+            "ports": [*_ports(store), {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}],
         },
     }
 

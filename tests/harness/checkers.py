@@ -9,6 +9,8 @@ returns a `Verdict` with what it checked and every violation it found, precisely
 - `bounded_reads`: max_staleness_ms / max_lag_records reads never older than their bound, and eventual
   reads on one replica never go back in time.
 - `deadlines`: no call outlives its deadline by more than a small margin.
+- `single-record`: no write is in the log twice: a Set's value (unique per history) is seen — acknowledged,
+  read or delivered by a Watch — at one revision of its key only.
 
 Judging is kept apart from recording (Jepsen's split) so checkers are unit-tested on hand-made histories
 that contain each violation (tests/unit/test_checkers.py).
@@ -324,12 +326,54 @@ def deadlines(history: History, margin_s: float = DEADLINE_MARGIN_S) -> Verdict:
     return verdict
 
 
+# ----- (f) one write, one record ---------------------------------------------------------------------------
+def single_record(history: History) -> Verdict:
+    """Every write is in the log at most once: each Set's value is seen at one revision of its key.
+
+    Why its own checker: a write re-sent by the producer after newer writes (seed 23: librdkafka's epoch
+    bump re-sending batches the broker already had) gives one write two revisions. Porcupine may or may
+    not notice (only if a read sees the old value again); the final state may hide it (a later write);
+    this names it directly. Values must be unique per (epoch, key): a value written twice is not judged.
+    Revisions restart with a recreated topic, so everything is grouped by epoch."""
+    verdict = Verdict("single-record")
+    writers: dict[tuple[int, str, str], int] = defaultdict(int)
+    seen: dict[tuple[int, str, str], dict[int, str]] = defaultdict(dict)
+    for epoch, ops in enumerate(history.epochs()):
+        for o in ops:
+            if o.kind in SETS and o.outcome != "fail":
+                writers[(epoch, o.key, o.value)] += 1
+                if o.outcome == "ok" and o.applied and o.revision > 0:
+                    seen[(epoch, o.key, o.value)].setdefault(o.revision, _show(o))
+            elif not o.is_write and o.outcome == "ok" and o.found and o.revision > 0:
+                seen[(epoch, o.key, o.out_value)].setdefault(o.revision, _show(o))
+    for d in history.deliveries:
+        epoch = history.epoch_of(d.at)
+        if d.kind == "put" and epoch >= 0:
+            seen[(epoch, d.key, d.value)].setdefault(
+                d.revision,
+                f"watch w{d.watcher}/s{d.session} on {d.target}: put {d.key}={d.value!r} "
+                f"rev={d.revision} at {d.partition}:{d.offset}",
+            )
+    for (epoch, key, value), revisions in sorted(seen.items()):
+        if writers.get((epoch, key, value), 0) != 1:
+            continue  # written more than once (or not by this history): several revisions are fine
+        verdict.checked += 1
+        if len(revisions) > 1:
+            shown = "; ".join(f"rev {r}: {what}" for r, what in sorted(revisions.items()))
+            verdict.violations.append(
+                f"{key}={value!r} (epoch {epoch}) written once is in the log at {len(revisions)} "
+                f"revisions: {shown}"
+            )
+    return verdict
+
+
 ALL: dict[str, Callable[[History], Verdict]] = {
     "final-state": final_state,
     "linearizable": linearizable,
     "watch": watch,
     "bounded-reads": bounded_reads,
     "deadlines": deadlines,
+    "single-record": single_record,
 }
 
 

@@ -620,11 +620,13 @@ def _stack_up() -> int:
     demo = kubelet_stack.apply_demo(cluster, bootstrap) if crd.is_file() else []
 
     kubectl = cluster.binary("kubectl")
+    replica_metrics = ", ".join(f"http://{d.rsplit(':', 1)[0]}:9464/metrics" for d in demo)
     print(
         f"""
 Local Kubernetes control plane is up; {kubelet_stack.NODES} process-kubelet nodes run its pods as processes.
   demo store : default/demo, gRPC at {", ".join(demo) or "(not Ready, see above)"}
                e.g. .venv/bin/kvs2 set --target {demo[0] if demo else "<pod IP>:50051"} greeting hello
+  metrics    : operator http://{OPERATOR_METRICS}/metrics; replicas {replica_metrics or "(none yet)"}
   API server : {cluster.api_url}
   Kafka      : {bootstrap}
   logs       : {cluster.logs}
@@ -638,6 +640,10 @@ Stop it with: make cluster-down
 """
     )
     return 0
+
+
+# The operator's Prometheus metrics in `make cluster` (each store pod serves its own on <pod IP>:9464).
+OPERATOR_METRICS = "127.0.0.1:59090"
 
 
 def _start_operator(cluster: Cluster, kubeconfig: Path) -> None:
@@ -657,7 +663,7 @@ def _start_operator(cluster: Cluster, kubeconfig: Path) -> None:
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     proc = ManagedProcess(
         name="operator",
-        argv=[str(kvs2), "operator"],
+        argv=[str(kvs2), "operator", "--metrics-listen", OPERATOR_METRICS],
         log_path=cluster.logs / "operator.log",
         env=env,
         cwd=repo_root(),

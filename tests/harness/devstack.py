@@ -21,6 +21,8 @@ TOPIC = "kvs2"
 PARTITIONS = 6
 REPLICAS = {"a": 50051, "b": 50052}
 REDIS_PORTS = {"a": 16379, "b": 16380}  # `--redis-listen`: the Redis-protocol front door
+# Each replica's Prometheus metrics endpoint (kvs2 serve --metrics-listen).
+METRICS_PORTS = {"a": 59051, "b": 59052}
 
 
 def _replica_dir(name: str) -> Path:
@@ -54,14 +56,20 @@ def _start_replica(name: str, port: int, bootstrap: str) -> None:
         "--create-topic",
         "--partitions",
         str(PARTITIONS),
+        "--metrics-listen",
+        f"127.0.0.1:{METRICS_PORTS[name]}",
     ]
     process = ManagedProcess(f"replica-{name}", argv, log_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     process.start()
     _pid_file(name).write_text(f"{process.pid}\n")
     progress(
-        f"replica {name}: pid {process.pid}, gRPC {target}, "
-        f"Redis 127.0.0.1:{REDIS_PORTS[name]}, log {log_path}"
+        f"replica {name}: pid {process.pid}, gRPC {target}, Redis 127.0.0.1:{REDIS_PORTS[name]}, "
+        f"metrics {_metrics_url(name)}, log {log_path}"
     )
+
+
+def _metrics_url(name: str) -> str:
+    return f"http://127.0.0.1:{METRICS_PORTS[name]}/metrics"
 
 
 def up() -> int:
@@ -86,11 +94,13 @@ def up() -> int:
         f"""
 kvs2 is up: Kafka at {bootstrap}, topic {TOPIC!r} ({PARTITIONS} partitions), two replicas SERVING.
   replica a: 127.0.0.1:50051      replica b: 127.0.0.1:50052      logs: {state_root()}/*.log
+  metrics a: {_metrics_url("a")}   metrics b: {_metrics_url("b")}
 
 Try it:
   {kvs2} set --target 127.0.0.1:50051 hello world
   {kvs2} get --target 127.0.0.1:50052 hello
   {kvs2} mget --target 127.0.0.1:50052 --json hello missing
+  {kvs2} status --target 127.0.0.1:50052          (positions and lag per partition)
   grpcurl -plaintext 127.0.0.1:50051 list          (reflection is on)
 
 Any Redis client works too (RESP2/RESP3; replica a: 127.0.0.1:16379, replica b: 127.0.0.1:16380):

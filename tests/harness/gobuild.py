@@ -58,6 +58,7 @@ class GoToolSet:
     main_go: Path | None = None
     kubernetes_staging: bool = False
     extra_requires: tuple[tuple[str, str], ...] = field(default=())
+    tags: tuple[str, ...] = ()  # Go build tags (`go build -tags`)
     cold_build: str = "under a minute or two"  # what to expect, told to the person watching
 
     @property
@@ -225,7 +226,18 @@ def _build(toolset: GoToolSet) -> None:
         shutil.rmtree(out)
     out.mkdir()
     ldflags = " ".join(("-s", "-w", *toolset.ldflags))
-    argv = ["go", "build", "-v", "-trimpath", f"-ldflags={ldflags}", "-o", f"{out}/", *toolset.packages]
+    tags = [f"-tags={','.join(toolset.tags)}"] if toolset.tags else []
+    argv = [
+        "go",
+        "build",
+        "-v",
+        "-trimpath",
+        f"-ldflags={ldflags}",
+        *tags,
+        "-o",
+        f"{out}/",
+        *toolset.packages,
+    ]
     _run(argv, src, env, log_path, started, "compile")
     missing = [b for b in toolset.binaries if not (out / b).is_file()]
     if missing:

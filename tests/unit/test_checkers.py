@@ -265,3 +265,45 @@ def test_epochs_make_writes_across_a_topic_recreation_ambiguous_and_drop_such_re
     epochs = history.epochs()
     assert [o.id for o in epochs[0]] == [before.id]
     assert [(o.id, o.outcome, o.epoch) for o in epochs[1]] == [(during_w.id, "info", 1), (after.id, "ok", 1)]
+
+
+# ----- (f) one write, one record ---------------------------------------------------------------------
+def test_single_record_accepts_each_write_at_one_revision() -> None:
+    ops = [
+        put("k", "a", 4, 0, 10),
+        op("set", "k", 20, 30, value="b", outcome="info", error="UNAVAILABLE: may still be applied"),
+        get("k", 40, 50, "a", revision=5),
+        get("k", 60, 70, "b", revision=9),  # the ambiguous write landed later: once, fine
+    ]
+    deliveries = [Delivery(0, 1, "r0", "put", "k", "b", 9, 0, 8, 65 * MS)]
+    verdict = checkers.single_record(History(ops=ops, deliveries=deliveries))
+    assert verdict.ok, verdict.violations
+    assert verdict.checked == 2
+
+
+def test_single_record_finds_an_ambiguous_write_appended_twice() -> None:
+    """Seed 23: a Set answered UNAVAILABLE landed at revision 92 and again at 117, after newer writes."""
+    ops = [
+        op("set", "k3", 0, 10, value="p1-184", outcome="info", error="UNAVAILABLE: may still be applied"),
+        get("k3", 20, 30, "p1-184", revision=92),
+        put("k3", "p3-150", 100, 40, 50),
+        get("k3", 60, 70, "p1-184", revision=117),
+    ]
+    verdict = checkers.single_record(History(ops=ops))
+    assert len(verdict.violations) == 1
+    assert "rev 92" in verdict.violations[0] and "rev 117" in verdict.violations[0]
+
+
+def test_single_record_finds_a_duplicate_only_a_watch_saw() -> None:
+    ops = [put("k", "a", 4, 0, 10)]
+    deliveries = [
+        Delivery(0, 1, "r0", "put", "k", "a", 5, 0, 4, 12 * MS),
+        Delivery(0, 1, "r0", "put", "k", "a", 12, 0, 11, 30 * MS),
+    ]
+    verdict = checkers.single_record(History(ops=ops, deliveries=deliveries))
+    assert len(verdict.violations) == 1
+
+
+def test_single_record_does_not_judge_a_value_written_twice() -> None:
+    ops = [put("k", "same", 4, 0, 10), put("k", "same", 8, 20, 30)]
+    assert checkers.single_record(History(ops=ops)).ok

@@ -213,6 +213,7 @@ async def test_a_known_condition_failed_survives_a_full_queue_for_its_tombstone(
         "partitioner",
         "allow.auto.create.topics",
         "transactional.id",
+        "max.in.flight.requests.per.connection",
     ],
 )
 def test_settings_that_break_guarantees_are_refused(tmp_path: Path, name: str) -> None:

@@ -901,3 +901,82 @@ class WriteReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteReply: _TypeAlias = WriteReply  # noqa: Y015
+
+@_typing.final
+class ReplicaStatusRequest(_message.Message):
+    """Added: the replica's own view of its progress; no Kafka round trip (end offsets as last seen)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaStatusRequest: _TypeAlias = ReplicaStatusRequest  # noqa: Y015
+
+@_typing.final
+class PartitionStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITION_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    END_OFFSET_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    SECONDS_SINCE_CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    partition: _builtins.int
+    applied: _builtins.int
+    """The next offset to apply: everything before it is applied."""
+    end_offset: _builtins.int
+    """Kafka's end offset as the replica's consumer last saw it."""
+    lag: _builtins.int
+    """Records Kafka has that the replica has not applied (end_offset - applied, at least 0)."""
+    seconds_since_caught_up: _builtins.float
+    """Seconds since the partition was last caught up; negative if it never was."""
+    def __init__(
+        self,
+        *,
+        partition: _builtins.int = ...,
+        applied: _builtins.int = ...,
+        end_offset: _builtins.int = ...,
+        lag: _builtins.int = ...,
+        seconds_since_caught_up: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "end_offset", b"end_offset", "lag", b"lag", "partition", b"partition", "seconds_since_caught_up", b"seconds_since_caught_up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartitionStatus: _TypeAlias = PartitionStatus  # noqa: Y015
+
+@_typing.final
+class ReplicaStatusReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVING_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    serving: _builtins.bool
+    """True when health is SERVING (caught up with Kafka's end offsets at start-up)."""
+    topic: _builtins.str
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionStatus]: ...
+    def __init__(
+        self,
+        *,
+        serving: _builtins.bool = ...,
+        topic: _builtins.str = ...,
+        partitions: _abc.Iterable[Global___PartitionStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions", b"partitions", "serving", b"serving", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaStatusReply: _TypeAlias = ReplicaStatusReply  # noqa: Y015

@@ -74,6 +74,11 @@ class Kvs2Stub:
                 request_serializer=kvs2__pb2.WriteRequest.SerializeToString,
                 response_deserializer=kvs2__pb2.WriteReply.FromString,
                 _registered_method=True)
+        self.ReplicaStatus = channel.unary_unary(
+                '/kvs2.Kvs2/ReplicaStatus',
+                request_serializer=kvs2__pb2.ReplicaStatusRequest.SerializeToString,
+                response_deserializer=kvs2__pb2.ReplicaStatusReply.FromString,
+                _registered_method=True)
 
 
 class Kvs2Servicer:
@@ -133,6 +138,13 @@ class Kvs2Servicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplicaStatus(self, request, context):
+        """Added: where this replica is per partition and how far behind Kafka (`kvs2 status`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_Kvs2Servicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +187,11 @@ def add_Kvs2Servicer_to_server(servicer, server):
                     servicer.Write,
                     request_deserializer=kvs2__pb2.WriteRequest.FromString,
                     response_serializer=kvs2__pb2.WriteReply.SerializeToString,
+            ),
+            'ReplicaStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaStatus,
+                    request_deserializer=kvs2__pb2.ReplicaStatusRequest.FromString,
+                    response_serializer=kvs2__pb2.ReplicaStatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +410,33 @@ class Kvs2:
             '/kvs2.Kvs2/Write',
             kvs2__pb2.WriteRequest.SerializeToString,
             kvs2__pb2.WriteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvs2.Kvs2/ReplicaStatus',
+            kvs2__pb2.ReplicaStatusRequest.SerializeToString,
+            kvs2__pb2.ReplicaStatusReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,8 @@ class Kvs2Stub:
     """Added: many puts and deletes in one call, produced to Kafka without waiting between records.
     NOT atomic across keys: each item succeeds or fails on its own (see WriteItemResult).
     """
+    ReplicaStatus: _grpc.UnaryUnaryMultiCallable[_kvs2_pb2.ReplicaStatusRequest, _kvs2_pb2.ReplicaStatusReply]
+    """Added: where this replica is per partition and how far behind Kafka (`kvs2 status`)."""
 
 @_typing.type_check_only
 class Kvs2AsyncStub(Kvs2Stub):
@@ -71,6 +73,8 @@ class Kvs2AsyncStub(Kvs2Stub):
     """Added: many puts and deletes in one call, produced to Kafka without waiting between records.
     NOT atomic across keys: each item succeeds or fails on its own (see WriteItemResult).
     """
+    ReplicaStatus: _aio.UnaryUnaryMultiCallable[_kvs2_pb2.ReplicaStatusRequest, _kvs2_pb2.ReplicaStatusReply]  # type: ignore[assignment]
+    """Added: where this replica is per partition and how far behind Kafka (`kvs2 status`)."""
 
 class Kvs2Servicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -135,5 +139,13 @@ class Kvs2Servicer(metaclass=_abc_1.ABCMeta):
         """Added: many puts and deletes in one call, produced to Kafka without waiting between records.
         NOT atomic across keys: each item succeeds or fails on its own (see WriteItemResult).
         """
+
+    @_abc_1.abstractmethod
+    def ReplicaStatus(
+        self,
+        request: _kvs2_pb2.ReplicaStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kvs2_pb2.ReplicaStatusReply, _abc.Awaitable[_kvs2_pb2.ReplicaStatusReply]]:
+        """Added: where this replica is per partition and how far behind Kafka (`kvs2 status`)."""
 
 def add_Kvs2Servicer_to_server(servicer: Kvs2Servicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

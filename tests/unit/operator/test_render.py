@@ -48,13 +48,17 @@ def test_container_runs_kvs2_serve_on_the_pod_ip(body: dict[str, Any]) -> None:
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "kvs2:test"
     assert container["command"] == ["kvs2", "serve"]
-    assert container["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+    ]
     names = [e["name"] for e in container["env"]]
     # $(POD_IP) only expands if POD_IP is defined earlier in the list.
     assert names.index("POD_IP") < names.index("KVS2_LISTEN")
     env = _env(sts)
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["KVS2_LISTEN"] == "$(POD_IP):50051"
+    assert env["KVS2_METRICS_LISTEN"] == "$(POD_IP):9464"  # metrics on in Kubernetes
     assert env["KVS2_BOOTSTRAP_SERVERS"] == "kafka-0.test:19092,kafka-1.test:19092"
     assert env["KVS2_TOPIC"] == "shop.orders"
     assert env["KVS2_DATA_DIR"] == "/var/lib/kvs2"
