@@ -157,6 +157,8 @@ def test_failed_pod_creation_is_quoted_in_the_ready_message(
         (("resources", "requests", "memory"), "lots", "should match"),
         (("kafka", "clientConfig"), {"acks": "1"}, "cannot override bootstrap.servers, acks"),
         (("kafka", "clientConfig"), {"sasl.password": "x"}, "nor credentials"),
+        (("kafka", "clientConfig"), {"max.in.flight.requests.per.connection": "5"}, "cannot override"),
+        (("kafka", "clientConfig"), {"allow.auto.create.topics": "true"}, "cannot override"),
         (("kafka", "topic", "config"), {"min.insync.replicas": "2"}, "between 1 and"),
     ],
 )

@@ -112,7 +112,18 @@ def test_the_image_defaults_to_the_operators(body: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["bootstrap.servers", "acks", "enable.idempotence", "partitioner", "sasl.password", "sasl.jaas"]
+    "key",
+    [
+        "bootstrap.servers",
+        "acks",
+        "enable.idempotence",
+        "partitioner",
+        "allow.auto.create.topics",
+        "transactional.id",
+        "max.in.flight.requests.per.connection",
+        "sasl.password",
+        "sasl.jaas",
+    ],
 )
 def test_client_config_cannot_override_what_the_store_relies_on(body: dict[str, Any], key: str) -> None:
     body["spec"]["kafka"]["clientConfig"] = {key: "x"}
