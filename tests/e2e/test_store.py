@@ -44,6 +44,14 @@ READY_TIMEOUT = "180s"
 @pytest.fixture(scope="module")
 def operator_pod(cluster: Cluster, kubelet: KubeletProcess) -> Iterator[OperatorPod]:
     """deploy/ exactly as a person installs it (server-side, the command the README documents)."""
+
+    def namespace_usable() -> bool:
+        # Another module's teardown of this fixture deletes deploy/'s namespace without waiting: applying
+        # into a namespace that is still terminating is refused (Forbidden), so wait until it is gone.
+        ns = cluster.get_object("default", "namespace", OPERATOR_NAMESPACE)
+        return ns is None or ns.get("status", {}).get("phase") != "Terminating"
+
+    wait_until(namespace_usable, timeout=180, what=f"namespace {OPERATOR_NAMESPACE} to finish terminating")
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(DEPLOY))
 
     def established() -> bool:
