@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 ProgressSink = Callable[[Snapshot], None]
 # Seconds a topic identity check stays good for applying fetched records (see the module docstring).
 VERIFY_BEFORE_APPLY = 0.25
-# Offsets written after the replica saw a partition's end less than this long ago are too fresh for
-# Kafka's cleaner to have compacted: a gap among them is a transaction marker (Storage.apply).
-FRESH_WINDOW = 2.0
+# Seconds taken off the topic's min.compaction.lag.ms for the time between Kafka reporting a partition's
+# end and the replica reading that report (see Ingester._fresh_window).
+FRESH_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class Ingester:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kvs2-ingester", daemon=True)
         self._problem: str | None = None
+        self._fresh_window = 0.0  # seconds; set from the topic's min.compaction.lag.ms in _session
 
     def start(self) -> None:
         self._thread.start()
@@ -171,6 +172,16 @@ class Ingester:
             self._on_topic_limit(self._admin.max_message_bytes(self._topic))
         except Kvs2Error as exc:
             log.warning("could not read the topic's max.message.bytes: %s", exc)
+        # Offsets written after the replica saw a partition's end less than this long ago are younger than
+        # the topic's min.compaction.lag.ms, so Kafka has not compacted them: a gap among them is another
+        # producer's transaction marker, not a lost change. With Kafka's default (0) every gap counts as
+        # compaction (Watch may then answer OUT_OF_RANGE across markers, but never skips a change).
+        try:
+            lag = self._admin.min_compaction_lag_ms(self._topic) / 1000
+        except Kvs2Error as exc:
+            log.warning("could not read the topic's min.compaction.lag.ms: %s", exc)
+            lag = 0.0
+        self._fresh_window = max(0.0, lag - FRESH_MARGIN)
         if self._problem is not None:
             log.info("Kafka is reachable again; following topic %r", self._topic)
             self._problem = None
@@ -248,7 +259,7 @@ class Ingester:
         while not self._stop.is_set():
             records, eof = reader.read(self._batch_size, timeout=0.2)
             read_at = time.monotonic()
-            fresh_from = {p: end for p, (end, at) in seen_end.items() if read_at - at < FRESH_WINDOW}
+            fresh_from = {p: end for p, (end, at) in seen_end.items() if read_at - at < self._fresh_window}
             for partition, end in eof.items():
                 seen_end[partition] = (end, read_at)
             if not records and seen_end:

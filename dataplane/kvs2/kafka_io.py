@@ -220,24 +220,26 @@ class Admin:
             raise _map_exception(exc, f"listing start offsets of {topic!r}") from exc
         return out
 
-    def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
+    def _topic_setting(self, topic: str, name: str, timeout: float) -> int:
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         futures = self._client.describe_configs([resource], request_timeout=timeout)
         try:
             configs = next(iter(futures.values())).result(timeout=timeout + 5)
         except Exception as exc:
             raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
-        return int(configs["max.message.bytes"].value)
+        return int(configs[name].value)
+
+    def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
+        return self._topic_setting(topic, "max.message.bytes", timeout)
 
     def delete_retention_ms(self, topic: str, timeout: float = 10.0) -> int:
         """The topic's `delete.retention.ms`: how long tombstones outlive compaction (kvs2.guard)."""
-        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-        futures = self._client.describe_configs([resource], request_timeout=timeout)
-        try:
-            configs = next(iter(futures.values())).result(timeout=timeout + 5)
-        except Exception as exc:
-            raise _map_exception(exc, f"reading the configuration of {topic!r}") from exc
-        return int(configs["delete.retention.ms"].value)
+        return self._topic_setting(topic, "delete.retention.ms", timeout)
+
+    def min_compaction_lag_ms(self, topic: str, timeout: float = 10.0) -> int:
+        """The topic's `min.compaction.lag.ms`: Kafka never compacts a record younger than this, so a gap
+        among younger offsets is a transaction marker, not a lost change (kvs2.storage, Replica.apply)."""
+        return self._topic_setting(topic, "min.compaction.lag.ms", timeout)
 
     def create_topic(
         self,

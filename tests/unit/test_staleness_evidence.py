@@ -62,6 +62,9 @@ class FakeAdmin:
     def max_message_bytes(self, topic: str, timeout: float = 10.0) -> int:
         return 1_000_000
 
+    def min_compaction_lag_ms(self, topic: str, timeout: float = 10.0) -> int:
+        return 0
+
 
 class FakeReader:
     """Delivers the topic's three records once, then nothing; its watermark cache never changes."""

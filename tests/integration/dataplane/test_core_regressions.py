@@ -166,8 +166,16 @@ def test_a_deleted_topic_stops_serving_but_keeps_the_data_until_a_new_topic_exis
 def test_transaction_markers_of_another_producer_are_not_compaction_gaps(
     kafka: KafkaBroker, topic: str, start_replica: StartReplica
 ) -> None:
-    """A transactional producer's commit markers take offsets that no consumer ever sees. They must not
-    read as compaction gaps: a Watch across them must deliver every write, not OUT_OF_RANGE."""
+    """A transactional producer's commit markers take offsets that no consumer ever sees. On a topic whose
+    min.compaction.lag.ms says recent records are never compacted, they must not read as compaction gaps:
+    a Watch across them must deliver every write, not OUT_OF_RANGE."""
+    topic = f"{topic}-lagged"
+    create_topic(
+        kafka.bootstrap_servers,
+        topic,
+        PARTITIONS,
+        config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    )
     a = start_replica(kafka.bootstrap_servers, topic, "a")
     transactional = Producer(
         {"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": f"{topic}-foreign"}
