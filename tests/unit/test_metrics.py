@@ -123,7 +123,7 @@ async def test_replica_status_rpc_reports_positions_and_lag(
     assert reply.topic == "t"
     (part,) = reply.partitions
     assert (part.partition, part.applied, part.end_offset, part.lag) == (0, 7, 10, 3)
-    assert part.seconds_since_caught_up < 0  # never caught up
+    assert part.seconds_since_caught_up == -1.0  # never caught up: the sentinel
 
 
 def test_cas_outcomes_from_reply_or_status() -> None:

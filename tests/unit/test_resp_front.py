@@ -230,8 +230,8 @@ async def test_reads_see_writes_made_behind_the_scenes(front: Front) -> None:
 
 def test_redis_listen_must_be_host_port(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--redis-listen must be HOST:PORT, got '6379'"):
-        ServeSettings("k:9092", "t", tmp_path, redis_listen="6379")
-    assert ServeSettings("k:9092", "t", tmp_path).redis_listen == ""  # off by default
+        ServeSettings("127.0.0.1:9", "t", tmp_path, redis_listen="6379")
+    assert ServeSettings("127.0.0.1:9", "t", tmp_path).redis_listen == ""  # off by default
 
 
 async def test_pipelined_writes_reach_the_producer_in_command_order(front: Front) -> None:
