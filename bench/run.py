@@ -325,12 +325,8 @@ def bench_etcd(work: Path, duration: str, cpus: str = SERVER_CPU) -> Figure:
         proc.stop()
 
 
-def bench_redis(duration_s: int) -> Figure | None:
-    try:
-        ensure_apt("redis-server", "redis-server")  # redis-benchmark and redis-cli come with it
-    except AptUnavailable as exc:
-        progress(f"redis-server not measured: {exc}")
-        return None
+def _start_redis_server(log_dir: Path) -> tuple[ManagedProcess, int]:
+    """redis-server, the peer, pinned to the server CPU like kvs2's replica; no persistence."""
     port = free_port()
     proc = ManagedProcess(
         "redis",
@@ -346,8 +342,18 @@ def bench_redis(duration_s: int) -> Figure | None:
             "--save",
             "",
         ],
-        Path("/tmp") / f"kvs2-bench-redis-{port}.log",
+        log_dir / f"kvs2-bench-redis-{port}.log",
     ).start()
+    return proc, port
+
+
+def bench_redis(duration_s: int) -> Figure | None:
+    try:
+        ensure_apt("redis-server", "redis-server")  # redis-benchmark and redis-cli come with it
+    except AptUnavailable as exc:
+        progress(f"redis-server not measured: {exc}")
+        return None
+    proc, port = _start_redis_server(Path("/tmp"))
     try:
         wait_until(
             lambda: (
@@ -487,23 +493,7 @@ def bench_resp(work: Path, seconds: int) -> list[Figure]:
             replica.stop()
     finally:
         broker.stop()
-    port = free_port()
-    server = ManagedProcess(
-        "redis",
-        [
-            "taskset",
-            "-c",
-            SERVER_CPU,
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ],
-        work / "redis-server.log",
-    ).start()
+    server, port = _start_redis_server(work)
     try:
         import redis
 

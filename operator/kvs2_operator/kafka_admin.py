@@ -30,6 +30,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
     ResourceType,
 )
 
+# One record of librdkafka's latest TLS/SASL failure for both the data plane and the operator (the same
+# distribution ships both packages).
+from kvs2.kafka_security import ConnectionProblems
+
 from kvs2_operator import metrics
 from kvs2_operator.errors import (
     KafkaClusterChangedError,
@@ -39,7 +43,6 @@ from kvs2_operator.errors import (
     TopicIncompatibleError,
     TopicLostError,
 )
-from kvs2_operator.kafka_security import ConnectionProblems
 from kvs2_operator.model import TopicSpec
 from kvs2_operator.ownership import Claim, Ownership
 

@@ -14,8 +14,6 @@ spec.kafka.clientConfig may not set what these own (refused by the CRD's CEL rul
 from __future__ import annotations
 
 import base64
-import threading
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -235,29 +233,3 @@ async def admin_settings(
             user = KeyRef("Secret", sasl.secret_name, sasl.username_key)
             out["sasl.username"] = (await _value(get, namespace, user, "spec.kafka.sasl")).rstrip("\r\n")
     return out
-
-
-class ConnectionProblems:
-    """The latest TLS or SASL failure one admin client's librdkafka reported, for status messages.
-
-    Why: a wrong password or an untrusted CA shows up in admin results only as "timed out" (librdkafka
-    keeps retrying the connection); the reason comes through the error callback. kafka_admin appends it
-    to the timeout, so the store's status says *why* Kafka cannot be reached.
-    """
-
-    def __init__(self, max_age: float = 120.0) -> None:
-        self._max_age = max_age
-        self._lock = threading.Lock()
-        self._latest: tuple[float, str] | None = None
-
-    def note(self, message: str) -> None:
-        with self._lock:
-            self._latest = (time.monotonic(), message)
-
-    def hint(self) -> str:
-        """`; last connection error: …` when one was seen recently, else ''."""
-        with self._lock:
-            latest = self._latest
-        if latest is None or time.monotonic() - latest[0] > self._max_age:
-            return ""
-        return f"; last connection error: {latest[1]}"
