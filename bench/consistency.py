@@ -4,6 +4,7 @@ replicas (called by bench/run.py, which owns the Kafka broker and the replicas).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -133,3 +134,63 @@ def _produce(bootstrap: str, topic: str, records: int) -> None:
             except BufferError:
                 producer.poll(0.05)
     producer.flush(60)
+
+
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    """(p50, p99) in milliseconds of samples in seconds."""
+    ordered = sorted(samples)
+    return (
+        ordered[len(ordered) // 2] * 1e3,
+        ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
+    )
+
+
+def sequential_set(target: str, n: int = 1000) -> list[float]:
+    """Latency of `n` Sets (100-byte values, acks=all) from one client, one call at a time: what a
+    single writer waits per write, with no batching help from concurrent calls."""
+    value = b"v" * 100
+    with Client(target) as c:
+        c.set(b"seq-set", value)  # connection and first-call set-up out of the figures
+        return _timed(lambda: c.set(b"seq-set", value), n)
+
+
+def set_to_watch(writer_target: str, watcher_target: str, n: int = 1000) -> list[float]:
+    """Write→visible on another replica: from the start of a Set call on replica A until replica B's
+    Watch delivers that PUT, one write at a time (the next Set starts after the event arrived)."""
+
+    async def run() -> list[float]:
+        arrived: dict[bytes, float] = {}
+        waiting: dict[bytes, asyncio.Future[None]] = {}
+        ready = asyncio.Event()
+        async with AsyncClient(watcher_target) as b, AsyncClient(writer_target) as a:
+
+            async def follow() -> None:
+                async for event in b.watch(prefix=b"visible/", progress_interval_ms=100):
+                    if event.kind == "progress":
+                        ready.set()
+                    elif event.kind == "put" and event.value is not None:
+                        arrived[event.value] = time.perf_counter()
+                        future = waiting.pop(event.value, None)
+                        if future is not None and not future.done():
+                            future.set_result(None)
+
+            task = asyncio.create_task(follow())
+            try:
+                await asyncio.wait_for(ready.wait(), 60)
+                samples = []
+                loop = asyncio.get_running_loop()
+                for i in range(n + 10):
+                    value = f"{i}".encode()
+                    future = waiting[value] = loop.create_future()
+                    started = time.perf_counter()
+                    await a.set(b"visible/k", value)
+                    await asyncio.wait_for(future, 30)
+                    if i >= 10:  # the first few warm up both connections
+                        samples.append(arrived[value] - started)
+                return samples
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    return asyncio.run(run())

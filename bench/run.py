@@ -1,24 +1,34 @@
-"""`make bench`: measure a kvs2 replica on this machine and append the figures to bench/RESULTS.md.
+"""`make bench`: measure kvs2 and its peers in one run and append the figures to bench/RESULTS.md.
 
-What is measured (each with the settings printed beside it):
-  replay     records/s a fresh replica applies from a pre-filled topic (start → SERVING, from its log)
-  Get        ghz, unary Get of one existing key
-  MultiGet   ghz, 100 keys per call → keys/s
-  Set        ghz, unary Set (acks=all, idempotent)
-  Write      ghz, 1000 puts of 100-byte values per call → acknowledged records/s, server CPU per record;
-             peer: etcd Txn of 128 Puts (`--only write` runs just these two rows)
-  peers      etcd serializable Range (etcd's own benchmark tool) and redis GET (redis-benchmark), same box
-  RESP       the Redis front door (`--redis-listen`) and redis-server under the same redis-benchmark GET and
-             MGET(100 keys), with each server's CPU per request from /proc (`--only resp` runs just these)
-The server under test is pinned to CPU 0 and every load generator to CPU 1 (2-core machine).
-Nothing here is a pass/fail test: targets live in RESULTS.md, not in assertions.
+Every row says its throughput and the **server's CPU time per request** (from /proc of the server
+processes during the run, less their idle share), so per-core costs compare fairly whatever each load
+generator costs. The server under test is pinned to CPU 0 and every load generator to CPU 1 (2-core
+machine); Kafka is unpinned. Parts, in the order they run (`--only a,b` runs a subset, e.g. for smoke runs):
+
+  replay    a fresh replica replays --records distinct keys (100-byte values); records/s, and its RSS
+            (total and anonymous) after catch-up
+  floor     a bare grpc.aio server whose Get returns a fixed reply (bench/floor.py): the floor of a call
+  get       Get of one key, ghz -c 32; then open loop (ghz --async --rps) at 25/50/75/100 % of that peak
+  multiget  MultiGet of 100 and of 1000 keys → keys/s
+  resp      the Redis front door (--redis-listen on the same replica): redis-benchmark GET and MGET(100),
+            then open-loop GET (bench/loadgen.py: redis-benchmark has no rate limit)
+  latency   one sequential client: Set p50/p99; Set on A → PUT on B's Watch p50/p99; Get per consistency level
+  set       Set, ghz -c 64
+  write     Write of 1000-item batches → records/s; peer: etcd Txn of 128 Puts (its default limit)
+  watch     Watch fan-out, 50 watchers
+  workers   Get with `--workers 2` (server on both cores) vs the single process above, CPU-µs per Get
+  embedded  an embedded replica (kvs2.embedded) in its own pinned process: Get p50, MultiGet keys/s
+  etcd      etcd serializable Range on CPU 0 (+ open loop) and on both cores
+  redis     redis-server: the same redis-benchmark GET and MGET(100), and open-loop GET
+Then the PNG plot of latency against offered load (bench/latency-<stamp>.png), and a table of the issues'
+targets (#12, #14) with the measured value and met or not. Nothing here is a pass/fail test.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import csv
+import contextlib
 import datetime as dt
 import json
 import os
@@ -26,31 +36,50 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from collections.abc import Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import Producer, libversion
 
-from bench.consistency import read_levels, watch_fanout
-from tests.harness.common import ManagedProcess, free_port, progress, wait_until
-from tests.harness.debian import AptUnavailable, ensure_apt
-from tests.harness.gobuild import ETCD_VERSION, TOOLS, ensure_tool
+from bench import procstat
+from bench.consistency import percentiles_ms, read_levels, sequential_set, set_to_watch, watch_fanout
+from bench.plot import Point, plot
+from bench.servers import redis_version, start_etcd, start_floor, start_redis_server
+from bench.targets import Metrics, table
+from bench.tools import BOTH_CPUS, LOAD_CPU, SERVER_CPU, Load, ghz, redis_benchmark, redis_open_loop
+from bench.tools import ROOT as ROOT  # re-exported: bench/snapshot.py imports it from here
+from tests.harness.common import children_die_with_parent, free_port, progress
+from tests.harness.debian import ensure_apt
+from tests.harness.gobuild import ETCD_VERSION, TOOLS
 from tests.harness.kafka import KAFKA_VERSION, KafkaBroker, create_topic
 from tests.harness.replica import ReplicaProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
-SERVER_CPU = "0"
-LOAD_CPU = "1"
-BOTH_CPUS = "0,1"  # the server may use both cores (the load generator still runs on CPU 1)
-
 ETCD_PROTO = ROOT / "bench" / "peers" / "etcd_range.proto"
+ETCD_TXN_PROTO = ROOT / "bench" / "peers" / "etcd_txn.proto"
+WRITE_BATCH = 1000
+ETCD_TXN_OPS = 128  # etcd's default --max-txn-ops
+LEVELS = (0.25, 0.50, 0.75, 1.00)  # open-loop offered load, as shares of the measured peak
+PARTS = (
+    "replay",
+    "floor",
+    "get",
+    "multiget",
+    "resp",
+    "latency",
+    "set",
+    "write",
+    "watch",
+    "workers",
+    "embedded",
+    "etcd",
+    "redis",
+)
+ALIASES = {"resp": ("resp", "redis")}  # `--only resp`: the front door and its peer, as before
 
 
 @dataclass
@@ -64,81 +93,12 @@ def _pin(pid: int, cpu: str) -> None:
     subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], check=False, capture_output=True)
 
 
-@dataclass
-class Load:
-    """One ghz run: requests/s, latency percentiles (ms) and the share of OK answers."""
-
-    rps: float
-    p50: float
-    p99: float
-    ok: str
-
-    def latency(self) -> str:
-        return f"p50 {self.p50:.2f} ms, p99 {self.p99:.2f} ms"
-
-
-def _ghz(
-    target: str,
-    call: str,
-    data: Mapping[str, object],
-    concurrency: int,
-    duration: str,
-    proto: Path = ROOT / "proto" / "kvs2.proto",
-) -> Load:
-    ghz = ensure_tool("ghz")
-    payload = json.dumps(data)
-    data_args = ["-d", payload]
-    if len(payload) > 64_000:  # a 1000-item Write is longer than an argument may be: pass it as a file
-        data_file = Path(tempfile.mkstemp(prefix="ghz-data-", suffix=".json")[1])
-        data_file.write_text(payload)
-        data_args = ["-D", str(data_file)]
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            LOAD_CPU,
-            str(ghz),
-            "--insecure",
-            "--proto",
-            str(proto),
-            "--call",
-            call,
-            *data_args,
-            "-c",
-            str(concurrency),
-            "--connections",
-            "4",
-            "-z",
-            duration,
-            "--format",
-            "json",
-            target,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    if data_args[0] == "-D":
-        Path(data_args[1]).unlink(missing_ok=True)
-    result: dict[str, Any] = json.loads(out.stdout)
-    latencies = {e["percentage"]: float(e["latency"]) / 1e6 for e in result.get("latencyDistribution") or []}
-    codes: dict[str, int] = result.get("statusCodeDistribution") or {}
-    return Load(
-        rps=float(result["rps"]),
-        p50=latencies.get(50, float("nan")),
-        p99=latencies.get(99, float("nan")),
-        ok=", ".join(
-            f"{n} {code}"
-            # ghz ends a timed run by closing its connections: at most `concurrency` calls in flight then
-            # fail as Canceled/Unavailable (a count-bounded run of the same load shows none).
-            + (" (in flight when the timed run ended)" if code != "OK" and n <= concurrency else "")
-            for code, n in sorted(codes.items(), key=lambda item: -item[1])
-        ),
-    )
-
-
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+def _key(i: int) -> bytes:
+    return f"key-{i:07d}".encode()
 
 
 def _prefill(bootstrap: str, topic: str, records: int, keys: int, value_size: int) -> float:
@@ -161,9 +121,9 @@ def _prefill(bootstrap: str, topic: str, records: int, keys: int, value_size: in
                 break
             except BufferError:
                 producer.poll(0.05)
-        if i % 50_000 == 0:
+        if i % 100_000 == 0:
             producer.poll(0)
-            progress(f"prefill: {i}/{records} records")
+            progress(f"prefill: {i:,}/{records:,} records")
     assert producer.flush(120) == 0
     return records / (time.monotonic() - started)
 
@@ -172,449 +132,524 @@ def _log_time(line: str) -> dt.datetime:
     return dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
 
 
-def _replay_seconds(log: str) -> float:
-    start = next(line for line in log.splitlines() if "building replica" in line)
-    done = next(line for line in log.splitlines() if "caught up" in line)
+def _replay_seconds(log: str) -> float | None:
+    """From the replica's log: first fetch ("building replica") to "caught up"; None if not logged."""
+    lines = log.splitlines()
+    start = next((line for line in lines if "building replica" in line), None)
+    done = next((line for line in lines if "caught up" in line), None)
+    if start is None or done is None:
+        return None
     return (_log_time(done) - _log_time(start)).total_seconds()
 
 
-def bench_kvs2(work: Path, records: int, duration: str) -> tuple[list[Figure], dict[str, str]]:
-    figures: list[Figure] = []
-    broker = KafkaBroker(work / "kafka").start()
-    try:
-        topic = "bench"
-        partitions = 6
-        create_topic(broker.bootstrap_servers, topic, partitions, config={"cleanup.policy": "compact"})
-        distinct = min(records, 100_000)
-        rate = _prefill(broker.bootstrap_servers, topic, records, distinct, 100)
-        progress(f"prefill done at {rate:,.0f} records/s (confluent-kafka producer)")
+class Bench:
+    """One run: the shared Kafka broker, the pre-filled topic and replicas A (gRPC + RESP, CPU 0) and B,
+    started on first use and stopped at the end; the figures, target metrics and plot series so far."""
 
-        replica = ReplicaProcess(broker.bootstrap_servers, topic, work / "replica", work / "replica.log")
-        replica.start()
-        assert replica.process is not None
-        _pin(replica.process.pid, SERVER_CPU)
-        replica.wait_serving(timeout=600)
-        seconds = _replay_seconds(replica.log_text())
-        figures.append(
-            Figure(
-                "replay into LMDB",
-                f"{records / seconds:,.0f} records/s",
-                f"{records:,} records, {distinct:,} distinct keys, 100-byte values, {partitions} partitions,"
-                f" {seconds:.1f}s from first fetch to caught up",
-            )
+    def __init__(self, work: Path, records: int, seconds: int, open_seconds: float) -> None:
+        self.work = work
+        self.records = records
+        self.seconds = seconds
+        self.duration = f"{seconds}s"
+        self.open_seconds = open_seconds
+        self.figures: list[Figure] = []
+        self.metrics: Metrics = {}
+        self.series: dict[str, list[Point]] = {}
+        self.notes: list[str] = []
+        self.topic = "bench"
+        self._broker: KafkaBroker | None = None
+        self._a: ReplicaProcess | None = None
+        self._b: ReplicaProcess | None = None
+        self.redis_port = 0
+        self.replay_wall = 0.0
+
+    # ----- shared fixtures ---------------------------------------------------------------------------
+    @property
+    def broker(self) -> KafkaBroker:
+        if self._broker is None:
+            progress("starting Kafka")
+            self._broker = KafkaBroker(self.work / "kafka").start()
+            create_topic(self._broker.bootstrap_servers, self.topic, 6, config={"cleanup.policy": "compact"})
+            rate = _prefill(self._broker.bootstrap_servers, self.topic, self.records, self.records, 100)
+            progress(f"prefill: {self.records:,} records at {rate:,.0f} records/s (confluent-kafka producer)")
+        return self._broker
+
+    def replica(self, name: str, cpus: str, extra: tuple[str, ...] = ()) -> ReplicaProcess:
+        """A started, pinned replica on the bench topic, SERVING (the caller stops it)."""
+        r = ReplicaProcess(
+            self.broker.bootstrap_servers,
+            self.topic,
+            self.work / name,
+            self.work / f"{name}.log",
+            extra_args=extra,
         )
-        one_key = {"key": _b64(b"key-0000001")}
-        load = _ghz(replica.target, "kvs2.Kvs2.Get", one_key, 32, duration)
-        figures.append(
-            Figure(
-                "Get",
-                f"{load.rps:,.0f} req/s",
-                f"{load.latency()}; ghz -c 32, 4 conns, {duration}; {load.ok}",
-            )
-        )
-        keys = {"keys": [_b64(f"key-{i * 97 % distinct:07d}".encode()) for i in range(100)]}
-        load = _ghz(replica.target, "kvs2.Kvs2.MultiGet", keys, 16, duration)
-        figures.append(
-            Figure(
-                "MultiGet(100 keys)",
-                f"{load.rps * 100:,.0f} keys/s ({load.rps:,.0f} req/s)",
-                f"{load.latency()}; ghz -c 16, 4 conns, {duration}; {load.ok}",
-            )
-        )
-        load = _ghz(
-            replica.target,
-            "kvs2.Kvs2.Set",
-            {"key": _b64(b"bench-set"), "value": _b64(b"v" * 100)},
-            64,
-            duration,
-        )
-        figures.append(
-            Figure(
-                "Set",
-                f"{load.rps:,.0f} req/s",
-                f"{load.latency()}; ghz -c 64, 4 conns, {duration}; acks=all, idempotent; {load.ok}",
-            )
-        )
-        other = ReplicaProcess(broker.bootstrap_servers, topic, work / "replica-b", work / "replica-b.log")
-        other.start()
-        other.wait_serving(timeout=600)
-        for name, value, detail in read_levels(other.target, replica.target):
-            figures.append(Figure(name, value, f"one client, sequential calls; {detail}"))
-        figures.append(
-            Figure(
-                "Watch fan-out",
-                watch_fanout(broker.bootstrap_servers, topic, replica.target),
-                "asyncio clients in one process, prefix watch, 100-byte values",
-            )
-        )
-        other.stop()
-        replica.stop()
-        workers = ReplicaProcess(
-            broker.bootstrap_servers,
-            topic,
-            work / "replica-w",
-            work / "replica-w.log",
-            extra_args=("--workers", "2"),
-        )
-        workers.start()
-        assert workers.process is not None
-        _pin(workers.process.pid, BOTH_CPUS)
-        workers.wait_serving(timeout=600)
-        load = _ghz(workers.target, "kvs2.Kvs2.Get", one_key, 32, duration)
-        figures.append(
-            Figure(
-                f"Get, --workers 2 (server on CPU {BOTH_CPUS})",
-                f"{load.rps:,.0f} req/s",
-                f"{load.latency()}; ghz -c 32, 4 conns, {duration}, ghz on CPU {LOAD_CPU}; {load.ok}",
-            )
-        )
-        workers.stop()
-    finally:
-        broker.stop()
-    return figures, {"ghz": TOOLS["ghz"].version}
-
-
-def bench_etcd(work: Path, duration: str, cpus: str = SERVER_CPU) -> Figure:
-    etcd = ensure_tool("etcd")
-    client_port, peer_port = free_port(), free_port()
-    endpoint = f"127.0.0.1:{client_port}"
-    proc = ManagedProcess(
-        "etcd",
-        [
-            "taskset",
-            "-c",
-            cpus,
-            str(etcd),
-            "--data-dir",
-            str(work / f"etcd-{cpus.replace(',', '')}"),
-            "--listen-client-urls",
-            f"http://{endpoint}",
-            "--advertise-client-urls",
-            f"http://{endpoint}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster",
-            f"default=http://127.0.0.1:{peer_port}",
-        ],
-        work / "etcd.log",
-    ).start()
-    try:
-
-        def put() -> bool:
-            body = json.dumps({"key": _b64(b"key-0000001"), "value": _b64(b"v" * 100)}).encode()
-            try:
-                urllib.request.urlopen(f"http://{endpoint}/v3/kv/put", body, timeout=1).read()
-            except OSError:
-                return False
-            return True
-
-        wait_until(put, timeout=30, what="etcd to accept a put")
-        request = {"key": _b64(b"key-0000001"), "serializable": True}
-        cpu_before, started = cpu_seconds(proc.pid), time.monotonic()
-        load = _ghz(endpoint, "etcdserverpb.KV.Range", request, 32, duration, proto=ETCD_PROTO)
-        per_call = (cpu_seconds(proc.pid) - cpu_before) / max(1.0, load.rps * (time.monotonic() - started))
-        return Figure(
-            f"peer: etcd serializable Range (server on CPU {cpus})",
-            f"{load.rps:,.0f} req/s",
-            f"etcd {ETCD_VERSION}, one key; {load.latency()}; ghz -c 32, 4 conns, {duration}; {load.ok};"
-            f" server CPU ≈ {per_call * 1e6:.0f} µs/request (/proc, over the ghz run)",
-        )
-    finally:
-        proc.stop()
-
-
-def _start_redis_server(log_dir: Path) -> tuple[ManagedProcess, int]:
-    """redis-server, the peer, pinned to the server CPU like kvs2's replica; no persistence."""
-    port = free_port()
-    proc = ManagedProcess(
-        "redis",
-        [
-            "taskset",
-            "-c",
-            SERVER_CPU,
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ],
-        log_dir / f"kvs2-bench-redis-{port}.log",
-    ).start()
-    return proc, port
-
-
-def bench_redis(duration_s: int) -> Figure | None:
-    try:
-        ensure_apt("redis-server", "redis-server")  # redis-benchmark and redis-cli come with it
-    except AptUnavailable as exc:
-        progress(f"redis-server not measured: {exc}")
-        return None
-    proc, port = _start_redis_server(Path("/tmp"))
-    try:
-        wait_until(
-            lambda: (
-                subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0
-            ),
-            timeout=10,
-            what="redis",
-        )
-        subprocess.run(
-            ["redis-cli", "-p", str(port), "set", "key:__rand_int__", "v"], check=True, capture_output=True
-        )
-        out = subprocess.run(
-            [
-                "taskset",
-                "-c",
-                LOAD_CPU,
-                "redis-benchmark",
-                "-p",
-                str(port),
-                "-t",
-                "get",
-                "-c",
-                "32",
-                "-n",
-                str(50_000 * duration_s // 10),
-                "-q",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        line = [x for x in out.stdout.replace("\r", "\n").splitlines() if "requests per second" in x][-1]
-        rps = line.split(":")[1].split("requests")[0].strip()
-        version = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True
-        ).stdout.split()[2]
-        return Figure(
-            "peer: redis GET",
-            f"{float(rps):,.0f} req/s",
-            f"redis {version}, redis-benchmark -c 32, no pipelining",
-        )
-    finally:
-        proc.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (/proc/PID/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _redis_benchmark(port: int, clients: int, requests: int, command: list[str]) -> tuple[float, str]:
-    """One redis-benchmark run of a custom command on CPU LOAD_CPU: (requests/s, its CSV latency line)."""
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            LOAD_CPU,
-            "redis-benchmark",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-c",
-            str(clients),
-            "-n",
-            str(requests),
-            "--csv",
-            *command,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    row = next(csv.reader([out.stdout.strip().splitlines()[-1]]))
-    rps = float(row[1])
-    return rps, f"p50 {float(row[4]):.2f} ms, p99 {float(row[6]):.2f} ms"
-
-
-def _resp_rows(label: str, pid: int, port: int, seconds: int, keys: list[str]) -> list[Figure]:
-    """GET of one key and MGET of 100 keys through redis-benchmark, with the server's CPU per request."""
-    figures = []
-    for name, command, clients, per_request_keys, rate in (
-        ("GET", ["GET", keys[1]], 32, 1, 20_000),
-        ("MGET(100 keys)", ["MGET", *keys[:100]], 32, 100, 2_000),
-    ):
-        requests = rate * seconds
-        idle_from = cpu_seconds(pid)
-        time.sleep(2.0)
-        idle = (cpu_seconds(pid) - idle_from) / 2.0  # background threads (Kafka consumer, ingester)
-        before, started = cpu_seconds(pid), time.monotonic()
-        rps, latency = _redis_benchmark(port, clients, requests, command)
-        busy = cpu_seconds(pid) - before - idle * (time.monotonic() - started)
-        per_request = busy / requests
-        value = (
-            f"{rps:,.0f} req/s" if per_request_keys == 1 else f"{rps * 100:,.0f} keys/s ({rps:,.0f} req/s)"
-        )
-        figures.append(
-            Figure(
-                f"{label} {name}",
-                value,
-                f"server CPU {per_request * 1e6:.1f} µs/request (/proc, less its idle"
-                f" {idle * 100:.1f}% of a core); {latency}; "
-                f"redis-benchmark -c {clients} -n {requests:,}, no pipelining",
-            )
-        )
-    return figures
-
-
-def bench_resp(work: Path, seconds: int) -> list[Figure]:
-    """The Redis front door (`--redis-listen`) against redis-server, same load, same pinning."""
-    ensure_apt("redis-server", "redis-server")
-    keys = [f"key-{i:07d}" for i in range(10_000)]
-    figures: list[Figure] = []
-    broker = KafkaBroker(work / "kafka-resp").start()
-    try:
-        create_topic(broker.bootstrap_servers, "resp", 6, config={"cleanup.policy": "compact"})
-        _prefill(broker.bootstrap_servers, "resp", len(keys), len(keys), 100)
-        port = free_port()
-        replica = ReplicaProcess(
-            broker.bootstrap_servers,
-            "resp",
-            work / "replica-resp",
-            work / "replica-resp.log",
-            extra_args=("--redis-listen", f"127.0.0.1:{port}"),
-        )
-        replica.start()
-        assert replica.process is not None
-        _pin(replica.process.pid, SERVER_CPU)
+        started = time.monotonic()
+        r.start()
+        assert r.process is not None
+        _pin(r.process.pid, cpus)
         try:
-            replica.wait_serving(timeout=300)
-            figures += _resp_rows(
-                f"kvs2 RESP (server on CPU {SERVER_CPU})", replica.process.pid, port, seconds, keys
-            )
-        finally:
-            replica.stop()
-    finally:
-        broker.stop()
-    server, port = _start_redis_server(work)
-    try:
-        import redis
+            r.wait_serving(timeout=1800)
+        except BaseException:
+            r.stop()
+            raise
+        self.replay_wall = time.monotonic() - started
+        return r
 
+    @property
+    def a(self) -> ReplicaProcess:
+        if self._a is None:
+            self.redis_port = free_port()
+            progress(f"replica A (CPU {SERVER_CPU}) replays {self.records:,} records")
+            self._a = self.replica(
+                "replica-a", SERVER_CPU, ("--redis-listen", f"127.0.0.1:{self.redis_port}")
+            )
+        return self._a
+
+    @property
+    def a_pid(self) -> int:
+        assert self.a.process is not None
+        return self.a.process.pid
+
+    @property
+    def b(self) -> ReplicaProcess:
+        if self._b is None:
+            progress("replica B (unpinned) replays the topic")
+            self._b = self.replica("replica-b", BOTH_CPUS)
+        return self._b
+
+    def stop_replicas(self) -> None:
+        for r in (self._b, self._a):
+            if r is not None:
+                r.stop()
+        self._a = self._b = None
+
+    def close(self) -> None:
+        self.stop_replicas()
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
+
+    # ----- recording ---------------------------------------------------------------------------------
+    def row(self, name: str, value: str, detail: str) -> None:
+        self.figures.append(Figure(name, value, detail))
+        progress(f"  {name}: {value}")
+
+    def ghz_row(
+        self,
+        name: str,
+        pids: list[int],
+        target: str,
+        call: str,
+        data: Mapping[str, object],
+        concurrency: int,
+        per_call: int = 1,
+        unit: str = "request",
+        proto: Path = ROOT / "proto" / "kvs2.proto",
+        extra: str = "",
+    ) -> tuple[Load, procstat.Cost]:
+        """A closed-loop ghz run with the servers' CPU per request; value in calls/s (or units/s)."""
+        load, cost = procstat.measure(
+            pids, lambda: ghz(target, call, data, concurrency, self.duration, proto)
+        )
+        per = load.count * per_call
+        value = (
+            f"{load.rps:,.0f} req/s"
+            if per_call == 1
+            else f"{load.rps * per_call:,.0f} {unit}s/s ({load.rps:,.0f} calls/s)"
+        )
+        self.row(
+            name,
+            value,
+            f"{cost.note(per, unit)}; {load.latency()}{' per call' if per_call > 1 else ''}; "
+            f"ghz -c {concurrency}, 4 conns, {self.duration}; {load.ok}{extra}",
+        )
+        return load, cost
+
+    def open_loop(self, series: str, peak: float, send: Callable[[float], Point]) -> None:
+        """Latency at 25/50/75/100 % of `peak` requests/s, open loop, into the plot's `series`."""
+        if self.open_seconds <= 0 or peak <= 0:
+            return
+        points = []
+        for share in LEVELS:
+            point = send(peak * share)
+            points.append(point)
+            self.row(
+                f"{series}, open loop at {share:.0%} of peak",
+                f"p50 {point.p50_ms:.2f} ms, p99 {point.p99_ms:.2f} ms",
+                f"offered {point.offered:,.0f} req/s, answered {point.achieved:,.0f}/s{point.note}",
+            )
+        self.series[series] = points
+
+    def ghz_open(
+        self, target: str, call: str, data: Mapping[str, object], proto: Path
+    ) -> Callable[[float], Point]:
+        def send(rate: float) -> Point:
+            load = ghz(target, call, data, 32, f"{self.open_seconds:g}s", proto, rps=rate)
+            bad = "" if load.ok.count(" ") <= 1 else f"; {load.ok}"
+            return Point(
+                rate, load.rps, load.p50, load.p99, f"; ghz --async --rps, -c 32, {self.open_seconds:g}s{bad}"
+            )
+
+        return send
+
+    def resp_open(self, port: int) -> Callable[[float], Point]:
+        def send(rate: float) -> Point:
+            r = redis_open_loop(port, rate, self.open_seconds)
+            behind = "" if r["kept_up"] else f"; the generator fell behind (sent {r['send_rate']:,.0f}/s)"
+            errors = (
+                f"; {r['errors']} errors, {r['sent'] - r['answered']} unanswered"
+                if r["errors"] or r["sent"] > r["answered"]
+                else ""
+            )
+            return Point(
+                rate,
+                float(r["achieved"]),
+                float(r["p50_ms"]),
+                float(r["p99_ms"]),
+                f"; bench/loadgen.py, 8 conns, {self.open_seconds:g}s{behind}{errors}",
+            )
+
+        return send
+
+
+# ----- the parts ---------------------------------------------------------------------------------------
+GET_ONE = {"key": _b64(_key(1))}
+
+
+def part_replay(b: Bench) -> None:
+    b.a  # noqa: B018 (starts replica A: the replay is measured on it)
+    seconds = _replay_seconds(b.a.log_text())
+    how = "from its log: first fetch to caught up"
+    if seconds is None:
+        seconds, how = b.replay_wall, "wall clock: start to SERVING (the log lines were not found)"
+    b.metrics["replay_records_s"] = b.records / seconds
+    b.row(
+        "replay into LMDB",
+        f"{b.records / seconds:,.0f} records/s",
+        f"{b.records:,} records, all distinct keys, 100-byte values, 6 partitions, {seconds:.1f}s ({how});"
+        f" server on CPU {SERVER_CPU}",
+    )
+    time.sleep(5.0)  # let the consumer's prefetch settle: the figure is the steady state after catch-up
+    mem = procstat.memory(b.a_pid)
+    b.metrics.update(rss_mb=mem.rss / 2**20, anon_mb=mem.anon / 2**20, rss_keys=b.records)
+    b.row(
+        f"RSS of a replica holding {b.records:,} keys",
+        f"{mem.rss / 2**20:,.0f} MB",
+        f"{mem.note()}; /proc/PID/status 5 s after SERVING",
+    )
+
+
+def _us(load: Load, cost: procstat.Cost, per_call: int = 1) -> float:
+    return cost.per(load.count * per_call) * 1e6
+
+
+def part_floor(b: Bench) -> None:
+    loop = "uvloop" if procstat.uses_uvloop(b.a_pid) else "asyncio"
+    proc, target = start_floor(b.work, loop)
+    try:
+        load, cost = b.ghz_row(
+            f"floor: bare grpc.aio Get, fixed reply ({loop}, server on CPU {SERVER_CPU})",
+            [proc.pid],
+            target,
+            "kvs2.Kvs2.Get",
+            GET_ONE,
+            32,
+            extra="; bench/floor.py with the replica's event loop",
+        )
+        b.metrics["floor_cpu_us"] = _us(load, cost)
+    finally:
+        proc.stop()
+
+
+def part_get(b: Bench) -> None:
+    load, cost = b.ghz_row(
+        f"Get (server on CPU {SERVER_CPU})", [b.a_pid], b.a.target, "kvs2.Kvs2.Get", GET_ONE, 32
+    )
+    b.metrics["get_cpu_us"] = _us(load, cost)
+    b.metrics["get_rps"] = load.rps
+    b.open_loop(
+        "kvs2 Get (gRPC)",
+        load.rps,
+        b.ghz_open(b.a.target, "kvs2.Kvs2.Get", GET_ONE, ROOT / "proto" / "kvs2.proto"),
+    )
+
+
+def part_multiget(b: Bench) -> None:
+    for n in (100, 1000):
+        keys = {"keys": [_b64(_key(i * 97 % b.records)) for i in range(n)]}
+        load, _ = b.ghz_row(
+            f"MultiGet({n} keys) (server on CPU {SERVER_CPU})",
+            [b.a_pid],
+            b.a.target,
+            "kvs2.Kvs2.MultiGet",
+            keys,
+            16,
+            per_call=n,
+            unit="key",
+        )
+        b.metrics[f"multiget{n}_keys_s"] = load.rps * n
+
+
+def _resp_rows(b: Bench, label: str, pid: int, port: int, prefix: str) -> None:
+    """redis-benchmark GET of one key and MGET of 100 keys, closed loop, with the server's CPU per
+    request; the request count comes from a short probe so each run lasts about --seconds."""
+    keys = [_key(i).decode() for i in range(100)]
+    for name, command, per in (("GET", ["GET", keys[1]], 1), ("MGET(100 keys)", ["MGET", *keys], 100)):
+        probe = redis_benchmark(port, 32, 3000 if per == 1 else 300, command)  # also warms up
+        requests = max(1000, int(probe.rps * b.seconds))
+
+        def run(command: list[str] = command, requests: int = requests) -> Load:
+            return redis_benchmark(port, 32, requests, command)
+
+        load, cost = procstat.measure([pid], run)
+        value = (
+            f"{load.rps:,.0f} req/s" if per == 1 else f"{load.rps * per:,.0f} keys/s ({load.rps:,.0f} req/s)"
+        )
+        b.row(
+            f"{label} {name}",
+            value,
+            f"{cost.note(requests)}; {load.latency()}; redis-benchmark -c 32 -n {requests:,}, no pipelining",
+        )
+        key = "get" if per == 1 else "mget"
+        b.metrics[f"{prefix}_{key}_cpu_us"] = cost.per(requests) * 1e6
+        b.metrics[f"{prefix}_{key}_rps"] = load.rps
+        if per > 1:
+            b.metrics[f"{prefix}_mget_keys_s"] = load.rps * per
+    b.open_loop(f"{label} GET", b.metrics[f"{prefix}_get_rps"], b.resp_open(port))
+
+
+def part_resp(b: Bench) -> None:
+    ensure_apt("redis-server", "redis-server")  # redis-benchmark and redis-cli come with it
+    b.a  # noqa: B018 (replica A also serves RESP)
+    _resp_rows(b, f"kvs2 RESP (server on CPU {SERVER_CPU})", b.a_pid, b.redis_port, "resp")
+
+
+def part_redis(b: Bench) -> None:
+    ensure_apt("redis-server", "redis-server")
+    import redis
+
+    proc, port = start_redis_server(b.work)
+    try:
         client = redis.Redis(port=port)
-        wait_until(lambda: _pings(client), timeout=30, what="redis-server")
-        client.mset({k: b"v" * 100 for k in keys})
-        figures += _resp_rows(f"peer: redis-server (on CPU {SERVER_CPU})", server.pid, port, seconds, keys)
+        client.mset({_key(i): b"v" * 100 for i in range(10_000)})
         client.close()
+        _resp_rows(b, f"peer: redis-server {redis_version()} (on CPU {SERVER_CPU})", proc.pid, port, "redis")
     finally:
-        server.stop()
-    return figures
+        proc.stop()
 
 
-def _pings(client: Any) -> bool:
+def part_latency(b: Bench) -> None:
+    p50, p99 = percentiles_ms(sequential_set(b.a.target, 1000))
+    b.metrics.update(set_p50_ms=p50, set_p99_ms=p99)
+    b.row(
+        "Set, one sequential client",
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+        "1,000 calls, 100-byte value, acks=all",
+    )
+    p50, p99 = percentiles_ms(set_to_watch(b.a.target, b.b.target, 1000))
+    b.metrics.update(visible_p50_ms=p50, visible_p99_ms=p99)
+    b.row(
+        "Set call start on A → PUT event on B's Watch",
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+        "1,000 writes, one at a time (the next Set after the event arrived); A on CPU 0, B unpinned",
+    )
+    for name, value, detail in read_levels(b.b.target, b.a.target):
+        b.row(name, value, f"one client, sequential calls; {detail}")
+
+
+def part_set(b: Bench) -> None:
+    data = {"key": _b64(b"bench-set"), "value": _b64(b"v" * 100)}
+    b.ghz_row(
+        f"Set (server on CPU {SERVER_CPU})",
+        [b.a_pid],
+        b.a.target,
+        "kvs2.Kvs2.Set",
+        data,
+        64,
+        extra="; acks=all, idempotent",
+    )
+
+
+def part_write(b: Bench) -> None:
+    value = _b64(b"v" * 100)
+    request = {
+        "items": [{"key": _b64(f"batch-{i:06d}".encode()), "value": value} for i in range(WRITE_BATCH)]
+    }
+    load, _ = b.ghz_row(
+        f"Write ({WRITE_BATCH}-item batches, server on CPU {SERVER_CPU})",
+        [b.a_pid],
+        b.a.target,
+        "kvs2.Kvs2.Write",
+        request,
+        4,
+        per_call=WRITE_BATCH,
+        unit="record",
+        extra="; 100-byte values, acks=all, idempotent, the replica's producer settings",
+    )
+    b.metrics["write_records_s"] = load.rps * WRITE_BATCH
+    proc, endpoint = start_etcd(b.work, "etcd-txn")
     try:
-        return bool(client.ping())
-    except Exception:
-        return False
-
-
-# ----- batched writes (issue 12 item 1) --------------------------------------------------------------
-ETCD_TXN_PROTO = ROOT / "bench" / "peers" / "etcd_txn.proto"
-WRITE_BATCH = 1000
-ETCD_TXN_OPS = 128  # etcd's default --max-txn-ops
-
-
-def _write_request(items: int, value_size: int) -> dict[str, object]:
-    """One Write call's JSON for ghz: `items` distinct keys (the same ones in every call), fixed value."""
-    value = _b64(b"v" * value_size)
-    return {"items": [{"key": _b64(f"batch-{i:06d}".encode()), "value": value} for i in range(items)]}
-
-
-def bench_write(work: Path, duration: str, concurrency: int = 4) -> list[Figure]:
-    """`Write` with 1000 puts of 100 bytes per call (acks=all), server CPU per acknowledged record."""
-    broker = KafkaBroker(work / "kafka-write").start()
-    try:
-        topic = "bench-write"
-        create_topic(broker.bootstrap_servers, topic, 6, config={"cleanup.policy": "compact"})
-        replica = ReplicaProcess(broker.bootstrap_servers, topic, work / "replica-write", work / "write.log")
-        replica.start()
-        try:  # the replica stops whatever happens (a failed run must leave no process behind)
-            assert replica.process is not None
-            _pin(replica.process.pid, SERVER_CPU)
-            replica.wait_serving(timeout=600)
-            pid = replica.process.pid
-            cpu_before, started = cpu_seconds(pid), time.monotonic()
-            request = _write_request(WRITE_BATCH, 100)
-            load = _ghz(replica.target, "kvs2.Kvs2.Write", request, concurrency, duration)
-            elapsed = time.monotonic() - started
-            records = load.rps * WRITE_BATCH
-            per_record = (cpu_seconds(pid) - cpu_before) / max(1.0, records * elapsed)
-        finally:
-            replica.stop()
-        return [
-            Figure(
-                f"Write ({WRITE_BATCH}-item batches)",
-                f"{records:,.0f} records/s ({load.rps:,.0f} calls/s)",
-                f"100-byte values, acks=all, idempotent, linger.ms=1; {load.latency()} per call; "
-                f"ghz -c {concurrency}, 4 conns, {duration}; {load.ok}; server CPU ≈ "
-                f"{per_record * 1e6:.1f} µs/record (/proc, over the ghz run)",
-            )
-        ]
-    finally:
-        broker.stop()
-
-
-def bench_etcd_txn(work: Path, duration: str, concurrency: int = 4) -> Figure:
-    """The etcd peer of `Write`: Puts batched in Txns of 128 ops (etcd's default limit)."""
-    etcd = ensure_tool("etcd")
-    client_port, peer_port = free_port(), free_port()
-    endpoint = f"127.0.0.1:{client_port}"
-    proc = ManagedProcess(
-        "etcd-txn",
-        [
-            "taskset",
-            "-c",
-            SERVER_CPU,
-            str(etcd),
-            "--data-dir",
-            str(work / "etcd-txn"),
-            "--listen-client-urls",
-            f"http://{endpoint}",
-            "--advertise-client-urls",
-            f"http://{endpoint}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster",
-            f"default=http://127.0.0.1:{peer_port}",
-        ],
-        work / "etcd-txn.log",
-    ).start()
-    try:
-        wait_until(lambda: _etcd_up(endpoint), timeout=30, what="etcd to answer")
-        value = _b64(b"v" * 100)
         ops = [
             {"request_put": {"key": _b64(f"batch-{i:06d}".encode()), "value": value}}
             for i in range(ETCD_TXN_OPS)
         ]
-        cpu_before, started = cpu_seconds(proc.pid), time.monotonic()
-        load = _ghz(endpoint, "etcdserverpb.KV.Txn", {"success": ops}, concurrency, duration, ETCD_TXN_PROTO)
-        records = load.rps * ETCD_TXN_OPS
-        per_record = (cpu_seconds(proc.pid) - cpu_before) / max(1.0, records * (time.monotonic() - started))
-        return Figure(
+        load, _ = b.ghz_row(
             f"peer: etcd Txn of {ETCD_TXN_OPS} Puts (server on CPU {SERVER_CPU})",
-            f"{records:,.0f} records/s ({load.rps:,.0f} txns/s)",
-            f"etcd {ETCD_VERSION}, 100-byte values, fsync on; {load.latency()} per txn; "
-            f"ghz -c {concurrency}, 4 conns, {duration}; {load.ok}; "
-            f"server CPU ≈ {per_record * 1e6:.1f} µs/record",
+            [proc.pid],
+            endpoint,
+            "etcdserverpb.KV.Txn",
+            {"success": ops},
+            4,
+            per_call=ETCD_TXN_OPS,
+            unit="record",
+            proto=ETCD_TXN_PROTO,
+            extra=f"; etcd {ETCD_VERSION}, 100-byte values, fsync on",
         )
+        b.metrics["etcd_txn_records_s"] = load.rps * ETCD_TXN_OPS
     finally:
         proc.stop()
 
 
-def _etcd_up(endpoint: str) -> bool:
+def part_watch(b: Bench) -> None:
+    b.row(
+        "Watch fan-out",
+        watch_fanout(b.broker.bootstrap_servers, b.topic, b.a.target),
+        "asyncio clients in one process, prefix watch, 100-byte values",
+    )
+
+
+def part_workers(b: Bench) -> None:
+    b.stop_replicas()  # CPU 0 to itself
+    progress("replica with --workers 2 (CPUs 0,1) replays the topic")
+    w = b.replica("replica-w", BOTH_CPUS, ("--workers", "2"))
     try:
-        urllib.request.urlopen(f"http://{endpoint}/health", timeout=1).read()
-    except OSError:
-        return False
-    return True
+        assert w.process is not None
+        load, cost = b.ghz_row(
+            f"Get, --workers 2 (server on CPUs {BOTH_CPUS})",
+            [w.process.pid],
+            w.target,
+            "kvs2.Kvs2.Get",
+            GET_ONE,
+            32,
+            extra=f"; ghz on CPU {LOAD_CPU} too; CPU summed over the leader and its follower",
+        )
+        b.metrics["workers2_get_cpu_us"] = _us(load, cost)
+    finally:
+        w.stop()
+    if "get_cpu_us" in b.metrics:
+        b.row(
+            "Get CPU per request, --workers 1 vs --workers 2",
+            f"{b.metrics['get_cpu_us']:.0f} vs {b.metrics['workers2_get_cpu_us']:.0f} µs",
+            "server CPU-µs per Get (/proc, whole process tree): the cost per call stays put while a second "
+            "process adds a core's worth of capacity",
+        )
+
+
+def part_embedded(b: Bench) -> None:
+    b.stop_replicas()
+    progress("embedded replica (in its own process, CPU 0) replays the topic")
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            sys.executable,
+            "-m",
+            "bench.inproc",
+            "--bootstrap-servers",
+            b.broker.bootstrap_servers,
+            "--topic",
+            b.topic,
+            "--data-dir",
+            str(b.work / "embedded"),
+            "--keys",
+            str(b.records),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=3600,
+    )
+    r: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    b.metrics["embedded_get_p50_us"] = r["get_local_p50_us"]
+    b.metrics["embedded_multiget_keys_s"] = r["multi_get_1000_keys_per_s"]
+    where = f"in process, pinned to CPU {SERVER_CPU}, {b.records:,} keys"
+    b.row(
+        "embedded replica get_local (sync)",
+        f"p50 {r['get_local_p50_us']:.1f} µs, p99 {r['get_local_p99_us']:.1f} µs",
+        f"{where}; 100,000 random keys, each call timed",
+    )
+    b.row(
+        "embedded replica await get (async API)",
+        f"p50 {r['get_p50_us']:.1f} µs, p99 {r['get_p99_us']:.1f} µs",
+        where,
+    )
+    for n in (100, 1000):
+        b.row(
+            f"embedded replica await multi_get({n} keys)",
+            f"{r[f'multi_get_{n}_keys_per_s']:,.0f} keys/s",
+            where,
+        )
+    b.row(
+        "embedded replica replay + RSS",
+        f"{r['replay_seconds']:.1f} s to SERVING",
+        f"RSS {r['rss'] / 2**20:,.0f} MB (anonymous {r['anon'] / 2**20:,.0f} MB) 2 s after SERVING; {where}",
+    )
+
+
+def part_etcd(b: Bench) -> None:
+    request = {"key": _b64(_key(1)), "serializable": True}
+    for cpus in (SERVER_CPU, BOTH_CPUS):
+        proc, endpoint = start_etcd(b.work, f"etcd-{cpus.replace(',', '')}", cpus)
+        try:
+            load, cost = b.ghz_row(
+                f"peer: etcd serializable Range (server on CPU {cpus})",
+                [proc.pid],
+                endpoint,
+                "etcdserverpb.KV.Range",
+                request,
+                32,
+                proto=ETCD_PROTO,
+                extra=f"; etcd {ETCD_VERSION}, one key",
+            )
+            if cpus == SERVER_CPU:
+                b.metrics["etcd_range_cpu_us"] = _us(load, cost)
+                b.metrics["etcd_range_rps"] = load.rps
+                b.open_loop(
+                    "etcd Range", load.rps, b.ghz_open(endpoint, "etcdserverpb.KV.Range", request, ETCD_PROTO)
+                )
+        finally:
+            proc.stop()
+
+
+FUNCTIONS: dict[str, Callable[[Bench], None]] = {
+    "replay": part_replay,
+    "floor": part_floor,
+    "get": part_get,
+    "multiget": part_multiget,
+    "resp": part_resp,
+    "latency": part_latency,
+    "set": part_set,
+    "write": part_write,
+    "watch": part_watch,
+    "workers": part_workers,
+    "embedded": part_embedded,
+    "etcd": part_etcd,
+    "redis": part_redis,
+}
+
+
+def _selected(only: str | None) -> list[str]:
+    if not only:
+        return list(PARTS)
+    wanted: set[str] = set()
+    for name in only.split(","):
+        name = name.strip()
+        if name not in FUNCTIONS:
+            raise SystemExit(f"--only: unknown part {name!r}; parts are {', '.join(PARTS)}")
+        wanted.update(ALIASES.get(name, (name,)))
+    return [p for p in PARTS if p in wanted]
 
 
 def machine() -> str:
@@ -628,77 +663,121 @@ def machine() -> str:
     return f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB, {platform.platform()}"
 
 
+def _load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+@contextlib.contextmanager
+def _timed(name: str, started: float) -> Iterator[None]:
+    t0 = time.monotonic()
+    progress(f"[{time.monotonic() - started:6.0f}s] {name} …")
+    yield
+    progress(f"[{time.monotonic() - started:6.0f}s] {name} done in {time.monotonic() - t0:.0f}s")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--records", type=int, default=1_000_000, help="records to pre-fill for replay")
-    parser.add_argument("--seconds", type=int, default=10, help="duration of each load run")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=1_000_000, help="distinct keys to pre-fill and replay")
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each closed-loop load run")
+    parser.add_argument(
+        "--open-seconds",
+        type=float,
+        default=5.0,
+        help="duration of each open-loop level (0: no open-loop runs)",
+    )
+    parser.add_argument("--only", help=f"comma-separated parts to run (default all): {', '.join(PARTS)}")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the Markdown file to append to")
-    parser.add_argument(
-        "--only",
-        choices=["resp", "write"],
-        help="run only these rows (resp: the Redis front door vs redis-server; write: Write vs etcd Txn)",
-    )
+    parser.add_argument("--note", default="", help="a note for the section's heading (e.g. 'smoke run')")
     args = parser.parse_args(argv)
+    parts = _selected(args.only)
+    children_die_with_parent(True)  # an interrupted run leaves no replica, broker or peer behind
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
-    if args.only == "resp":
-        return _append(args.results, bench_resp(args.work, args.seconds), "--only resp")
-    if args.only == "write":
-        return _append(args.results, _write_rows(args.work, f"{args.seconds}s"), "--only write")
-    figures, _ = bench_kvs2(args.work, args.records, f"{args.seconds}s")
+    progress(
+        f"make bench: parts {', '.join(parts)}; {args.records:,} keys, {args.seconds}s per load run, "
+        f"{args.open_seconds:g}s per open-loop level. On a quiet 2-core machine the whole run takes about "
+        "10 minutes (budget: 25); each step prints its elapsed time."
+    )
+    bench = Bench(args.work, args.records, args.seconds, args.open_seconds)
+    started = time.monotonic()
+    load_before = _load_average()
     try:
-        figures += bench_resp(args.work, args.seconds)
-    except Exception as exc:
-        figures.append(Figure("kvs2 RESP", "not measured", f"{exc}"))
-    for cpus in (SERVER_CPU, BOTH_CPUS):
-        try:
-            figures.append(bench_etcd(args.work, f"{args.seconds}s", cpus))
-        except Exception as exc:  # a peer that cannot run must not lose the kvs2 figures
-            figures.append(Figure(f"peer: etcd serializable Range (CPU {cpus})", "not measured", f"{exc}"))
-    figures += _write_rows(args.work, f"{args.seconds}s")
-    try:
-        redis = bench_redis(args.seconds)
-        figures.append(redis or Figure("peer: redis GET", "not measured", "redis-server not installable"))
-    except Exception as exc:
-        figures.append(Figure("peer: redis GET", "not measured", f"{exc}"))
-    return _append(args.results, figures, "")
+        for part in parts:
+            with _timed(part, started):
+                try:
+                    FUNCTIONS[part](bench)
+                except Exception as exc:  # one part failing must not lose the others' figures
+                    traceback.print_exc()
+                    bench.row(
+                        f"{part}", "not measured", f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                    )
+    finally:
+        bench.close()
+    elapsed = time.monotonic() - started
+    stamp = dt.datetime.now(dt.UTC)
+    png: Path | None = None
+    if bench.series:
+        png = plot(
+            bench.series,
+            args.results.parent / f"latency-{stamp.strftime('%Y%m%d-%H%M')}.png",
+            f"Latency against offered load, open loop; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU} "
+            f"({stamp:%Y-%m-%d %H:%M} UTC)",
+        )
+    note = ", ".join(x for x in (args.note, f"--only {args.only}" if args.only else "") if x)
+    extra = [
+        f"- run: {elapsed / 60:.1f} min; load average before {load_before}, after {_load_average()}",
+    ]
+    return _append(args.results, bench.figures, note, bench.metrics, png, extra, stamp)
 
 
-def _write_rows(work: Path, duration: str) -> list[Figure]:
-    figures: list[Figure] = []
-    try:
-        figures += bench_write(work, duration)
-    except Exception as exc:
-        figures.append(Figure("Write (1000-item batches)", "not measured", f"{exc}"))
-    try:
-        figures.append(bench_etcd_txn(work, duration))
-    except Exception as exc:
-        figures.append(Figure(f"peer: etcd Txn of {ETCD_TXN_OPS} Puts", "not measured", f"{exc}"))
-    return figures
-
-
-def _append(results: Path, figures: list[Figure], note: str) -> int:
-    versions = (
+def _versions() -> str:
+    return (
         f"Python {platform.python_version()}, grpcio {metadata.version('grpcio')}, "
         f"confluent-kafka {metadata.version('confluent-kafka')} (librdkafka {libversion()[0]}), "
         f"lmdb {metadata.version('lmdb')}, "
-        f"Apache Kafka {KAFKA_VERSION} (KRaft, one node, same machine), ghz {TOOLS['ghz'].version}"
+        f"Apache Kafka {KAFKA_VERSION} (KRaft, one node, same machine), ghz {TOOLS['ghz'].version}, "
+        f"etcd {ETCD_VERSION}"
     )
+
+
+def _append(
+    results: Path,
+    figures: list[Figure],
+    note: str,
+    metrics: Metrics | None = None,
+    png: Path | None = None,
+    extra: list[str] | None = None,
+    stamp: dt.datetime | None = None,
+) -> int:
+    stamp = stamp or dt.datetime.now(dt.UTC)
     rows = "\n".join(f"| {f.name} | {f.value} | {f.detail} |" for f in figures)
+    lines = "\n".join(extra or [])
     section = f"""
-## {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}{f" ({note})" if note else ""}
+## {stamp.strftime("%Y-%m-%d %H:%M UTC")}{f" ({note})" if note else ""}
 
 - machine: {machine()}
-- versions: {versions}
-- settings: one replica (`kvs2 serve`, a single Python process) pinned to CPU {SERVER_CPU}; load generators
-  pinned to CPU {LOAD_CPU}; Kafka unpinned on the same machine.
+- versions: {_versions()}
+- settings: one replica (`kvs2 serve`) pinned to CPU {SERVER_CPU}; every peer server pinned the same way;
+  load generators pinned to CPU {LOAD_CPU}; Kafka unpinned on the same machine. Server CPU per request is
+  read from /proc/PID/stat of the server processes around each load run, less their idle share.
+{lines}
 
 | what | result | settings |
 |---|---|---|
 {rows}
 """
+    if png is not None:
+        section += (
+            f"\nLatency against offered load (open loop; gRPC rows by ghz `--async --rps`, RESP rows by "
+            f"bench/loadgen.py): ![latency against offered load]({png.name})\n"
+        )
+    if metrics is not None:
+        section += f"\n### Targets (issues #12 and #14), this run\n\n{table(metrics)}\n"
     if not results.exists():
         results.write_text("# Benchmark results\n\nAppended by `make bench` (bench/run.py), newest last.\n")
     with results.open("a") as fh:
