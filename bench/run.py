@@ -419,13 +419,15 @@ def _resp_rows(b: Bench, label: str, pid: int, port: int, prefix: str) -> None:
 
 
 def part_resp(b: Bench) -> None:
-    ensure_apt("redis-server", "redis-server")  # redis-benchmark and redis-cli come with it
+    ensure_apt("redis-server", "redis-server")
+    ensure_apt("redis-tools", "redis-benchmark")  # a dependency of redis-server; asked for by name too
     b.a  # noqa: B018 (replica A also serves RESP)
     _resp_rows(b, f"kvs2 RESP (server on CPU {SERVER_CPU})", b.a_pid, b.redis_port, "resp")
 
 
 def part_redis(b: Bench) -> None:
     ensure_apt("redis-server", "redis-server")
+    ensure_apt("redis-tools", "redis-benchmark")
     import redis
 
     proc, port = start_redis_server(b.work)
