@@ -36,7 +36,7 @@ def plot(series: dict[str, list[Point]], path: Path, title: str) -> Path:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("offered load, requests/s (open loop: 25/50/75/100 % of each server's measured peak)")
-    ax.set_ylabel("latency, ms (from the scheduled send time)")
+    ax.set_ylabel("latency, ms")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)

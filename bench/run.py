@@ -296,6 +296,10 @@ class Bench:
         def send(rate: float) -> Point:
             r = redis_open_loop(port, rate, self.open_seconds)
             behind = "" if r["kept_up"] else f"; the generator fell behind (sent {r['send_rate']:,.0f}/s)"
+            if r["kept_up"] and r["worst_send_lag_ms"] > 5:
+                behind = (
+                    f"; the generator's sends ran up to {r['worst_send_lag_ms']:.0f} ms late (counted in)"
+                )
             errors = (
                 f"; {r['errors']} errors, {r['sent'] - r['answered']} unanswered"
                 if r["errors"] or r["sent"] > r["answered"]
@@ -390,7 +394,7 @@ def part_multiget(b: Bench) -> None:
         b.metrics[f"multiget{n}_keys_s"] = load.rps * n
 
 
-def _resp_rows(b: Bench, label: str, pid: int, port: int, prefix: str) -> None:
+def _resp_rows(b: Bench, label: str, pid: int, port: int, prefix: str, series: str) -> None:
     """redis-benchmark GET of one key and MGET of 100 keys, closed loop, with the server's CPU per
     request; the request count comes from a short probe so each run lasts about --seconds."""
     keys = [_key(i).decode() for i in range(100)]
@@ -415,14 +419,14 @@ def _resp_rows(b: Bench, label: str, pid: int, port: int, prefix: str) -> None:
         b.metrics[f"{prefix}_{key}_rps"] = load.rps
         if per > 1:
             b.metrics[f"{prefix}_mget_keys_s"] = load.rps * per
-    b.open_loop(f"{label} GET", b.metrics[f"{prefix}_get_rps"], b.resp_open(port))
+    b.open_loop(series, b.metrics[f"{prefix}_get_rps"], b.resp_open(port))
 
 
 def part_resp(b: Bench) -> None:
     ensure_apt("redis-server", "redis-server")
     ensure_apt("redis-tools", "redis-benchmark")  # a dependency of redis-server; asked for by name too
     b.a  # noqa: B018 (replica A also serves RESP)
-    _resp_rows(b, f"kvs2 RESP (server on CPU {SERVER_CPU})", b.a_pid, b.redis_port, "resp")
+    _resp_rows(b, f"kvs2 RESP (server on CPU {SERVER_CPU})", b.a_pid, b.redis_port, "resp", "kvs2 GET (RESP)")
 
 
 def part_redis(b: Bench) -> None:
@@ -435,7 +439,14 @@ def part_redis(b: Bench) -> None:
         client = redis.Redis(port=port)
         client.mset({_key(i): b"v" * 100 for i in range(10_000)})
         client.close()
-        _resp_rows(b, f"peer: redis-server {redis_version()} (on CPU {SERVER_CPU})", proc.pid, port, "redis")
+        _resp_rows(
+            b,
+            f"peer: redis-server {redis_version()} (on CPU {SERVER_CPU})",
+            proc.pid,
+            port,
+            "redis",
+            "redis-server GET",
+        )
     finally:
         proc.stop()
 
@@ -515,7 +526,7 @@ def part_write(b: Bench) -> None:
 def part_watch(b: Bench) -> None:
     b.row(
         "Watch fan-out",
-        watch_fanout(b.broker.bootstrap_servers, b.topic, b.a.target),
+        watch_fanout(b.broker.bootstrap_servers, b.topic, b.a.target, records=10_000),
         "asyncio clients in one process, prefix watch, 100-byte values",
     )
 
@@ -542,8 +553,8 @@ def part_workers(b: Bench) -> None:
         b.row(
             "Get CPU per request, --workers 1 vs --workers 2",
             f"{b.metrics['get_cpu_us']:.0f} vs {b.metrics['workers2_get_cpu_us']:.0f} µs",
-            "server CPU-µs per Get (/proc, whole process tree): the cost per call stays put while a second "
-            "process adds a core's worth of capacity",
+            "server CPU-µs per Get (/proc, whole process tree), ghz -c 32 both times; --workers 1 on CPU "
+            f"{SERVER_CPU}, --workers 2 on CPUs {BOTH_CPUS}",
         )
 
 
