@@ -155,7 +155,6 @@ class Bench:
         self.figures: list[Figure] = []
         self.metrics: Metrics = {}
         self.series: dict[str, list[Point]] = {}
-        self.notes: list[str] = []
         self.topic = "bench"
         self._broker: KafkaBroker | None = None
         self._a: ReplicaProcess | None = None
@@ -265,53 +264,53 @@ class Bench:
         )
         return load, cost
 
-    def open_loop(self, series: str, peak: float, send: Callable[[float], Point]) -> None:
-        """Latency at 25/50/75/100 % of `peak` requests/s, open loop, into the plot's `series`."""
+    def open_loop(self, series: str, peak: float, tool: str, send: Callable[[float], Point]) -> None:
+        """Latency at 25/50/75/100 % of `peak` requests/s, open loop: one row, and the plot's `series`."""
         if self.open_seconds <= 0 or peak <= 0:
             return
-        points = []
-        for share in LEVELS:
-            point = send(peak * share)
-            points.append(point)
-            self.row(
-                f"{series}, open loop at {share:.0%} of peak",
-                f"p50 {point.p50_ms:.2f} ms, p99 {point.p99_ms:.2f} ms",
-                f"offered {point.offered:,.0f} req/s, answered {point.achieved:,.0f}/s{point.note}",
-            )
+        points = [send(peak * share) for share in LEVELS]
         self.series[series] = points
+
+        def each(values: list[float], fmt: str) -> str:
+            return " / ".join(format(v, fmt) for v in values)
+
+        caveats = "".join(
+            f"; at {share:.0%}: {p.note}" for share, p in zip(LEVELS, points, strict=True) if p.note
+        )
+        p50s, p99s = each([p.p50_ms for p in points], ".2f"), each([p.p99_ms for p in points], ".2f")
+        offered, answered = (
+            each([p.offered for p in points], ",.0f"),
+            each([p.achieved for p in points], ",.0f"),
+        )
+        self.row(
+            f"{series}: open-loop latency at 25/50/75/100 % of peak",
+            f"p50 {p50s} ms; p99 {p99s} ms",
+            f"offered {offered} req/s (peak {peak:,.0f}), answered {answered} /s; {tool}, "
+            f"{self.open_seconds:g}s per level{caveats}",
+        )
 
     def ghz_open(
         self, target: str, call: str, data: Mapping[str, object], proto: Path
     ) -> Callable[[float], Point]:
         def send(rate: float) -> Point:
             load = ghz(target, call, data, 32, f"{self.open_seconds:g}s", proto, rps=rate)
-            bad = "" if load.ok.count(" ") <= 1 else f"; {load.ok}"
-            return Point(
-                rate, load.rps, load.p50, load.p99, f"; ghz --async --rps, -c 32, {self.open_seconds:g}s{bad}"
-            )
+            return Point(rate, load.rps, load.p50, load.p99, "" if load.ok.count(" ") <= 1 else load.ok)
 
         return send
 
     def resp_open(self, port: int) -> Callable[[float], Point]:
         def send(rate: float) -> Point:
             r = redis_open_loop(port, rate, self.open_seconds)
-            behind = "" if r["kept_up"] else f"; the generator fell behind (sent {r['send_rate']:,.0f}/s)"
-            if r["kept_up"] and r["worst_send_lag_ms"] > 5:
-                behind = (
-                    f"; the generator's sends ran up to {r['worst_send_lag_ms']:.0f} ms late (counted in)"
+            notes = []
+            if not r["kept_up"]:
+                notes.append(f"the generator fell behind (sent {r['send_rate']:,.0f}/s)")
+            elif r["worst_send_lag_ms"] > 5:
+                notes.append(
+                    f"the generator's sends ran up to {r['worst_send_lag_ms']:.0f} ms late (counted in)"
                 )
-            errors = (
-                f"; {r['errors']} errors, {r['sent'] - r['answered']} unanswered"
-                if r["errors"] or r["sent"] > r["answered"]
-                else ""
-            )
-            return Point(
-                rate,
-                float(r["achieved"]),
-                float(r["p50_ms"]),
-                float(r["p99_ms"]),
-                f"; bench/loadgen.py, 8 conns, {self.open_seconds:g}s{behind}{errors}",
-            )
+            if r["errors"] or r["sent"] > r["answered"]:
+                notes.append(f"{r['errors']} errors, {r['sent'] - r['answered']} unanswered")
+            return Point(rate, float(r["achieved"]), float(r["p50_ms"]), float(r["p99_ms"]), ", ".join(notes))
 
         return send
 
@@ -374,6 +373,7 @@ def part_get(b: Bench) -> None:
     b.open_loop(
         "kvs2 Get (gRPC)",
         load.rps,
+        "ghz --async --rps, -c 32, 4 conns",
         b.ghz_open(b.a.target, "kvs2.Kvs2.Get", GET_ONE, ROOT / "proto" / "kvs2.proto"),
     )
 
@@ -419,7 +419,12 @@ def _resp_rows(b: Bench, label: str, pid: int, port: int, prefix: str, series: s
         b.metrics[f"{prefix}_{key}_rps"] = load.rps
         if per > 1:
             b.metrics[f"{prefix}_mget_keys_s"] = load.rps * per
-    b.open_loop(series, b.metrics[f"{prefix}_get_rps"], b.resp_open(port))
+    b.open_loop(
+        series,
+        b.metrics[f"{prefix}_get_rps"],
+        "bench/loadgen.py (Python, open loop), 8 conns",
+        b.resp_open(port),
+    )
 
 
 def part_resp(b: Bench) -> None:
@@ -630,7 +635,10 @@ def part_etcd(b: Bench) -> None:
                 b.metrics["etcd_range_cpu_us"] = _us(load, cost)
                 b.metrics["etcd_range_rps"] = load.rps
                 b.open_loop(
-                    "etcd Range", load.rps, b.ghz_open(endpoint, "etcdserverpb.KV.Range", request, ETCD_PROTO)
+                    "etcd Range",
+                    load.rps,
+                    "ghz --async --rps, -c 32, 4 conns",
+                    b.ghz_open(endpoint, "etcdserverpb.KV.Range", request, ETCD_PROTO),
                 )
         finally:
             proc.stop()
@@ -748,6 +756,25 @@ def main(argv: list[str] | None = None) -> int:
     return _append(args.results, bench.figures, note, bench.metrics, png, extra, stamp)
 
 
+def _commit() -> str:
+    """The code measured: its commit, and whether the work tree differed from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head}{' with uncommitted changes' if dirty else ''}"
+
+
 def _versions() -> str:
     return (
         f"Python {platform.python_version()}, grpcio {metadata.version('grpcio')}, "
@@ -775,6 +802,8 @@ def _append(
 
 - machine: {machine()}
 - versions: {_versions()}
+- code: commit {_commit()} (the replica's Kafka producer and consumer settings are those of
+  dataplane/kvs2/kafka_io.py at that commit: `Writer` and `ChangelogReader`)
 - settings: one replica (`kvs2 serve`) pinned to CPU {SERVER_CPU}; every peer server pinned the same way;
   load generators pinned to CPU {LOAD_CPU}; Kafka unpinned on the same machine. Server CPU per request is
   read from /proc/PID/stat of the server processes around each load run, less their idle share.
