@@ -13,7 +13,7 @@ help:
 	@echo "make test        lint + the whole test suite against real Kafka / Kubernetes binaries"
 	@echo "make test-unit   only the unit tests (no external processes)"
 	@echo "make lint        ruff + mypy --strict"
-	@echo "make bench       benchmarks vs etcd and Redis (~10 min); appended to bench/RESULTS.md + a PNG (BENCH_ARGS=--only get,resp)"
+	@echo "make bench       benchmarks; results land in bench/RESULTS.md"
 	@echo "make cluster     Kafka + a local Kubernetes control plane + process kubelet + operator + demo store"
 	@echo "make torture     randomized faults + operations, then every checker's verdict (SEED=1 DURATION=60)"
 
@@ -44,6 +44,8 @@ test: lint
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# make bench: kvs2 vs etcd, Redis and a bare grpc.aio floor in one run (~10 min on a quiet machine), appended
+# to bench/RESULTS.md with a PNG plot beside it. A subset: make bench BENCH_ARGS="--only get,resp --seconds 5".
 bench: venv
 	$(PY) -m bench.run $(BENCH_ARGS)
 

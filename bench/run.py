@@ -762,7 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = [
         f"- run: {elapsed / 60:.1f} min; load average before {load_before}, after {_load_average()}",
     ]
-    return _append(args.results, bench.figures, note, bench.metrics, png, extra, stamp)
+    return _append(
+        args.results, bench.figures, note, metrics=bench.metrics, png=png, extra=extra, stamp=stamp
+    )
 
 
 def _commit() -> str:
@@ -798,12 +800,21 @@ def _append(
     results: Path,
     figures: list[Figure],
     note: str,
+    settings: str = "",
+    *,
     metrics: Metrics | None = None,
     png: Path | None = None,
     extra: list[str] | None = None,
     stamp: dt.datetime | None = None,
 ) -> int:
+    """Append one section; `settings` replaces the default settings line (bench/snapshot.py's own)."""
     stamp = stamp or dt.datetime.now(dt.UTC)
+    settings = settings or (
+        f"one replica (`kvs2 serve`) pinned to CPU {SERVER_CPU}; every peer server pinned the same way;\n"
+        f"  load generators pinned to CPU {LOAD_CPU}; Kafka unpinned on the same machine. Server CPU per\n"
+        "  request is read from /proc/PID/stat of the server processes around each load run, less their\n"
+        "  idle share."
+    )
     rows = "\n".join(f"| {f.name} | {f.value} | {f.detail} |" for f in figures)
     lines = "\n".join(extra or [])
     section = f"""
@@ -813,9 +824,7 @@ def _append(
 - versions: {_versions()}
 - code: commit {_commit()} (the replica's Kafka producer and consumer settings are those of
   dataplane/kvs2/kafka_io.py at that commit: `Writer` and `ChangelogReader`)
-- settings: one replica (`kvs2 serve`) pinned to CPU {SERVER_CPU}; every peer server pinned the same way;
-  load generators pinned to CPU {LOAD_CPU}; Kafka unpinned on the same machine. Server CPU per request is
-  read from /proc/PID/stat of the server processes around each load run, less their idle share.
+- settings: {settings}
 {lines}
 
 | what | result | settings |
