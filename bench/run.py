@@ -11,7 +11,8 @@ machine); Kafka is unpinned. Parts, in the order they run (`--only a,b` runs a s
   get       Get of one key, ghz -c 32; then open loop (ghz --async --rps) at 25/50/75/100 % of that peak
   multiget  MultiGet of 100 and of 1000 keys → keys/s
   resp      the Redis front door (--redis-listen on the same replica): redis-benchmark GET and MGET(100),
-            then open-loop GET (bench/loadgen.py: redis-benchmark has no rate limit)
+            then open-loop GET (bench/loadgen.py: redis-benchmark has no rate limit); `--only resp` also
+            runs `redis`, its peer
   latency   one sequential client: Set p50/p99; Set on A → PUT on B's Watch p50/p99; Get per consistency level
   set       Set, ghz -c 64
   write     Write of 1000-item batches → records/s; peer: etcd Txn of 128 Puts (its default limit)
@@ -733,6 +734,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.open_seconds:g}s per open-loop level. On a quiet 2-core machine the whole run takes about "
         "10 minutes (budget: 25); each step prints its elapsed time."
     )
+    if os.getloadavg()[0] > 1.0:
+        progress(
+            f"WARNING: load average {_load_average()} — other work shares this machine; the figures (and the "
+            "ratios between peers) will be noisy. The section records the load average before and after."
+        )
     bench = Bench(args.work, args.records, args.seconds, args.open_seconds)
     started = time.monotonic()
     load_before = _load_average()
