@@ -65,6 +65,8 @@ ETCD_PROTO = ROOT / "bench" / "peers" / "etcd_range.proto"
 ETCD_TXN_PROTO = ROOT / "bench" / "peers" / "etcd_txn.proto"
 WRITE_BATCH = 1000
 ETCD_TXN_OPS = 128  # etcd's default --max-txn-ops
+# ghz ends each timed level by closing its connections: calls still in flight then count as Unavailable.
+GHZ_OPEN = "ghz --async --rps, -c 32, 4 conns (calls in flight when a level ends count as Unavailable)"
 LEVELS = (0.25, 0.50, 0.75, 1.00)  # open-loop offered load, as shares of the measured peak
 PARTS = (
     "replay",
@@ -383,7 +385,7 @@ def part_get(b: Bench) -> None:
     b.open_loop(
         "kvs2 Get (gRPC)",
         load.rps,
-        "ghz --async --rps, -c 32, 4 conns",
+        GHZ_OPEN,
         b.ghz_open(b.a.target, "kvs2.Kvs2.Get", GET_ONE, ROOT / "proto" / "kvs2.proto"),
     )
 
@@ -647,7 +649,7 @@ def part_etcd(b: Bench) -> None:
                 b.open_loop(
                     "etcd Range",
                     load.rps,
-                    "ghz --async --rps, -c 32, 4 conns",
+                    GHZ_OPEN,
                     b.ghz_open(endpoint, "etcdserverpb.KV.Range", request, ETCD_PROTO),
                 )
         finally:
