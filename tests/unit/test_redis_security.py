@@ -24,13 +24,9 @@ from kvs2.errors import ConfigError
 from kvs2.progress import Progress, Snapshot
 from kvs2.redis_server import RedisFront
 from kvs2.storage import Replica, TopicIdentity
-from redis.exceptions import (
-    AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
-    ConnectionError,
-    NoPermissionError,
-    ResponseError,
-)
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError
 
 from tests.harness.pki import CertificateAuthority, write_tls_dir
 from tests.unit.conftest import FakeWriter
@@ -97,15 +93,18 @@ async def start_front(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     replica.close()
 
 
+def _plain(port: int, **kw: Any) -> aioredis.Redis:
+    """redis-py without retries (its default retries a refused connection with back-off)."""
+    return aioredis.Redis(host=HOST, port=port, retry=Retry(NoBackoff(), 0), **kw)
+
+
 def _tls_client(port: int, ca: str, cert: tuple[str, str] | None = None, **kw: Any) -> aioredis.Redis:
-    return aioredis.Redis(
-        host=HOST,
-        port=port,
+    return _plain(
+        port,
         ssl=True,
         ssl_ca_certs=ca,
         ssl_certfile=cert[0] if cert else None,
         ssl_keyfile=cert[1] if cert else None,
-        retry_on_error=[],
         **kw,
     )
 
@@ -118,7 +117,7 @@ async def test_tls_serves_redis_clients_and_refuses_plaintext(
     async with _tls_client(port, certs.trust()) as r:
         assert await r.set("k", "v") is True
         assert await r.get("k") == b"v"
-    async with aioredis.Redis(host=HOST, port=port, retry_on_error=[], socket_timeout=10) as plain:
+    async with _plain(port, socket_timeout=10) as plain:
         with pytest.raises(ConnectionError):
             await plain.ping()
 
@@ -151,7 +150,7 @@ async def test_rotated_certificate_files_are_used_by_the_next_connection(
     certs.server_dir(mutual=True, ca=new_server_ca)
     new_trust = str(new_server_ca.write(certs.tmp / "trusted-new-server-ca.crt"))
     async with _tls_client(port, certs.trust(), client, socket_timeout=10) as old:
-        with pytest.raises(ConnectionError, match="(?i)certificate verify failed"):
+        with pytest.raises(ConnectionError, match=r"(?i)certificate verify failed"):
             await old.ping()
     async with _tls_client(port, new_trust, client, socket_timeout=10) as old_client_cert:
         with pytest.raises(ConnectionError):
@@ -167,30 +166,39 @@ async def test_auth_users_from_a_secret_volume_and_rights_per_command(
     policy = Policy(inline=parse_entries(["alice=read,write", "bob=read"]))
     port = await start_front(users=users, policy=policy)
 
-    async with aioredis.Redis(host=HOST, port=port, retry_on_error=[]) as anonymous:
-        with pytest.raises(ResponseError, match="NOAUTH|Authentication required"):
+    async with _plain(port) as anonymous:
+        with pytest.raises(AuthenticationError, match=r"authenticated|Authentication required"):
             await anonymous.get("k")
-    async with aioredis.Redis(
-        host=HOST, port=port, username="alice", password="wrong", retry_on_error=[]
-    ) as wrong:
+    async with _plain(port, username="alice", password="wrong") as wrong:
         with pytest.raises(AuthenticationError):
             await wrong.ping()
-    async with aioredis.Redis(host=HOST, port=port, username="alice", password="a-pw") as alice:
+    async with _plain(port, username="alice", password="a-pw") as alice:
         assert await alice.set("k", "v") is True
         assert await alice.get("k") == b"v"
     for protocol in (2, 3):  # RESP3: redis-py authenticates with HELLO 3 AUTH user pass
-        async with aioredis.Redis(
-            host=HOST, port=port, username="bob", password="b-pw", protocol=protocol
-        ) as bob:
+        async with _plain(port, username="bob", password="b-pw", protocol=protocol) as bob:
             assert await bob.get("k") == b"v"
             assert await bob.mget(["k", "missing"]) == [b"v", None]
-            with pytest.raises(NoPermissionError, match="'bob'.*'write'.*SET"):
+            with pytest.raises(NoPermissionError, match=r"'bob'.*'write'.*SET"):
                 await bob.set("k", "bob was here")
-            with pytest.raises(NoPermissionError, match="'bob'.*'write'.*DEL"):
+            with pytest.raises(NoPermissionError, match=r"'bob'.*'write'.*DEL"):
                 await bob.delete("k")
             assert await bob.ping() is True
-    async with aioredis.Redis(host=HOST, port=port, username="alice", password="a-pw") as alice:
+    async with _plain(port, username="alice", password="a-pw") as alice:
         assert await alice.get("k") == b"v"
+
+
+async def _conversation(port: int, commands: list[bytes]) -> list[bytes]:
+    """One plain socket, one command at a time (inline commands), each reply line as it came."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    replies = []
+    try:
+        for line in commands:
+            writer.write(line + b"\r\n")
+            replies.append(await asyncio.wait_for(reader.readline(), 10))
+    finally:
+        writer.close()
+    return replies
 
 
 async def test_auth_with_a_password_only_is_the_default_user(
@@ -198,16 +206,16 @@ async def test_auth_with_a_password_only_is_the_default_user(
 ) -> None:
     users = users_from_option(str(users_dir(tmp_path / "users", {"default": "pw"})))
     port = await start_front(users=users)  # no policy: an authenticated user may do everything
-    async with aioredis.Redis(host=HOST, port=port, retry_on_error=[]) as r:
-        with pytest.raises(ResponseError, match="NOAUTH"):
-            await cmd(r, "HELLO", "3")
-        with pytest.raises(AuthenticationError, match="WRONGPASS"):
-            await cmd(r, "AUTH", "nope")
-        with pytest.raises(AuthenticationWrongNumberOfArgsError):
-            await cmd(r, "AUTH", "a", "b", "c")
-        assert await cmd(r, "AUTH", "pw") in (b"OK", "OK", True)
-        assert await r.set("x", "1") is True
-    async with aioredis.Redis(host=HOST, port=port, password="pw") as r:
+    replies = await _conversation(
+        port, [b"GET x", b"HELLO 3", b"AUTH nope", b"AUTH a b c", b"AUTH pw", b"SET x 1", b"GET x"]
+    )
+    assert replies[0] == b"-NOAUTH Authentication required.\r\n"
+    assert replies[1].startswith(b"-NOAUTH HELLO must be called with the client already authenticated")
+    assert replies[2] == b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    assert replies[3] == b"-ERR wrong number of arguments for 'auth' command\r\n"
+    assert replies[4:6] == [b"+OK\r\n", b"+OK\r\n"]
+    assert replies[6] == b"$1\r\n"
+    async with _plain(port, password="pw") as r:  # redis-py: HELLO 3 AUTH default pw
         assert await r.get("x") == b"1"
 
 
@@ -217,10 +225,10 @@ async def test_a_changed_password_file_applies_to_the_next_auth(
     root = users_dir(tmp_path / "users", {"alice": "old"})
     port = await start_front(users=users_from_option(str(root)))
     users_dir(root, {"alice": "new"})
-    async with aioredis.Redis(host=HOST, port=port, username="alice", password="old", retry_on_error=[]) as r:
+    async with _plain(port, username="alice", password="old") as r:
         with pytest.raises(AuthenticationError):
             await r.ping()
-    async with aioredis.Redis(host=HOST, port=port, username="alice", password="new") as r:
+    async with _plain(port, username="alice", password="new") as r:
         assert await r.ping() is True
 
 
@@ -233,16 +241,15 @@ async def test_mutual_tls_identities_get_their_rights_without_auth(
     port = await start_front(tls=tls, policy=Policy(inline=parse_entries(["reader=read"])))
     async with _tls_client(port, certs.trust(), certs.client_files("reader")) as r:
         assert await r.get("nothing") is None
-        with pytest.raises(NoPermissionError, match="'reader'.*'write'"):
+        with pytest.raises(NoPermissionError, match=r"'reader'.*'write'"):
             await r.set("k", "v")
 
 
 async def test_auth_without_users_is_a_clear_error(start_front: Callable[..., Any]) -> None:
     port = await start_front()
-    async with aioredis.Redis(host=HOST, port=port, retry_on_error=[]) as r:
-        with pytest.raises(ResponseError, match="without any password configured"):
-            await cmd(r, "AUTH", "pw")
-        assert await r.set("k", "v") is True  # no users: the port is open, as before
+    replies = await _conversation(port, [b"AUTH pw", b"SET k v"])
+    assert replies[0].startswith(b"-ERR AUTH <password> called without any password configured")
+    assert replies[1] == b"+OK\r\n"  # no users: the port is open, as before
 
 
 def test_redis_port_next_to_mutual_tls_is_allowed_now(certs: Certs, tmp_path: Path) -> None:
@@ -276,4 +283,3 @@ def test_bad_users_directory(tmp_path: Path, layout: dict[str, str] | None, mess
         users_dir(root, layout)
     with pytest.raises(ConfigError, match=message):
         users_from_option(str(root))
-
