@@ -1,6 +1,6 @@
-"""spec.tls.certManager → a cert-manager Certificate; spec.networkPolicy → a NetworkPolicy; spec.redis.usersSecret
-→ the Redis users mounted as files. Rendering and validation; the real API server: tests/integration/security/
-test_operator_protection.py."""
+"""spec.tls.certManager → a cert-manager Certificate; spec.networkPolicy → a NetworkPolicy;
+spec.redis.usersSecret → the Redis users mounted as files. Rendering and validation; against the real API
+server: tests/integration/security/test_operator_protection.py."""
 
 from __future__ import annotations
 
