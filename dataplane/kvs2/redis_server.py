@@ -809,15 +809,17 @@ class Connection(asyncio.Protocol):
         return OK
 
     def rights(self) -> frozenset[str]:
-        """The rights kvs2.authz gives this connection's identities; re-evaluated at most once a second
-        when the map comes from a file (the gRPC port reads it per call; a RESP command is far cheaper)."""
+        """The rights kvs2.authz gives this connection: its AUTH user's once it authenticated (AUTH picks who
+        the connection acts as, as in Redis), else its client certificate's names. Re-evaluated at most
+        once a second when the map comes from a file (the gRPC port reads it per call; a RESP command is
+        far cheaper)."""
         policy = self.front.policy
         if policy is None:
             return _EVERY_RIGHT
         rights = self._rights
         now = time.monotonic()
         if rights is None or (policy.path is not None and now - self._rights_at > 1.0):
-            rights = self._rights = policy.rights([*self.identities, *([self.user] if self.user else [])])
+            rights = self._rights = policy.rights([self.user] if self.user else self.identities)
             self._rights_at = now
         return rights
 

@@ -245,6 +245,23 @@ async def test_mutual_tls_identities_get_their_rights_without_auth(
             await r.set("k", "v")
 
 
+async def test_an_auth_user_acts_as_itself_not_as_its_certificate(
+    certs: Certs, tmp_path: Path, start_front: Callable[..., Any]
+) -> None:
+    """With mutual TLS and users, AUTH picks who the connection acts as: a read-only user does not
+    inherit the write right of the certificate it connected with."""
+    tls = ServerTls.from_dir(certs.server_dir(mutual=True))
+    users = users_from_option(str(users_dir(tmp_path / "users", {"auditor": "pw"})))
+    policy = Policy(inline=parse_entries(["app=read,write", "auditor=read"]))
+    port = await start_front(tls=tls, users=users, policy=policy)
+    async with _tls_client(
+        port, certs.trust(), certs.client_files("app"), username="auditor", password="pw"
+    ) as r:
+        assert await r.get("k") is None
+        with pytest.raises(NoPermissionError, match=r"user 'auditor' lacks the 'write' right"):
+            await r.set("k", "v")
+
+
 async def test_auth_without_users_is_a_clear_error(start_front: Callable[..., Any]) -> None:
     port = await start_front()
     replies = await _conversation(port, [b"AUTH pw", b"SET k v"])
