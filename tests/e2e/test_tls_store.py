@@ -128,7 +128,7 @@ def test_a_tls_store_serves_grpc_and_redis_clients_with_certificates(
     ) as r:
         assert r.get("greeting") == b"hello over mTLS"
         assert r.set("from-redis", "written over TLS") is True
-        linearizable = r.execute_command("KVS2.GET", "from-redis", "LINEARIZABLE")  # type: ignore[no-untyped-call]
+        linearizable = r.execute_command("KVS2.GET", "from-redis", "LINEARIZABLE")
         assert linearizable == b"written over TLS"
     with Client(f"{a}:50051", timeout=15, tls=tls) as grpc_client:
         assert kube.wait(
