@@ -298,8 +298,11 @@ def test_redis_port_with_mutual_tls_auth_and_rights(
     ) as r:
         assert r.get("tls-key") == b"hello"
         pipe = r.pipeline(transaction=False)
-        pipe.set("tls-2", "two").execute_command("KVS2.GET", "tls-2", "LINEARIZABLE")
-        assert pipe.execute() == [True, b"two"]
+        pipe.set("tls-1", "one").set("tls-2", "two")
+        assert pipe.execute() == [True, True]
+        # Both acknowledged: a linearizable read must see them (a read pipelined with a write is concurrent
+        # with it, so it would not have to).
+        assert r.execute_command("KVS2.GET", "tls-2", "LINEARIZABLE") == b"two"
     grpc_tls = ClientTls(ca=ca, cert=cert, key=key, server_name="localhost")
     with Client(replica.target, timeout=10, tls=grpc_tls) as g:
         found = g.get(b"tls-2")
