@@ -21,6 +21,7 @@ changes (a ConfigMap volume is updated in place), and/or inline entries `SUBJECT
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -166,6 +167,54 @@ def policy_from_options(path: str, entries: Sequence[str]) -> Policy | None:
     if not path and not inline:
         return None
     return Policy(inline=inline, path=Path(path) if path else None)
+
+
+# ----- Redis users ---------------------------------------------------------------------------------
+DEFAULT_USER = "default"  # the user `AUTH password` (without a user name) authenticates as, as in Redis
+
+
+@dataclass(frozen=True)
+class Users:
+    """Redis-port users (`--redis-users DIR`): a Secret volume with one key per user, the key's value its
+    password (a trailing newline is ignored). Their names are subjects of the same authorization map as
+    certificate subjects: `alice: [read]` covers the user alice on the Redis port and a client certificate
+    for alice on the gRPC port.
+
+    Read at each AUTH, so a changed Secret (the kubelet swaps the volume's files) applies to the next
+    AUTH without a restart; connections already authenticated stay so.
+    """
+
+    path: Path
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.path.iterdir() if not p.name.startswith(".") and p.is_file())
+        except OSError as exc:
+            raise ConfigError(f"cannot read the Redis users {self.path}: {exc.strerror or exc}") from exc
+
+    def check(self, user: str, password: bytes) -> bool:
+        """True when `user` exists and `password` is its password (compared in constant time)."""
+        if not user or "/" in user or user.startswith(".") or "\0" in user:
+            return False
+        try:
+            stored = (self.path / user).read_bytes()
+        except OSError:
+            return False
+        return hmac.compare_digest(stored.rstrip(b"\r\n"), password)
+
+
+def users_from_option(path: str) -> Users | None:
+    """`--redis-users DIR` → Users (checked now: a readable directory with at least one user), or None."""
+    if not path:
+        return None
+    users = Users(Path(path))
+    if not users.path.is_dir():
+        raise ConfigError(f"cannot read the Redis users {path}: not a directory (one file per user)")
+    if not users.names():
+        raise ConfigError(
+            f"the Redis users directory {path} holds no users (one file per user: its password)"
+        )
+    return users
 
 
 # ----- the interceptor -----------------------------------------------------------------------------

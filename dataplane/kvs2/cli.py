@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from kvs2 import __version__, load
-from kvs2.authz import policy_from_options
+from kvs2.authz import policy_from_options, users_from_option
 from kvs2.client import Client, Value, Written
 from kvs2.config import (
     DEFAULT_LISTEN,
@@ -89,7 +89,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--redis-listen",
         default=_env("KVS2_REDIS_LISTEN", ""),
         metavar="HOST:PORT",
-        help="also serve Redis-protocol clients (RESP2/RESP3) here; off by default, no TLS or AUTH yet",
+        help="also serve Redis-protocol clients (RESP2/RESP3) here; off by default; TLS as gRPC's",
+    )
+    p.add_argument(
+        "--redis-users",
+        default=_env("KVS2_REDIS_USERS", ""),
+        metavar="DIR",
+        help="Redis AUTH users: a directory (Secret volume), one file per user holding its password; "
+        "rights from --authz/--authz-file",
     )
     p.add_argument(
         "--guard-margin",
@@ -241,6 +248,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls=server_tls_from_options(args.tls_dir, args.tls_cert, args.tls_key, args.tls_client_ca),
         authz=policy_from_options(args.authz_file, args.authz),
         health_listen=args.health_listen or None,
+        redis_users=users_from_option(args.redis_users),
     )
     configure_logging(settings.log_level, settings.log_format)
     from kvs2.metrics import worker_files

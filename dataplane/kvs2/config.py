@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvs2.authz import Policy
+from kvs2.authz import Policy, Users
 from kvs2.credentials import ServerTls
 from kvs2.errors import ConfigError
 
@@ -92,15 +92,19 @@ class ServeSettings:
     tls: ServerTls | None = None
     authz: Policy | None = None
     health_listen: str | None = None
+    # Users of the Redis port (AUTH), a Secret volume (kvs2.authz.Users). The Redis port takes `tls`
+    # (and its client CA) and `authz` too (kvs2.redis_server.RedisFront).
+    redis_users: Users | None = None
 
     def __post_init__(self) -> None:
-        if self.authz is not None and (self.tls is None or not self.tls.mutual):
-            raise ConfigError("--authz/--authz-file need mutual TLS (a client CA: --tls-client-ca or ca.crt)")
-        if self.redis_listen and self.tls is not None and self.tls.mutual:
+        mutual = self.tls is not None and self.tls.mutual
+        if self.authz is not None and not mutual and self.redis_users is None:
             raise ConfigError(
-                "--redis-listen has no TLS or authentication: it would let any client around the mutual TLS "
-                "(and --authz) of the gRPC port; turn one of them off"
+                "--authz/--authz-file need mutual TLS (a client CA: --tls-client-ca or ca.crt) "
+                "or Redis users (--redis-users): identities to give rights to"
             )
+        if self.redis_users is not None and not self.redis_listen:
+            raise ConfigError("--redis-users needs --redis-listen (the users authenticate on the Redis port)")
         if not self.bootstrap_servers:
             raise ConfigError("--bootstrap-servers (KVS2_BOOTSTRAP_SERVERS) is required")
         if not self.topic:

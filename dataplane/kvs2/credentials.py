@@ -107,6 +107,12 @@ def read_material(tls: ServerTls) -> Material:
 
     Raises ConfigError naming the file when they do not (yet) form a usable set.
     """
+    return _load(tls)[0]
+
+
+def _load(tls: ServerTls) -> tuple[Material, ssl.SSLContext]:
+    """The files' bytes, and a server context made from exactly those bytes (client certificates
+    required when there is a client CA): what the Redis port serves with (`ServerContext`)."""
     cert = _read(tls.cert, "server certificate (tls.crt)")
     key = _read(tls.key, "server private key (tls.key)")
     ca = _read(tls.client_ca, "client CA (ca.crt)") if tls.client_ca is not None else None
@@ -126,9 +132,10 @@ def read_material(tls: ServerTls) -> Material:
             context.load_verify_locations(cadata=ca.decode("ascii", errors="replace"))
         except (ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"the client CA {tls.client_ca} holds no usable certificate: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
     if tls.cert.read_bytes() != cert or tls.key.read_bytes() != key:
         raise ConfigError(f"{tls.cert} or {tls.key} changed while being read")
-    return Material(cert, key, ca)
+    return Material(cert, key, ca), context
 
 
 class CertificateFetcher:
@@ -193,6 +200,67 @@ def add_port(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> in
         f"client certificates signed by {tls.client_ca} required" if tls.mutual else "no client certificates",
     )
     return port
+
+
+class ServerContext:
+    """TLS for asyncio servers (the Redis port) from the same files, following them like the gRPC fetcher.
+
+    asyncio binds one `ssl.SSLContext` to a listening socket, so the context handed to it (`listening`)
+    never changes; instead its SNI callback — which OpenSSL runs in every handshake, with or without a
+    server name — moves the connection onto the newest context. `refresh()` runs as each connection is
+    accepted, before its handshake: it re-reads the files and makes a new context when their contents
+    changed and form a valid set (else the previous one stays, logged once per problem). The client CA
+    travels with the context, so a rotated CA decides the next handshakes; whether client certificates
+    are required at all is fixed at start (`ServerTls.mutual`).
+    """
+
+    def __init__(self, tls: ServerTls) -> None:
+        self._tls = tls
+        self._material, self._context = _load(tls)
+        self._context.sni_callback = self._pick
+        self.listening = self._context
+        self._last_problem = ""
+
+    def _pick(self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        if connection.context is not self._context:
+            connection.context = self._context
+
+    def refresh(self) -> None:
+        tls = self._tls
+        try:
+            seen = (
+                tls.cert.read_bytes(),
+                tls.key.read_bytes(),
+                tls.client_ca.read_bytes() if tls.client_ca is not None else None,
+            )
+            current = self._material
+            if seen == (current.cert, current.key, current.client_ca):
+                return
+            material, context = _load(tls)
+        except (ConfigError, OSError) as exc:
+            if str(exc) != self._last_problem:
+                log.warning("TLS files changed but cannot be used yet (keeping the previous ones): %s", exc)
+                self._last_problem = str(exc)
+            return
+        context.sni_callback = self._pick
+        self._material, self._context, self._last_problem = material, context, ""
+        log.info("TLS: reloaded the certificate from %s for the Redis port (next connections)", tls.cert)
+
+
+def peer_identities(peercert: object) -> list[str]:
+    """A verified client certificate's Common Name, then its Subject Alternative Names — the identities
+    `kvs2.authz` maps to rights — from `ssl`'s `getpeercert()` dict (what gRPC reports the same way)."""
+    if not isinstance(peercert, dict):
+        return []
+    out: list[str] = []
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName" and value not in out:
+                out.append(value)
+    for _kind, value in peercert.get("subjectAltName", ()):
+        if value not in out:
+            out.append(value)
+    return out
 
 
 # ----- clients -----------------------------------------------------------------------------------

@@ -31,9 +31,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from kvs2 import __version__, errors
+from kvs2.authz import DEFAULT_USER, Policy, Users
+from kvs2.authz import READ as READ_RIGHT
+from kvs2.authz import RIGHTS as ALL_RIGHTS
+from kvs2.authz import WRITE as WRITE_RIGHT
 from kvs2.conditional import ConditionalResult
 from kvs2.consistency import ReadOptions
 from kvs2.core import MAX_PAGE, KeyRange, Store
+from kvs2.credentials import ServerContext, ServerTls, peer_identities
 from kvs2.kafka_io import WriteToken
 from kvs2.resp import (
     EMPTY_ARRAY,
@@ -516,13 +521,22 @@ def _select(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     return OK
 
 
-def _no_auth() -> errors.InvalidArgument:
-    return _bad("kvs2's Redis port has no AUTH yet: bind it only where clients are trusted (see README)")
+def _no_users() -> errors.InvalidArgument:
+    return _bad(
+        "AUTH <password> called without any password configured for the default user. "
+        "kvs2 serve has no --redis-users: the Redis port needs no AUTH"
+    )
 
 
 @command("AUTH", -2, CONN, cats="@fast @connection")
 def _auth(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
-    raise _no_auth()
+    if len(args) > 3:
+        raise _bad("wrong number of arguments for 'auth' command")
+    if front.users is None:
+        raise _no_users()
+    if len(args) == 2:
+        return conn.authenticate(DEFAULT_USER, args[1])
+    return conn.authenticate(args[1].decode(errors="replace"), args[2])
 
 
 @command("HELLO", -1, CONN, cats="@fast @connection")
@@ -536,13 +550,25 @@ def _hello(front: RedisFront, conn: Connection, args: list[bytes]) -> bytes:
     name = conn.name
     while i < len(args):
         option = args[i].upper()
-        if option == b"AUTH":
-            raise _no_auth()
-        if option == b"SETNAME" and i + 1 < len(args):
+        if option == b"AUTH" and i + 2 < len(args):
+            if front.users is None:
+                raise _no_users()
+            refused = conn.authenticate(args[i + 1].decode(errors="replace"), args[i + 2])
+            if refused is not OK:
+                return refused
+            i += 3
+        elif option == b"SETNAME" and i + 1 < len(args):
             name = _client_name(args[i + 1])
             i += 2
         else:
             raise _bad(f"syntax error in HELLO option {option.decode(errors='replace')!r}")
+    if not conn.authenticated:
+        return error(
+            "NOAUTH",
+            "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> "
+            "AUTH <user> <pass> option can be used to authenticate the client and select the RESP "
+            "protocol version at the same time",
+        )
     conn.proto, conn.name = proto, name
     info: dict[str, Value] = {
         "server": "kvs2",
@@ -664,13 +690,20 @@ class Connection(asyncio.Protocol):
         self._pending: deque[bytes | asyncio.Task[bytes]] = deque()
         self.write_barrier: asyncio.Task[bytes] | None = None  # see Command.barrier
         self._pause = 0  # bit 1: too many pending replies; bit 2: the socket's send buffer is full
+        # Who the client is (see RedisFront.guard): its verified certificate's names, its AUTH user.
+        self.identities: list[str] = []
+        self.user = ""
+        self.authenticated = front.users is None
+        self._rights: frozenset[str] | None = None
+        self._rights_at = 0.0
 
     # asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.front.connections.add(self)
+        self.identities = peer_identities(transport.get_extra_info("peercert"))
+        self.front.track(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for item in self._pending:
@@ -765,18 +798,87 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    # authentication and rights -----------------------------------------------------------------------
+    def authenticate(self, user: str, password: bytes) -> bytes:
+        """AUTH / HELLO AUTH: OK, or WRONGPASS (a failed AUTH leaves the connection as it was, as Redis)."""
+        users = self.front.users
+        if users is None or not users.check(user, password):
+            log.info("Redis AUTH refused for user %r from %s", user, self.peer)
+            return error("WRONGPASS", "invalid username-password pair or user is disabled.")
+        self.user, self.authenticated, self._rights = user, True, None
+        return OK
+
+    def rights(self) -> frozenset[str]:
+        """The rights kvs2.authz gives this connection: its AUTH user's once it authenticated (AUTH picks who
+        the connection acts as, as in Redis), else its client certificate's names. Re-evaluated at most
+        once a second when the map comes from a file (the gRPC port reads it per call; a RESP command is
+        far cheaper)."""
+        policy = self.front.policy
+        if policy is None:
+            return _EVERY_RIGHT
+        rights = self._rights
+        now = time.monotonic()
+        if rights is None or (policy.path is not None and now - self._rights_at > 1.0):
+            rights = self._rights = policy.rights([self.user] if self.user else self.identities)
+            self._rights_at = now
+        return rights
+
+    def who(self) -> str:
+        if self.user:
+            return f"user {self.user!r}"
+        if self.identities:
+            return f"client {self.identities[0]!r}"
+        return "a client without a user or certificate identity"
+
     def describe(self) -> str:
         age = int(time.monotonic() - self.created)
         lib = " ".join(f"{k}={v}" for k, v in sorted(self.lib.items()))
         name = self.name.decode(errors="replace")
-        return f"id={self.id} addr={self.peer} name={name} age={age} db=0 resp={self.proto} {lib}".rstrip()
+        user = f" user={self.user}" if self.user else ""
+        return (
+            f"id={self.id} addr={self.peer} name={name} age={age} db=0 resp={self.proto}{user} {lib}".rstrip()
+        )
+
+
+_EVERY_RIGHT = frozenset(ALL_RIGHTS)
+# Commands a client may send before it authenticated (Redis: AUTH, HELLO with AUTH, QUIT).
+_BEFORE_AUTH = frozenset({b"AUTH", b"HELLO", b"QUIT"})
+
+
+def _right(cmd: Command) -> str | None:
+    """The kvs2.authz right a command needs: writes `write`, reads `read`; connection commands none."""
+    if "write" in cmd.flags:
+        return WRITE_RIGHT
+    if "readonly" in cmd.flags:
+        return READ_RIGHT
+    return None
 
 
 class RedisFront:
-    """The RESP listener of one server process, over the process's `Store`."""
+    """The RESP listener of one server process, over the process's `Store`.
 
-    def __init__(self, store: Store, *, timeout: float, topic: str = "", listen: str = "") -> None:
+    Protection, the same as the gRPC port's (README "Security"): `tls` — the gRPC port's certificate
+    files, followed on change, and with a client CA, client certificates required; `users` — AUTH /
+    HELLO AUTH required before anything else (`-NOAUTH`); `policy` — the authorization map, whose
+    subjects are AUTH users and certificate names alike (`-NOPERM` names who lacks which right).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout: float,
+        topic: str = "",
+        listen: str = "",
+        tls: ServerTls | None = None,
+        users: Users | None = None,
+        policy: Policy | None = None,
+    ) -> None:
         self.store = store
+        self.users = users
+        self.policy = policy
+        self.guarded = users is not None or policy is not None
+        self.tls = ServerContext(tls) if tls is not None else None
         self.timeout = timeout  # writes (until Kafka's ack) and reads that wait for freshness
         self.topic = topic
         self.listen = listen
@@ -797,6 +899,10 @@ class RedisFront:
         cmd = COMMANDS.get(name)
         if cmd is None:
             return _unknown(args)
+        if self.guarded:
+            refused = self.guard(conn, cmd, name)
+            if refused is not None:
+                return refused
         n = len(args)
         if (cmd.arity > 0 and n != cmd.arity) or n < -cmd.arity:
             return error("ERR", f"wrong number of arguments for '{name.decode().lower()}' command")
@@ -826,6 +932,22 @@ class RedisFront:
             log.exception("Redis command %r failed", name)
             return error("ERR", f"internal error: {exc}")
 
+    def guard(self, conn: Connection, cmd: Command, name: bytes) -> bytes | None:
+        """The NOAUTH or NOPERM reply that refuses this command, or None to run it."""
+        if not conn.authenticated and name not in _BEFORE_AUTH:
+            return error("NOAUTH", "Authentication required.")
+        right = _right(cmd)
+        if right is None or right in conn.rights():
+            return None
+        return error(
+            "NOPERM", f"{conn.who()} lacks the {right!r} right needed for {name.decode(errors='replace')}"
+        )
+
+    def track(self, conn: Connection) -> None:
+        """A connection is up (with TLS: its handshake succeeded; a failed one never gets here)."""
+        self.connections.add(conn)
+        self._idle.clear()
+
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
         if not self.connections:
@@ -834,13 +956,21 @@ class RedisFront:
     async def serve(self, host: str, port: int, *, reuse_port: bool) -> int:
         """Listen; returns the port (useful with port 0)."""
 
+        tls = self.tls
+
         def factory() -> Connection:
-            self._idle.clear()
+            if tls is not None:  # called before the connection's TLS handshake starts
+                tls.refresh()
             return Connection(self)
 
         try:
             self._server = await self._loop.create_server(
-                factory, host, port, reuse_port=reuse_port or None, backlog=1024
+                factory,
+                host,
+                port,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+                ssl=tls.listening if tls is not None else None,
             )
         except OSError as exc:
             raise errors.ConfigError(f"cannot listen for Redis clients on {host}:{port}: {exc}") from exc
@@ -910,11 +1040,29 @@ def _unknown(args: list[bytes]) -> bytes:
 
 
 async def start_redis(
-    store: Store, listen: str, *, topic: str, timeout: float, reuse_port: bool
+    store: Store,
+    listen: str,
+    *,
+    topic: str,
+    timeout: float,
+    reuse_port: bool,
+    tls: ServerTls | None = None,
+    users: Users | None = None,
+    policy: Policy | None = None,
 ) -> RedisFront:
     """`--redis-listen HOST:PORT`: start the RESP listener on the running loop."""
     host, _, port = listen.rpartition(":")
-    front = RedisFront(store, timeout=timeout, topic=topic, listen=listen)
+    front = RedisFront(
+        store, timeout=timeout, topic=topic, listen=listen, tls=tls, users=users, policy=policy
+    )
     await front.serve(host.strip("[]"), int(port), reuse_port=reuse_port)
-    log.info("Redis protocol (RESP2/RESP3) listening on %s", listen)
+    log.info(
+        "Redis protocol (RESP2/RESP3) listening on %s: %s, %s%s",
+        listen,
+        "plaintext"
+        if tls is None
+        else f"TLS with {tls.cert}" + (" (client certificates required)" if tls.mutual else ""),
+        "AUTH required" if users is not None else "no AUTH",
+        ", rights from the authorization map" if policy is not None else "",
+    )
     return front

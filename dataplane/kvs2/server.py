@@ -482,6 +482,9 @@ async def running_replica(
             topic=settings.topic,
             timeout=settings.default_write_timeout,
             reuse_port=settings.workers > 1,
+            tls=settings.tls,
+            users=settings.redis_users,
+            policy=settings.authz,
         )
         if settings.redis_listen
         else None

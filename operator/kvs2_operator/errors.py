@@ -38,6 +38,7 @@ class Reason(StrEnum):
     KAFKA_UNAVAILABLE = "KafkaUnavailable"
     KAFKA_REJECTED = "KafkaRejected"
     CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
+    CERT_MANAGER_MISSING = "CertManagerMissing"
     KUBERNETES_API_ERROR = "KubernetesApiError"
     # The workload on its way.
     WAITING_FOR_TOPIC = "WaitingForTopic"

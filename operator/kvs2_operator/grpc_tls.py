@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvs2_operator.errors import SpecError
+from kvs2_operator.protection import IssuerRef, parse_issuer_ref
 
 MOUNT_PATH = "/etc/kvs2/tls"
+REDIS_USERS_PATH = "/etc/kvs2/redis-users"
+REDIS_USERS_VOLUME = "redis-users"
 VOLUME = "grpc-tls"
 HEALTH_PORT = 8081
 RIGHTS = ("read", "write")
@@ -32,6 +35,8 @@ class GrpcTls:
     secret_name: str
     mutual: bool = True
     authorization: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # spec.tls.certManager.issuerRef: the operator creates a Certificate writing `secret_name`.
+    cert_manager: IssuerRef | None = None
 
 
 def parse_grpc_tls(raw: Any) -> GrpcTls | None:
@@ -56,7 +61,7 @@ def parse_grpc_tls(raw: Any) -> GrpcTls | None:
         authorization[str(subject)] = tuple(rights)
     if authorization and not mutual:
         raise SpecError("spec.tls.authorization needs mutual TLS (spec.tls.mutual: true)")
-    return GrpcTls(name, mutual, authorization)
+    return GrpcTls(name, mutual, authorization, parse_issuer_ref(raw.get("certManager")))
 
 
 def probe_port(tls: GrpcTls | None, grpc_port: int) -> int:
@@ -87,3 +92,17 @@ def pod_parts(
     mount = {"name": VOLUME, "mountPath": MOUNT_PATH, "readOnly": True}
     port = {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}
     return env, [volume], [mount], [port]
+
+
+def redis_users_parts(
+    secret_name: str | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, volumes, volumeMounts) for spec.redis.usersSecret: the Secret mounted whole (one key per
+    user, its value the password) as `kvs2 serve --redis-users`. The Redis port takes spec.tls's
+    certificate (and client CA) by itself; spec.tls.authorization gives AUTH users their rights too."""
+    if secret_name is None:
+        return [], [], []
+    env = [{"name": "KVS2_REDIS_USERS", "value": REDIS_USERS_PATH}]
+    volume = {"name": REDIS_USERS_VOLUME, "secret": {"secretName": secret_name, "defaultMode": FILE_MODE}}
+    mount = {"name": REDIS_USERS_VOLUME, "mountPath": REDIS_USERS_PATH, "readOnly": True}
+    return env, [volume], [mount]

@@ -47,6 +47,8 @@ _PLURALS = {
     "Pod": "pods",
     "ResourceQuota": "resourcequotas",
     "KeyValueStore": "keyvaluestores",
+    "Certificate": "certificates",  # cert-manager.io (kvs2_operator.protection)
+    "NetworkPolicy": "networkpolicies",
 }
 
 

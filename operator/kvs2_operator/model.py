@@ -18,6 +18,7 @@ from kvs2_operator.crd import GROUP, GRPC_PORT, KIND, VERSION
 from kvs2_operator.errors import SpecError
 from kvs2_operator.grpc_tls import GrpcTls, parse_grpc_tls
 from kvs2_operator.kafka_security import KafkaSasl, KafkaTls, check_client_config, parse_sasl, parse_tls
+from kvs2_operator.protection import NetworkPolicySpec, parse_network_policy
 
 DEFAULT_PARTITIONS = 3
 DEFAULT_REPLICATION_FACTOR = 3
@@ -134,10 +135,12 @@ class PdbSpec:
 @dataclass(frozen=True)
 class RedisSpec:
     """spec.redis: the Redis-protocol port of the data plane (`kvs2 serve --redis-listen`); off unless
-    enabled. No TLS or AUTH on it yet: enable it only where the pods' network is trusted."""
+    enabled. With spec.tls it speaks TLS with the same certificate (and client CA); `users_secret` requires
+    AUTH (kvs2_operator.grpc_tls.redis_users_parts)."""
 
     enabled: bool = False
     port: int = DEFAULT_REDIS_PORT
+    users_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ class StoreSpec:
     pvc_retention_on_scale_down: str = "Delete"
     # gRPC TLS, mTLS and per-subject rights (kvs2_operator.grpc_tls).
     tls: GrpcTls | None = None
+    # A NetworkPolicy admitting peers and the given clients (kvs2_operator.protection).
+    network_policy: NetworkPolicySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -465,6 +470,7 @@ def parse_spec(
             choices=PVC_RETENTION_POLICIES,
         ),
         tls=parse_grpc_tls(spec.get("tls")),
+        network_policy=parse_network_policy(spec.get("networkPolicy")),
     )
 
 
@@ -499,7 +505,10 @@ def _parse_redis(raw: Any) -> RedisSpec:
     port = _int(redis.get("port"), "spec.redis.port", default=DEFAULT_REDIS_PORT, minimum=1, maximum=65535)
     if port == GRPC_PORT:
         raise SpecError(f"spec.redis.port must differ from the gRPC port {GRPC_PORT}")
-    return RedisSpec(enabled=enabled, port=port)
+    users = redis.get("usersSecret")
+    if users is not None and (not isinstance(users, str) or not users):
+        raise SpecError(f"spec.redis.usersSecret must be a Secret name, got {users!r}")
+    return RedisSpec(enabled=enabled, port=port, users_secret=users)
 
 
 def parse_ref(body: Mapping[str, Any]) -> StoreRef:

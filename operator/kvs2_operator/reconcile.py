@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs2_operator import diagnose, metrics, render
+from kvs2_operator import diagnose, metrics, protection, render
 from kvs2_operator.crd import GROUP, KIND, VERSION, pdb_name, statefulset_name
 from kvs2_operator.errors import (
     ChildUpdateRefusedError,
@@ -262,7 +262,10 @@ async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
     for obj in render.render_children(store, await credentials_hash(store, deps.kube)):
         await _check_not_foreign(deps.kube, obj, store)
         try:
-            applied = await deps.kube.apply(obj)
+            if obj["kind"] == "Certificate":  # a clear CertManagerMissing when the kind is not served
+                applied = await protection.apply_certificate(deps.kube, obj)
+            else:
+                applied = await deps.kube.apply(obj)
         except KubernetesInvalidError as exc:
             if any(marker in exc.message for marker in _IMMUTABLE_MARKERS):
                 raise ChildUpdateRefusedError(
@@ -275,6 +278,8 @@ async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
             raise
         if obj["kind"] == "StatefulSet":
             statefulset = applied
+    wanted = {obj["kind"] for obj in render.render_protection(store)}
+    await protection.prune(deps.kube, store.namespace, store.name, store.ref.uid, wanted)
     if render.render_pdb(store) is None:
         pdb_ref = Ref("policy/v1", "PodDisruptionBudget", store.namespace, pdb_name(store.name))
         existing = await deps.kube.get(pdb_ref)

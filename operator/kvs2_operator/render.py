@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvs2_operator import grpc_tls
+from kvs2_operator import grpc_tls, protection
 from kvs2_operator.crd import (
     APP_NAME,
     DATA_DIR,
@@ -98,6 +98,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
     ]
     if spec.redis.enabled:
         env.append({"name": "KVS2_REDIS_LISTEN", "value": f"$(POD_IP):{spec.redis.port}"})
+        env += grpc_tls.redis_users_parts(spec.redis.users_secret)[0]
     if kafka.client_config:
         joined = ",".join(f"{k}={v}" for k, v in sorted(kafka.client_config.items()))
         env.append({"name": "KVS2_KAFKA_CONFIG", "value": joined})
@@ -149,6 +150,7 @@ def _container(store: Store) -> dict[str, Any]:
             {"name": VOLUME_NAME, "mountPath": DATA_DIR},
             *pod_parts(spec.kafka.tls, spec.kafka.sasl)[2],
             *grpc_tls.pod_parts(spec.tls)[2],
+            *grpc_tls.redis_users_parts(spec.redis.users_secret if spec.redis.enabled else None)[2],
             {"name": TMP_VOLUME_NAME, "mountPath": "/tmp"},
         ],
         # Pod Security "restricted": nothing to escalate to, no capabilities, an immutable image.
@@ -243,6 +245,8 @@ def _pod_spec(store: Store) -> dict[str, Any]:
     volumes += (
         pod_parts(store.spec.kafka.tls, store.spec.kafka.sasl)[1] + grpc_tls.pod_parts(store.spec.tls)[1]
     )
+    redis = store.spec.redis
+    volumes += grpc_tls.redis_users_parts(redis.users_secret if redis.enabled else None)[1]
     pod["volumes"] = volumes
     return pod
 
@@ -358,8 +362,10 @@ def render_pdb(store: Store) -> dict[str, Any] | None:
 
 
 def render_children(store: Store, credentials_hash: str | None = None) -> list[dict[str, Any]]:
-    """Every child in apply order: Services first so the StatefulSet's serviceName exists."""
+    """Every child in apply order: the Certificate first (its Secret is what the pods mount), Services
+    before the StatefulSet so its serviceName exists."""
     children = [
+        *render_protection(store),
         render_headless_service(store),
         render_client_service(store),
         render_statefulset(store, credentials_hash),
@@ -368,3 +374,29 @@ def render_children(store: Store, credentials_hash: str | None = None) -> list[d
     if pdb is not None:
         children.append(pdb)
     return children
+
+
+def render_protection(store: Store) -> list[dict[str, Any]]:
+    """spec.tls.certManager's Certificate and spec.networkPolicy's NetworkPolicy (see protection.py)."""
+    spec, out = store.spec, []
+    if spec.tls is not None and spec.tls.cert_manager is not None:
+        metadata = _metadata(store, store.name)
+        out.append(
+            protection.render_certificate(
+                store.name, store.namespace, metadata, spec.tls.secret_name, spec.tls.cert_manager
+            )
+        )
+    if spec.network_policy is not None:
+        ports = {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+        if spec.redis.enabled:
+            ports["redis"] = spec.redis.port
+        out.append(
+            protection.render_network_policy(
+                store.name,
+                _metadata(store, store.name),
+                selector_labels(store.name),
+                spec.network_policy,
+                ports,
+            )
+        )
+    return out

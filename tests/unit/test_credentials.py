@@ -318,12 +318,6 @@ def test_security_settings_survive_the_trip_to_a_replacement_worker(pki: Pki, tm
     assert copy.authz.rights(["alice", "bob"]) == frozenset({"read", "write"})
 
 
-def test_the_plaintext_redis_port_is_refused_next_to_mutual_tls(pki: Pki, tmp_path: Path) -> None:
-    mutual = ServerTls.from_dir(pki.server_dir(mutual=True))
-    with pytest.raises(ConfigError, match="--redis-listen has no TLS or authentication"):
-        ServeSettings("k:9", "t", tmp_path, tls=mutual, redis_listen="127.0.0.1:6379")
-
-
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
