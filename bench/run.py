@@ -679,12 +679,16 @@ def _write_rows(work: Path, duration: str) -> list[Figure]:
     return figures
 
 
-def _append(results: Path, figures: list[Figure], note: str) -> int:
+def _append(results: Path, figures: list[Figure], note: str, settings: str = "") -> int:
     versions = (
         f"Python {platform.python_version()}, grpcio {metadata.version('grpcio')}, "
         f"confluent-kafka {metadata.version('confluent-kafka')} (librdkafka {libversion()[0]}), "
         f"lmdb {metadata.version('lmdb')}, "
         f"Apache Kafka {KAFKA_VERSION} (KRaft, one node, same machine), ghz {TOOLS['ghz'].version}"
+    )
+    default_settings = (
+        f"one replica (`kvs2 serve`, a single Python process) pinned to CPU {SERVER_CPU}; load generators\n"
+        f"  pinned to CPU {LOAD_CPU}; Kafka unpinned on the same machine."
     )
     rows = "\n".join(f"| {f.name} | {f.value} | {f.detail} |" for f in figures)
     section = f"""
@@ -692,8 +696,7 @@ def _append(results: Path, figures: list[Figure], note: str) -> int:
 
 - machine: {machine()}
 - versions: {versions}
-- settings: one replica (`kvs2 serve`, a single Python process) pinned to CPU {SERVER_CPU}; load generators
-  pinned to CPU {LOAD_CPU}; Kafka unpinned on the same machine.
+- settings: {settings or default_settings}
 
 | what | result | settings |
 |---|---|---|

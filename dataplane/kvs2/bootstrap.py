@@ -30,7 +30,7 @@ from kvs2.config import ServeSettings
 from kvs2.errors import Kvs2Error
 from kvs2.guard import stale_reason
 from kvs2.kafka_io import Admin, client_config
-from kvs2.snapshot import Header, Incoming, SnapshotInvalid, Trailer, clean_leftovers
+from kvs2.snapshot import SHA256, XXH3_128, Header, Incoming, SnapshotInvalid, Trailer, clean_leftovers
 from kvs2.storage import Replica, TopicIdentity
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ def fetch(
                 elif part == "data":
                     incoming.write(chunk.data)
                 elif part == "trailer":
-                    trailer = Trailer(chunk.trailer.sha256)
+                    t = chunk.trailer
+                    trailer = (
+                        Trailer(t.xxh3_128, XXH3_128, t.size) if t.xxh3_128 else Trailer(t.sha256, SHA256)
+                    )
             if trailer is None:
                 raise SnapshotInvalid("the snapshot stream ended without its trailer (interrupted)")
         return incoming.finish(trailer, expected, start_offsets)
