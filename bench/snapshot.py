@@ -166,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     figures = bench_snapshot(args.work, args.keys or [1_000_000, 10_000_000])
     settings = (
-        "replicas (`kvs2 serve`, defaults: unthrottled snapshots, --history 100000 per partition) and Kafka\n"
-        "  unpinned on the same machine; the reader is one sequential Get client in the bench process."
+        "replicas (`kvs2 serve`, defaults: unthrottled snapshots, Watch history of 100,000 offsets per\n"
+        "  partition) and Kafka unpinned on the same machine; the reader is one sequential Get client in\n"
+        "  the bench process."
     )
     return _append(args.results, figures, args.note, settings)
 
