@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv proto up down test test-unit lint fmt bench cluster cluster-down clean torture
+.PHONY: help venv proto up down test test-unit lint fmt bench bench-snapshot cluster cluster-down clean torture
 
 help:
 	@echo "make up          start Kafka (127.0.0.1:19092) and two replicas (127.0.0.1:50051, :50052)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-unit   only the unit tests (no external processes)"
 	@echo "make lint        ruff + mypy --strict"
 	@echo "make bench       benchmarks; results land in bench/RESULTS.md"
+	@echo "make bench-snapshot  new replica by peer snapshot vs replay (1M, 10M keys) into bench/RESULTS.md"
 	@echo "make cluster     Kafka + a local Kubernetes control plane + process kubelet + operator + demo store"
 	@echo "make torture     randomized faults + operations, then every checker's verdict (SEED=1 DURATION=60)"
 
@@ -48,6 +49,11 @@ test-unit: venv
 # to bench/RESULTS.md with a PNG plot beside it. A subset: make bench BENCH_ARGS="--only get,resp --seconds 5".
 bench: venv
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Time to SERVING for a new replica by peer snapshot vs by replay (1 M and 10 M keys; KEYS="--keys N ...").
+KEYS ?= --keys 1000000 --keys 10000000
+bench-snapshot: venv
+	$(PY) -m bench.snapshot $(KEYS)
 
 SEED ?= 1
 DURATION ?= 60

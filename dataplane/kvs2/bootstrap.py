@@ -9,6 +9,11 @@ positions Kafka no longer holds: it says so in its log and falls back to replayi
 Why in a child process started with "spawn": the replica forks its `--workers` after this, and a
 process that has used gRPC must not fork; the child also keeps every gRPC object of the transfer out
 of the serving process.
+
+While it fetches, the child answers on the replica's own addresses, so that the operator and `kvs2
+status` can tell a bootstrapping replica from a dead one: ReplicaStatus says PHASE_BOOTSTRAPPING, gRPC
+health NOT_SERVING, every other RPC UNAVAILABLE, and `/metrics` (with `--metrics-listen`) has
+kvs2_replica_phase{phase="bootstrapping"} 1. It closes them before it exits; then the replica binds.
 """
 
 from __future__ import annotations
@@ -19,18 +24,26 @@ import multiprocessing
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, Gauge
 
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.config import ServeSettings
+from kvs2.credentials import server_credentials
 from kvs2.errors import Kvs2Error
-from kvs2.guard import stale_reason
+from kvs2.guard import COUNTERS, stale_reason
 from kvs2.kafka_io import Admin, client_config
-from kvs2.snapshot import Header, Incoming, SnapshotInvalid, Trailer, clean_leftovers
+from kvs2.metrics import PHASES, MetricsServer
+from kvs2.snapshot import SHA256, XXH3_128, Header, Incoming, SnapshotInvalid, Trailer, clean_leftovers
 from kvs2.storage import Replica, TopicIdentity
 
 log = logging.getLogger(__name__)
@@ -100,7 +113,10 @@ def fetch(
                 elif part == "data":
                     incoming.write(chunk.data)
                 elif part == "trailer":
-                    trailer = Trailer(chunk.trailer.sha256)
+                    t = chunk.trailer
+                    trailer = (
+                        Trailer(t.xxh3_128, XXH3_128, t.size) if t.xxh3_128 else Trailer(t.sha256, SHA256)
+                    )
             if trailer is None:
                 raise SnapshotInvalid("the snapshot stream ended without its trailer (interrupted)")
         return incoming.finish(trailer, expected, start_offsets)
@@ -108,12 +124,18 @@ def fetch(
         incoming.abort()  # no-op after a successful install
 
 
-def bootstrap(settings: ServeSettings) -> bool:
-    """Install a peer's snapshot if this replica has to build and a peer gives a good one. Returns
-    whether it did; every other outcome leaves the data directory as it was (the ingester decides)."""
+@dataclass(frozen=True)
+class Bootstrapped:
+    installed: bool  # a peer's snapshot replaced the data directory
+    guard_reason: str | None = None  # why the resurrection guard made it rebuild (counted in status)
+
+
+def bootstrap(settings: ServeSettings) -> Bootstrapped:
+    """Install a peer's snapshot if this replica has to build and a peer gives a good one. Says whether
+    it did; every other outcome leaves the data directory as it was (the ingester decides)."""
     clean_leftovers(settings.data_dir)
     if not settings.bootstrap_peers:
-        return False
+        return Bootstrapped(False)
     admin = Admin(client_config(settings.bootstrap_servers, settings.kafka_config))
     try:
         identity = admin.describe(settings.topic)
@@ -125,14 +147,16 @@ def bootstrap(settings: ServeSettings) -> bool:
             settings.topic,
             exc,
         )
-        return False
+        return Bootstrapped(False)
     replica = Replica(settings.data_dir, map_size=settings.map_size)
     try:
         reason = why_build(replica, identity, retention, settings.guard_margin)
+        # Data of this very topic, yet it must build: the resurrection guard said so.
+        by_guard = reason is not None and replica.identity() == identity
     finally:
         replica.close()
     if reason is None:
-        return False
+        return Bootstrapped(False)
     peers = expand_peers(settings.bootstrap_peers, settings.listen)
     log.info(
         "replica must be built (%s): asking peers %s for a snapshot",
@@ -155,16 +179,94 @@ def bootstrap(settings: ServeSettings) -> bool:
                 header.size,
                 dict(header.positions),
             )
-            return True
+            return Bootstrapped(True, reason if by_guard else None)
     log.warning("no peer gave a usable snapshot: falling back to replaying topic %r", settings.topic)
-    return False
+    return Bootstrapped(False)
 
 
-def _child(settings: ServeSettings) -> None:
+_BOOTSTRAPPING = "this replica is bootstrapping from a peer's snapshot: ask another replica or retry later"
+
+
+if TYPE_CHECKING:
+    _Handler = grpc.GenericRpcHandler[Any, Any]
+    _Method = grpc.RpcMethodHandler[Any, Any]
+else:
+    _Handler = grpc.GenericRpcHandler
+    _Method = grpc.RpcMethodHandler
+
+
+class _OnlyStatus(_Handler):
+    """ReplicaStatus says PHASE_BOOTSTRAPPING; every other kvs2 RPC is UNAVAILABLE, as from any replica
+    that is not serving (health has its own handler, asked first)."""
+
+    def __init__(self, topic: str) -> None:
+        self._status = grpc.unary_unary_rpc_method_handler(
+            lambda _request, _context: pb.ReplicaStatusReply(
+                serving=False, topic=topic, phase=pb.PHASE_BOOTSTRAPPING
+            ),
+            request_deserializer=pb.ReplicaStatusRequest.FromString,
+            response_serializer=pb.ReplicaStatusReply.SerializeToString,
+        )
+        self._refuse = grpc.unary_unary_rpc_method_handler(_refuse)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> _Method | None:
+        if handler_call_details.method.endswith("/ReplicaStatus"):
+            return self._status
+        return self._refuse
+
+
+def _refuse(_request: bytes, context: grpc.ServicerContext) -> None:
+    context.abort(grpc.StatusCode.UNAVAILABLE, _BOOTSTRAPPING)
+
+
+@contextlib.contextmanager
+def _answering(settings: ServeSettings) -> Iterator[None]:
+    """The replica's status while bootstrapping, on its own gRPC and metrics addresses (best effort:
+    an address that cannot be bound is logged and left alone)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    checks = health.HealthServicer()
+    checks.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    server.add_generic_rpc_handlers([_OnlyStatus(settings.topic)])
+    try:
+        tls = settings.tls
+        bound = (
+            server.add_insecure_port(settings.listen)
+            if tls is None
+            else server.add_secure_port(settings.listen, server_credentials(tls))
+        )
+    except RuntimeError:
+        bound = 0
+    if bound:
+        server.start()
+    else:
+        log.warning("cannot answer on %s while bootstrapping (address taken)", settings.listen)
+    metrics: MetricsServer | None = None
+    if settings.metrics_listen:
+        registry = CollectorRegistry()
+        phase = Gauge("kvs2_replica_phase", "1 for the phase the replica is in", ["phase"], registry=registry)
+        for name in PHASES:
+            phase.labels(name).set(int(name == "bootstrapping"))
+        try:
+            metrics = MetricsServer(settings.metrics_listen, registry)
+        except OSError as exc:
+            log.warning("cannot serve metrics on %s while bootstrapping: %s", settings.metrics_listen, exc)
+    try:
+        yield
+    finally:
+        if metrics is not None:
+            metrics.close()
+        if bound:
+            server.stop(grace=None).wait()
+
+
+def _child(settings: ServeSettings, report: Connection) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    bootstrap(settings)
+    with _answering(settings):
+        outcome = bootstrap(settings)
+    report.send(outcome.guard_reason)
 
 
 def bootstrap_in_child(settings: ServeSettings) -> None:
@@ -172,10 +274,11 @@ def bootstrap_in_child(settings: ServeSettings) -> None:
     if not settings.bootstrap_peers:
         clean_leftovers(settings.data_dir)
         return
-    child = multiprocessing.get_context("spawn").Process(
-        target=_child, args=(settings,), name="kvs2-bootstrap"
-    )
+    ctx = multiprocessing.get_context("spawn")
+    receive, report = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(settings, report), name="kvs2-bootstrap")
     child.start()
+    report.close()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         child.terminate()
@@ -190,6 +293,10 @@ def bootstrap_in_child(settings: ServeSettings) -> None:
             signal.signal(s, handler)
     if child.exitcode != 0:
         log.warning("snapshot bootstrap exited with %s: falling back to replaying the topic", child.exitcode)
+    with contextlib.suppress(EOFError, OSError):
+        if receive.poll() and (reason := receive.recv()):
+            COUNTERS.rebuilt(reason)  # rebuilt by snapshot: the ingester finds nothing stale to count
+    receive.close()
     with contextlib.suppress(OSError):
         clean_leftovers(settings.data_dir)
 

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from kvs2 import __version__, load
+from kvs2._proto import kvs2_pb2 as pb
 from kvs2.authz import policy_from_options, users_from_option
 from kvs2.client import Client, Value, Written
 from kvs2.config import (
@@ -408,11 +409,26 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
         for p in reply.partitions
     ]
     health = "SERVING" if reply.serving else "NOT_SERVING"
+    phase = pb.ReplicaPhase.Name(reply.phase).removeprefix("PHASE_")
     if args.json:
-        _emit({"target": args.target, "topic": reply.topic, "health": health, "partitions": rows}, True)
+        _emit(
+            {
+                "target": args.target,
+                "topic": reply.topic,
+                "health": health,
+                "partitions": rows,
+                "phase": phase,
+                "guard_rebuilds": reply.guard_rebuilds,
+                "guard_last_reason": reply.guard_last_reason,
+            },
+            True,
+        )
         return 0
     total = sum(p.lag for p in reply.partitions)
-    print(f"replica {args.target}  topic {reply.topic!r}  {health}  lag {total} records")
+    print(
+        f"replica {args.target}  topic {reply.topic!r}  {health}  lag {total} records  phase {phase}  "
+        f"guard rebuilds {reply.guard_rebuilds}"
+    )
     print(f"{'PARTITION':>9}  {'APPLIED':>12}  {'END OFFSET':>12}  {'LAG':>10}  CAUGHT UP")
     for r in rows:
         ago = "never" if r["caught_up_ago_s"] is None else f"{r['caught_up_ago_s']}s ago"

@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from kvs2 import metrics
 from kvs2.consistency import EndOffsetProbe
 from kvs2.errors import Kvs2Error, TopicNotFound
-from kvs2.guard import COUNTERS, DEFAULT_MARGIN_SECONDS, REFRESH_SECONDS, CaughtUpClock, stale_reason
+from kvs2.guard import (
+    COUNTERS,
+    DEFAULT_MARGIN_SECONDS,
+    REFRESH_SECONDS,
+    CaughtUpClock,
+    running_stale_reason,
+    stale_reason,
+)
 from kvs2.kafka_io import Admin, ChangelogReader, OffsetGone
 from kvs2.progress import Snapshot
 from kvs2.storage import Outcome, Replica, TopicIdentity
@@ -91,6 +98,7 @@ class Ingester:
         self._thread = threading.Thread(target=self._run, name="kvs2-ingester", daemon=True)
         self._problem: str | None = None
         self._fresh_window = 0.0  # seconds; set from the topic's min.compaction.lag.ms in _session
+        self._retention: float | None = None  # the topic's delete.retention.ms in seconds (kvs2.guard)
 
     def start(self) -> None:
         self._thread.start()
@@ -182,6 +190,11 @@ class Ingester:
             log.warning("could not read the topic's min.compaction.lag.ms: %s", exc)
             lag = 0.0
         self._fresh_window = max(0.0, lag - FRESH_MARGIN)
+        try:
+            self._retention = self._admin.delete_retention_ms(self._topic) / 1000
+        except Kvs2Error as exc:
+            log.warning("could not read the topic's delete.retention.ms (no guard while running): %s", exc)
+            self._retention = None
         if self._problem is not None:
             log.info("Kafka is reachable again; following topic %r", self._topic)
             self._problem = None
@@ -282,7 +295,18 @@ class Ingester:
                 if end > max(offsets.get(partition, 0), advanced.get(partition, 0)):
                     advanced[partition] = end
             if records or advanced:
-                stamp = clock.observe_proven(proven_at(offsets | advanced))
+                proven_before: float | None = None
+                if serving and self._retention is not None:
+                    # Was the replica cut off for too long? Judged on the proofs its stored offsets already
+                    # have (an answer after the gap that they reach: nothing was written meanwhile), before
+                    # the ones this batch would bring.
+                    proven_before = clock.observe_proven(proven_at(offsets), REFRESH_SECONDS)
+                    reason = running_stale_reason(clock.at, time.time(), self._retention, self._guard_margin)
+                    if reason is not None:
+                        log.warning("replica of topic %r must be rebuilt: %s", self._topic, reason)
+                        COUNTERS.rebuilt(reason)
+                        raise _Rebuild(reason)
+                stamp = clock.observe_proven(proven_at(offsets | advanced)) or proven_before
                 applied = self._replica.apply(records, advanced, fresh_from, caught_up_at=stamp)
                 metrics.record_applied(records)
                 if applied.outcomes:

@@ -44,7 +44,7 @@ from prometheus_client import (
     start_http_server,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -54,6 +54,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Latency buckets for unary RPCs: sub-millisecond local reads up to Kafka round trips and deadlines.
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Values of kvs2_replica_phase's label (ReplicaStatusReply.phase).
+PHASES = ("bootstrapping", "catching_up", "serving")
 WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -254,6 +256,19 @@ class ReplicaCollector(Collector):
             "kvs2_serving",
             "1 when health is SERVING, 0 while catching up (NOT_SERVING)",
             value=int(s.serving),
+        )
+        phase = GaugeMetricFamily(
+            "kvs2_replica_phase",
+            "1 for the phase the replica is in (bootstrapping happens before this endpoint is up)",
+            labels=["phase"],
+        )
+        for name in PHASES:
+            phase.add_metric([name], int(name == ("serving" if s.serving else "catching_up")))
+        yield phase
+        yield CounterMetricFamily(
+            "kvs2_guard_rebuilds",
+            "Rebuilds the resurrection guard made: stored state possibly missing deletes (kvs2.guard)",
+            value=s.guard_rebuilds,
         )
         yield GaugeMetricFamily(
             "kvs2_partitions", "Partitions of the topic the replica follows", value=s.partitions

@@ -14,6 +14,8 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from kvs2.guard import COUNTERS
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -30,6 +32,10 @@ class Snapshot:
     ends_proven_at: Mapping[int, float] = field(default_factory=dict)
     # Why the replica is not applying records (e.g. its disk is full); empty when nothing is wrong.
     problem: str = ""
+    # The resurrection guard's rebuilds in this replica so far (kvs2.guard; taken when the snapshot is
+    # made, in the ingester's process, so `--workers` followers report the leader's count).
+    guard_rebuilds: int = field(default_factory=lambda: COUNTERS.rebuilds)
+    guard_last_reason: str = field(default_factory=lambda: COUNTERS.last_reason)
 
     def has_applied(self, partition: int, offset: int) -> bool:
         return self.applied.get(partition, 0) > offset

@@ -262,7 +262,9 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
                         )
                     )
                 elif isinstance(part, Trailer):
-                    yield pb.SnapshotChunk(trailer=pb.SnapshotTrailer(sha256=part.sha256))
+                    yield pb.SnapshotChunk(
+                        trailer=pb.SnapshotTrailer(xxh3_128=part.digest, size=part.size or 0)
+                    )
                 else:
                     yield pb.SnapshotChunk(data=part)
         except errors.Kvs2Error as exc:
@@ -312,6 +314,9 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
                 )
                 for p in range(s.partitions)
             ],
+            phase=pb.PHASE_SERVING if s.serving else pb.PHASE_CATCHING_UP,
+            guard_rebuilds=s.guard_rebuilds,
+            guard_last_reason=s.guard_last_reason,
         )
 
 

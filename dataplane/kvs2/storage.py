@@ -29,7 +29,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,6 +401,14 @@ class Replica:
             offsets = self._offsets_in(txn)
             self._env.copy(str(directory), compact=True, txn=txn)
         return offsets
+
+    def copy_to_fd(self, fd: int, on_offsets: Callable[[dict[int, int]], None]) -> None:
+        """Write a compacted, consistent copy of the environment (`data.mdb`'s bytes) to `fd` — a pipe
+        that kvs2.snapshot streams while LMDB writes it; `on_offsets` gets the next offsets the copy
+        reflects before its first byte. One read transaction, held until the copy is written."""
+        with self._reading(self._offsets) as txn:
+            on_offsets(self._offsets_in(txn))
+            self._env.copyfd(fd, compact=True, txn=txn)
 
     def skipped_records(self) -> int:
         with self._reading(self._meta) as txn:

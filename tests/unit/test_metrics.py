@@ -224,3 +224,21 @@ def test_observability_settings_are_checked(changes: dict[str, str], message: st
 
     with pytest.raises(ConfigError, match=message):
         ServeSettings(bootstrap_servers="b:1", topic="t", data_dir=Path("d"), **changes)  # type: ignore[arg-type]
+
+
+def test_collector_reports_the_phase_and_the_guards_rebuilds(tmp_path: Path) -> None:
+    replica = Replica(tmp_path / "db", map_size=1 << 22)
+
+    class Fixed:
+        now = Snapshot(partitions=1, serving=False, guard_rebuilds=2, guard_last_reason="stale")
+
+    registry = CollectorRegistry()
+    registry.register(metrics.ReplicaCollector(LiveState(Fixed(), replica), workers=1))  # type: ignore[arg-type]
+    v = registry.get_sample_value
+    assert v("kvs2_replica_phase", {"phase": "catching_up"}) == 1
+    assert v("kvs2_replica_phase", {"phase": "serving"}) == 0
+    assert v("kvs2_replica_phase", {"phase": "bootstrapping"}) == 0
+    assert v("kvs2_guard_rebuilds_total") == 2
+    Fixed.now = Snapshot(partitions=1, serving=True, guard_rebuilds=2)
+    assert v("kvs2_replica_phase", {"phase": "serving"}) == 1
+    replica.close()

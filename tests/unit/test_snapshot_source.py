@@ -15,17 +15,25 @@ from kvs2.storage import Record, Replica, TopicIdentity
 IDENT = TopicIdentity("t", "id-1", 2)
 
 
-def _source(tmp_path: Path, serving: bool = True, max_streams: int = 1) -> SnapshotSource:
+def _source(
+    tmp_path: Path, serving: bool = True, max_streams: int = 1, max_bytes_per_second: int = 0
+) -> SnapshotSource:
     replica = Replica(tmp_path / "peer", map_size=1 << 22)
     replica.reset(IDENT)
     replica.apply([Record(b"a", b"1", 0, 0), Record(b"b", b"2", 1, 0)], {0: 1, 1: 1})
+    # Several chunks' worth (kvs2.snapshot.CHUNK_BYTES), so the stream spans many pipe reads.
+    bulk = [Record(b"bulk-%05d" % i, bytes([i % 251]) * 1000, 1, 1 + i) for i in range(5000)]
+    replica.apply(bulk, {1: 5001})
     progress = Progress(asyncio.get_running_loop())
     progress.update(Snapshot(serving=serving))
-    return SnapshotSource(replica, progress, "t", max_streams=max_streams)
+    return SnapshotSource(
+        replica, progress, "t", max_streams=max_streams, max_bytes_per_second=max_bytes_per_second
+    )
 
 
-async def test_a_sent_snapshot_installs_as_an_equal_store(tmp_path: Path) -> None:
-    source = _source(tmp_path)
+@pytest.mark.parametrize("throttle", [0, 1 << 30], ids=["streamed while copied", "copied to a file first"])
+async def test_a_sent_snapshot_installs_as_an_equal_store(tmp_path: Path, throttle: int) -> None:
+    source = _source(tmp_path, max_bytes_per_second=throttle)
     incoming = Incoming(tmp_path / "new")
     async for part in source.stream("t"):
         if isinstance(part, Header):
@@ -36,7 +44,7 @@ async def test_a_sent_snapshot_installs_as_an_equal_store(tmp_path: Path) -> Non
             incoming.write(part)
     installed = Replica(tmp_path / "new", map_size=1 << 22)
     assert installed.items() == source.replica.items()
-    assert installed.next_offsets() == {0: 1, 1: 1}
+    assert installed.next_offsets() == {0: 1, 1: 5001}
     assert not [p for p in (tmp_path / "peer").iterdir() if p.name.startswith(".snapshot")]
 
 

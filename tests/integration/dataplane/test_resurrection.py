@@ -8,9 +8,13 @@ import time
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from kvs2.client import Client, Value
+from kvs2.errors import Kvs2Error
+from kvs2.guard import OUTAGE_FLOOR_SECONDS
 
 from tests.harness.common import wait_until
 from tests.harness.kafka import KafkaBroker, create_topic
+from tests.harness.nemesis import FaultStack, StackConfig
 from tests.integration.dataplane.conftest import StartReplica
 
 pytestmark = pytest.mark.integration
@@ -87,21 +91,7 @@ def test_replica_down_past_delete_retention_does_not_resurrect_deleted_keys(
 
     # While a is down: delete the doomed keys, then keep writing so segments roll and the cleaner
     # passes again and again, until neither the values nor the tombstones are left in the topic.
-    producer = _producer(bootstrap)
-    _produce(producer, topic_name, [(k, None) for k in DOOMED])
-    round_ = 0
-
-    def compacted_away() -> bool:
-        nonlocal round_
-        round_ += 1
-        _produce(producer, topic_name, [(f"filler-{i}".encode(), f"{round_}".encode()) for i in range(50)])
-        time.sleep(0.2)  # segment.ms: the next append rolls the segment
-        _produce(producer, topic_name, [(b"roll", f"{round_}".encode())])
-        return not (_keys_in_topic(bootstrap, topic_name) & set(DOOMED))
-
-    wait_until(
-        compacted_away, timeout=180, interval=1.0, what="compaction to drop the doomed keys' tombstones"
-    )
+    _delete_and_compact_away(bootstrap, topic_name)
 
     a = start_replica(bootstrap, topic_name, "a")  # the same data directory
     with a.client() as c:
@@ -112,3 +102,74 @@ def test_replica_down_past_delete_retention_does_not_resurrect_deleted_keys(
             value = c.get(key)
             assert value is not None and value.data == b"v-" + key
     assert "delete.retention.ms" in a.log_text()  # it says why it rebuilt
+
+
+def _delete_and_compact_away(bootstrap: str, topic: str) -> None:
+    """Delete the doomed keys, then keep writing until compaction dropped their values and tombstones."""
+    producer = _producer(bootstrap)
+    _produce(producer, topic, [(k, None) for k in DOOMED])
+    round_ = 0
+
+    def compacted_away() -> bool:
+        nonlocal round_
+        round_ += 1
+        _produce(producer, topic, [(f"filler-{i}".encode(), f"{round_}".encode()) for i in range(50)])
+        time.sleep(0.2)  # segment.ms: the next append rolls the segment
+        _produce(producer, topic, [(b"roll", f"{round_}".encode())])
+        return not (_keys_in_topic(bootstrap, topic) & set(DOOMED))
+
+    wait_until(
+        compacted_away, timeout=180, interval=1.0, what="compaction to drop the doomed keys' tombstones"
+    )
+
+
+def _get_or_none(client: Client, key: bytes) -> Value | None:
+    try:
+        return client.get(key)
+    except Kvs2Error:
+        return None  # not serving (rebuilding): not there yet
+
+
+def test_replica_cut_off_past_delete_retention_while_running_does_not_resurrect_deleted_keys(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """No restart this time: the replica keeps running while its proxy to Kafka is cut; keys are deleted
+    and compaction drops their tombstones; when Kafka is reachable again the replica must not resume
+    from its offsets past the gap, but rebuild (the guard, checked while running) and count it."""
+    stack = FaultStack(
+        tmp_path_factory.mktemp("outage"),
+        StackConfig(replicas=1, partitions=1, segment_ms=100, replica_args=("--guard-margin", "0")),
+    )
+    try:
+        stack.start()
+        r0 = stack.replicas["r0"]
+        bootstrap = stack.kafka.bootstrap_servers  # straight to the broker, not through r0's proxy
+        _produce(_producer(bootstrap), stack.config.topic, [(k, b"v-" + k) for k in DOOMED + KEPT])
+        with r0.client() as c:
+            wait_until(
+                lambda: all(c.get(k) is not None for k in DOOMED + KEPT), timeout=60, what="r0 to apply"
+            )
+            assert c.replica_status().guard_rebuilds == 0
+            stack.cut("r0")
+            cut_at = time.monotonic()
+            _delete_and_compact_away(bootstrap, stack.config.topic)
+            # The outage must outlast the guard's window: delete.retention.ms (100 ms) less the margin
+            # (0 s), but never less than the floor that tells an outage from ordinary lag.
+            time.sleep(max(0.0, OUTAGE_FLOOR_SECONDS + 2.0 - (time.monotonic() - cut_at)))
+            assert r0.process is not None and r0.process.alive()  # no restart
+            stack.heal("r0")
+            _produce(_producer(bootstrap), stack.config.topic, [(b"after-outage", b"1")])
+            wait_until(
+                lambda: _get_or_none(c, b"after-outage") is not None, timeout=120, what="r0 to catch up"
+            )
+            resurrected = [k for k in DOOMED if c.get(k) is not None]
+            assert resurrected == [], f"deleted keys came back to life on the running replica: {resurrected}"
+            for key in KEPT:
+                value = c.get(key)
+                assert value is not None and value.data == b"v-" + key
+            status = c.replica_status()
+            assert status.guard_rebuilds == 1
+            assert "delete.retention.ms" in status.guard_last_reason
+        assert "while serving it could not prove itself caught up" in r0.log_text()
+    finally:
+        stack.stop()

@@ -6,10 +6,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from kvs2._proto import kvs2_pb2 as pb
+from kvs2.client import Client
 
 from tests.harness.common import LOOPBACK, free_port, wait_until
 from tests.harness.kafka import KafkaBroker, create_topic
@@ -144,3 +148,72 @@ def test_broken_stream_and_absent_peer_fall_back_to_replay(
     log = b.log_text()
     assert "bootstrapped from a snapshot" not in log
     assert "falling back to replaying" in log
+
+
+def _phase(target: str) -> int | None:
+    try:
+        with Client(target, timeout=2.0) as c:
+            return int(c.replica_status().phase)
+    except grpc.RpcError:  # not listening (between the bootstrap child and the replica), or starting
+        return None
+
+
+def _metrics(listen: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{listen}/metrics", timeout=2) as reply:
+            return str(reply.read().decode())
+    except OSError:
+        return ""
+
+
+def test_a_bootstrapping_replica_says_so_then_serves(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """Status and metrics while the snapshot streams (throttled so that it takes a while): phase
+    BOOTSTRAPPING, health NOT_SERVING, reads UNAVAILABLE; then SERVING with the peer's data."""
+    bootstrap = kafka.bootstrap_servers
+    a = start_replica(bootstrap, topic, "a", extra_args=("--snapshot-max-bytes-per-second", "50000"))
+    with a.client() as c:
+        for i in range(300):
+            c.set(f"k-{i}".encode(), bytes([i % 251]) * 1000)
+        wait_until(lambda: c.count() == 300, timeout=30, what="a to apply the writes")
+    metrics_listen = f"{LOOPBACK}:{free_port()}"
+    port = free_port()
+    target = f"{LOOPBACK}:{port}"
+    started: list[ReplicaProcess] = []
+    # start_replica returns once the replica itself listens: after the bootstrap. Watch it meanwhile.
+    starting = threading.Thread(
+        target=lambda: started.append(
+            start_replica(
+                bootstrap,
+                topic,
+                "b",
+                wait=False,
+                port=port,
+                extra_args=("--bootstrap-peers", a.target, "--metrics-listen", metrics_listen),
+            )
+        )
+    )
+    starting.start()
+    try:
+        wait_until(
+            lambda: _phase(target) == pb.PHASE_BOOTSTRAPPING, timeout=60, what="b to say it bootstraps"
+        )
+        assert 'kvs2_replica_phase{phase="bootstrapping"} 1.0' in _metrics(metrics_listen)
+        with Client(target, timeout=2.0) as cb:
+            assert cb.health() == "NOT_SERVING"
+            with pytest.raises(grpc.RpcError, match="bootstrapping") as refused:
+                cb.get(b"k-1")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        starting.join()
+    (b,) = started
+    b.wait_serving(timeout=120)
+    assert _phase(target) == pb.PHASE_SERVING
+    wait_until(
+        lambda: 'kvs2_replica_phase{phase="serving"} 1.0' in _metrics(metrics_listen),
+        timeout=30,
+        what="b's metrics to say it serves",
+    )
+    assert _everything(b) == _everything(a)
+    assert "bootstrapped from a snapshot of peer" in b.log_text()
