@@ -24,6 +24,7 @@ from types import FrameType
 
 import grpc
 
+from kvs2 import metrics
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.config import ServeSettings
@@ -139,6 +140,14 @@ def bootstrap(settings: ServeSettings) -> bool:
         reason,
         ", ".join(peers) or "(none)",
     )
+    with metrics.phase_endpoint(settings.metrics_listen, metrics.BOOTSTRAPPING):
+        return _from_peers(peers, settings, identity, start_offsets)
+
+
+def _from_peers(
+    peers: Sequence[str], settings: ServeSettings, identity: TopicIdentity, start_offsets: dict[int, int]
+) -> bool:
+    """Ask each peer in turn; True once one snapshot is installed."""
     for peer in peers:
         try:
             header = fetch(peer, settings, identity, start_offsets)

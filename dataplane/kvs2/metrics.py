@@ -24,6 +24,7 @@ numbers (the topic's partition count), and small closed enums — never keys, pe
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -49,6 +50,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from kvs2.progress import Snapshot
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -255,6 +258,7 @@ class ReplicaCollector(Collector):
             "1 when health is SERVING, 0 while catching up (NOT_SERVING)",
             value=int(s.serving),
         )
+        yield phase_family(phase_of(s))
         yield GaugeMetricFamily(
             "kvs2_partitions", "Partitions of the topic the replica follows", value=s.partitions
         )
@@ -280,6 +284,70 @@ class ReplicaCollector(Collector):
         yield GaugeMetricFamily(
             "kvs2_lmdb_entries", "Keys stored in the replica's data database", value=st.entries
         )
+
+
+# ----- the replica's phase ------------------------------------------------------------------------------
+#: Every phase a replica reports, in lifecycle order. `kvs2_replica_phase` has one series per phase, 1 for
+#: the current one (kube-state-metrics' style), so an alert or the operator reads it without knowing the
+#: replica's internals, and a phase that is absent from a scrape is never mistaken for 0 of another.
+BOOTSTRAPPING = "Bootstrapping"  # receiving a peer's snapshot (kvs2.bootstrap), before the store opens
+CATCHING_UP = "CatchingUp"  # applying the topic up to Kafka's end offsets; reads refused
+SERVING = "Serving"  # caught up: health SERVING, reads served
+NOT_SERVING = "NotServing"  # cannot follow the topic (its disk is full, Kafka refuses): data kept
+PHASES = (BOOTSTRAPPING, CATCHING_UP, SERVING, NOT_SERVING)
+
+
+def phase_of(s: Snapshot) -> str:
+    """The phase a progress snapshot shows. A reported problem wins over "catching up": a replica whose
+    disk is full is not going to catch up by waiting."""
+    if s.serving:
+        return SERVING
+    if s.problem:
+        return NOT_SERVING
+    return CATCHING_UP
+
+
+def phase_family(current: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "kvs2_replica_phase",
+        "1 for the replica's current phase (Bootstrapping, CatchingUp, Serving, NotServing), else 0",
+        labels=["phase"],
+    )
+    for phase in PHASES:
+        family.add_metric([phase], int(phase == current))
+    return family
+
+
+class _PhaseOnly(Collector):
+    def __init__(self, phase: str) -> None:
+        self._phase = phase
+
+    def collect(self) -> Iterable[Metric]:
+        yield phase_family(self._phase)
+        yield GaugeMetricFamily("kvs2_serving", "1 when health is SERVING, 0 otherwise", value=0)
+
+
+@contextlib.contextmanager
+def phase_endpoint(listen: str | None, phase: str) -> Iterator[None]:
+    """Serve `/metrics` with only the phase (and `kvs2_serving 0`) on the replica's metrics port while its
+    real endpoint does not exist yet — during a snapshot bootstrap, which may take minutes — so that the
+    operator and Prometheus see "Bootstrapping" rather than a port that does not answer. Best effort: a
+    port that cannot be bound is logged, never a reason to fail the bootstrap."""
+    if not listen:
+        yield
+        return
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_PhaseOnly(phase))
+    try:
+        server: MetricsServer | None = MetricsServer(listen, registry)
+    except OSError as exc:
+        log.warning("cannot serve the %s phase on %s: %s", phase, listen, exc)
+        server = None
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _family(name: str, doc: str) -> GaugeMetricFamily:
