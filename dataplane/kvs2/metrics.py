@@ -15,7 +15,9 @@ endpoint sums them (`MultiProcessCollector`). The state metrics come only from t
 ingester and the positions; followers hold copies of the same snapshot), so nothing is counted twice.
 Why not have the leader aggregate over its pipes: the pipes carry leader → follower news only, and
 followers' counters would need a second channel, a merge, and a loss on crash; prometheus-client already
-does exactly this with files, including histograms. Process metrics (`process_*`) are the leader's.
+does exactly this with files, including histograms. A worker that exits is forgotten by the "live"
+gauges (`worker_exited`). Process metrics (`process_*`) are the leader's alone: they describe the process
+that answers the scrape, as everywhere in Prometheus, and are never summed or repeated per worker.
 
 Labels are low-cardinality by construction: gRPC method names (a closed set), status code names, partition
 numbers (the topic's partition count), and small closed enums — never keys, peers or request ids.
@@ -46,7 +48,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from kvs2.progress import Snapshot
@@ -373,6 +375,15 @@ def worker_files(workers: int) -> Iterator[None]:
     finally:
         shutil.rmtree(path, ignore_errors=True)
         os.environ.pop(MULTIPROC_ENV, None)
+
+
+def worker_exited(pid: int) -> None:
+    """A worker process of this replica ended (killed for not keeping up, or crashed): its share of the
+    "live" gauges (open Watch streams) stops counting — its streams ended with it. Its counters and
+    histograms stay summed: what it did, it did. Outside multiprocess mode there is nothing to forget."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 def registry_for(state: ReplicaState, workers: int) -> CollectorRegistry:
