@@ -1,16 +1,19 @@
 """`--workers N` metrics without Kafka: real forked processes writing prometheus-client's multiprocess
 files, and the leader's registry reading them. Process metrics describe the leader alone (never summed or
-repeated per worker), and a worker that died stops counting in the "live" gauges (open Watch streams)."""
+repeated per worker), and a worker that died stops counting in the "live" gauges (open Watch streams).
+And the README's Monitoring table names every metric the code exposes."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kvs2 import metrics
 from kvs2.progress import Snapshot
+from kvs2_operator import metrics as operator_metrics
 from prometheus_client import CollectorRegistry, values
 from prometheus_client.process_collector import ProcessCollector
 
@@ -92,3 +95,23 @@ def test_a_dead_workers_open_watch_streams_stop_counting(multiprocess: Path) -> 
 def test_worker_exited_without_multiprocess_mode_is_harmless(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
     metrics.worker_exited(os.getpid() + 1_000_000)
+
+
+def test_the_readme_lists_every_metric_a_replica_and_the_operator_expose() -> None:
+    """README "Monitoring" is the reference a platform team reads: every family the code exposes is in it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Monitoring") :]
+    section = section[: section.index("\n## ", 1)]
+    listed = set(re.findall(r"`(kvs2_[a-z0-9_]+)`", section))
+    replica = CollectorRegistry()
+    for collector in metrics.instruments().all():
+        replica.register(collector)
+    replica.register(metrics.ReplicaCollector(_State(), workers=1))
+    exposed = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for registry in (replica, operator_metrics.REGISTRY)
+        for family in registry.collect()
+        if family.name.startswith("kvs2_")
+    }
+    assert exposed - listed == set()
+    assert "process_*" in section
