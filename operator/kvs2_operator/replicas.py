@@ -29,6 +29,9 @@ from kvs2_operator.kube import KubeApi, Ref
 
 #: Seconds one scrape may take, connection included.
 SCRAPE_TIMEOUT = 2.0
+#: A serving replica with no lag reports its seconds since caught up only from this many on (a replica
+#: cut off from Kafka still shows lag 0 — the end offsets it last saw — but this number grows).
+STALE_SECONDS = 10
 #: The most of a scrape read (a replica's /metrics is a few kB per partition; this is far above).
 MAX_BODY = 8 * 1024 * 1024
 
@@ -156,7 +159,10 @@ async def report(pod: Mapping[str, Any], fetch: Fetch, timeout: float) -> Replic
     except (OSError, aiohttp.ClientError, ValueError) as exc:
         why = str(exc) or type(exc).__name__
         return ReplicaReport(name, UNKNOWN, ready, message=f"its metrics port: {why}")
-    return ReplicaReport(name, reading.phase, ready, reading.lag, _seconds(reading.seconds_since_caught_up))
+    seconds = _seconds(reading.seconds_since_caught_up)
+    if reading.phase == SERVING and reading.lag == 0 and seconds is not None and seconds < STALE_SECONDS:
+        seconds = None  # caught up: the number would only flicker between 0 and 1 and rewrite the status
+    return ReplicaReport(name, reading.phase, ready, reading.lag, seconds)
 
 
 def _ordinal(report: ReplicaReport) -> tuple[int, str]:

@@ -322,3 +322,22 @@ async def test_reconcile_writes_each_pods_phase_and_names_the_ones_not_serving_i
     writes = store_kube.status_writes
     await reconcile(copy.deepcopy(body), deps)
     assert store_kube.status_writes == writes  # nothing changed, nothing written
+
+
+@pytest.mark.parametrize(
+    ("caught_up_ago", "shown"),
+    [(0.3, None), (1.7, None), (42.0, 42)],  # flicker hidden; a replica cut off from Kafka shows it
+)
+async def test_a_caught_up_replica_shows_seconds_since_caught_up_only_once_it_matters(
+    caught_up_ago: float, shown: int | None
+) -> None:
+    snapshot = Snapshot(
+        applied={0: 5}, high_watermarks={0: 5}, partitions=1, serving=True, caught_up_at={0: 100.0}
+    )
+    text = _exposition(snapshot, now=100.0 + caught_up_ago)
+
+    async def fetch(url: str, timeout: float) -> str:
+        return text
+
+    report = await replicas.report(_pod("orders-0", "10.0.0.1", 9464), fetch, 2.0)
+    assert (report.phase, report.lag, report.seconds_since_caught_up) == ("Serving", 0, shown)
