@@ -13,7 +13,7 @@ of the serving process.
 While it fetches, the child answers on the replica's own addresses, so that the operator and `kvs2
 status` can tell a bootstrapping replica from a dead one: ReplicaStatus says PHASE_BOOTSTRAPPING, gRPC
 health NOT_SERVING, every other RPC UNAVAILABLE, and `/metrics` (with `--metrics-listen`) has
-kvs2_replica_phase{phase="bootstrapping"} 1. It closes them before it exits; then the replica binds.
+kvs2_replica_phase{phase="Bootstrapping"} 1. It closes them before it exits; then the replica binds.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry, Gauge
 
+from kvs2 import metrics
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.config import ServeSettings
@@ -42,7 +42,6 @@ from kvs2.credentials import server_credentials
 from kvs2.errors import Kvs2Error
 from kvs2.guard import COUNTERS, stale_reason
 from kvs2.kafka_io import Admin, client_config
-from kvs2.metrics import PHASES, MetricsServer
 from kvs2.snapshot import SHA256, XXH3_128, Header, Incoming, SnapshotInvalid, Trailer, clean_leftovers
 from kvs2.storage import Replica, TopicIdentity
 
@@ -163,6 +162,19 @@ def bootstrap(settings: ServeSettings) -> Bootstrapped:
         reason,
         ", ".join(peers) or "(none)",
     )
+    with metrics.phase_endpoint(settings.metrics_listen, metrics.BOOTSTRAPPING):
+        return _from_peers(peers, settings, identity, start_offsets, reason if by_guard else None)
+
+
+def _from_peers(
+    peers: Sequence[str],
+    settings: ServeSettings,
+    identity: TopicIdentity,
+    start_offsets: dict[int, int],
+    guard_reason: str | None,
+) -> Bootstrapped:
+    """Ask each peer in turn; installed once one snapshot verifies. `guard_reason` is carried back when the
+    resurrection guard asked for this build, so that the serving process counts it."""
     for peer in peers:
         try:
             header = fetch(peer, settings, identity, start_offsets)
@@ -179,7 +191,7 @@ def bootstrap(settings: ServeSettings) -> Bootstrapped:
                 header.size,
                 dict(header.positions),
             )
-            return Bootstrapped(True, reason if by_guard else None)
+            return Bootstrapped(True, guard_reason)
     log.warning("no peer gave a usable snapshot: falling back to replaying topic %r", settings.topic)
     return Bootstrapped(False)
 
@@ -241,21 +253,9 @@ def _answering(settings: ServeSettings) -> Iterator[None]:
         server.start()
     else:
         log.warning("cannot answer on %s while bootstrapping (address taken)", settings.listen)
-    metrics: MetricsServer | None = None
-    if settings.metrics_listen:
-        registry = CollectorRegistry()
-        phase = Gauge("kvs2_replica_phase", "1 for the phase the replica is in", ["phase"], registry=registry)
-        for name in PHASES:
-            phase.labels(name).set(int(name == "bootstrapping"))
-        try:
-            metrics = MetricsServer(settings.metrics_listen, registry)
-        except OSError as exc:
-            log.warning("cannot serve metrics on %s while bootstrapping: %s", settings.metrics_listen, exc)
     try:
         yield
     finally:
-        if metrics is not None:
-            metrics.close()
         if bound:
             server.stop(grace=None).wait()
 

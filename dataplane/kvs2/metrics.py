@@ -15,7 +15,9 @@ endpoint sums them (`MultiProcessCollector`). The state metrics come only from t
 ingester and the positions; followers hold copies of the same snapshot), so nothing is counted twice.
 Why not have the leader aggregate over its pipes: the pipes carry leader → follower news only, and
 followers' counters would need a second channel, a merge, and a loss on crash; prometheus-client already
-does exactly this with files, including histograms. Process metrics (`process_*`) are the leader's.
+does exactly this with files, including histograms. A worker that exits is forgotten by the "live"
+gauges (`worker_exited`). Process metrics (`process_*`) are the leader's alone: they describe the process
+that answers the scrape, as everywhere in Prometheus, and are never summed or repeated per worker.
 
 Labels are low-cardinality by construction: gRPC method names (a closed set), status code names, partition
 numbers (the topic's partition count), and small closed enums — never keys, peers or request ids.
@@ -24,6 +26,7 @@ numbers (the topic's partition count), and small closed enums — never keys, pe
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -45,17 +48,17 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from kvs2.progress import Snapshot
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Latency buckets for unary RPCs: sub-millisecond local reads up to Kafka round trips and deadlines.
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Values of kvs2_replica_phase's label (ReplicaStatusReply.phase).
-PHASES = ("bootstrapping", "catching_up", "serving")
 WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -257,14 +260,7 @@ class ReplicaCollector(Collector):
             "1 when health is SERVING, 0 while catching up (NOT_SERVING)",
             value=int(s.serving),
         )
-        phase = GaugeMetricFamily(
-            "kvs2_replica_phase",
-            "1 for the phase the replica is in (bootstrapping happens before this endpoint is up)",
-            labels=["phase"],
-        )
-        for name in PHASES:
-            phase.add_metric([name], int(name == ("serving" if s.serving else "catching_up")))
-        yield phase
+        yield phase_family(phase_of(s))
         yield CounterMetricFamily(
             "kvs2_guard_rebuilds",
             "Rebuilds the resurrection guard made: stored state possibly missing deletes (kvs2.guard)",
@@ -297,6 +293,70 @@ class ReplicaCollector(Collector):
         )
 
 
+# ----- the replica's phase ------------------------------------------------------------------------------
+#: Every phase a replica reports, in lifecycle order. `kvs2_replica_phase` has one series per phase, 1 for
+#: the current one (kube-state-metrics' style), so an alert or the operator reads it without knowing the
+#: replica's internals, and a phase that is absent from a scrape is never mistaken for 0 of another.
+BOOTSTRAPPING = "Bootstrapping"  # receiving a peer's snapshot (kvs2.bootstrap), before the store opens
+CATCHING_UP = "CatchingUp"  # applying the topic up to Kafka's end offsets; reads refused
+SERVING = "Serving"  # caught up: health SERVING, reads served
+NOT_SERVING = "NotServing"  # cannot follow the topic (its disk is full, Kafka refuses): data kept
+PHASES = (BOOTSTRAPPING, CATCHING_UP, SERVING, NOT_SERVING)
+
+
+def phase_of(s: Snapshot) -> str:
+    """The phase a progress snapshot shows. A reported problem wins over "catching up": a replica whose
+    disk is full is not going to catch up by waiting."""
+    if s.serving:
+        return SERVING
+    if s.problem:
+        return NOT_SERVING
+    return CATCHING_UP
+
+
+def phase_family(current: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "kvs2_replica_phase",
+        "1 for the replica's current phase (Bootstrapping, CatchingUp, Serving, NotServing), else 0",
+        labels=["phase"],
+    )
+    for phase in PHASES:
+        family.add_metric([phase], int(phase == current))
+    return family
+
+
+class _PhaseOnly(Collector):
+    def __init__(self, phase: str) -> None:
+        self._phase = phase
+
+    def collect(self) -> Iterable[Metric]:
+        yield phase_family(self._phase)
+        yield GaugeMetricFamily("kvs2_serving", "1 when health is SERVING, 0 otherwise", value=0)
+
+
+@contextlib.contextmanager
+def phase_endpoint(listen: str | None, phase: str) -> Iterator[None]:
+    """Serve `/metrics` with only the phase (and `kvs2_serving 0`) on the replica's metrics port while its
+    real endpoint does not exist yet — during a snapshot bootstrap, which may take minutes — so that the
+    operator and Prometheus see "Bootstrapping" rather than a port that does not answer. Best effort: a
+    port that cannot be bound is logged, never a reason to fail the bootstrap."""
+    if not listen:
+        yield
+        return
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_PhaseOnly(phase))
+    try:
+        server: MetricsServer | None = MetricsServer(listen, registry)
+    except OSError as exc:
+        log.warning("cannot serve the %s phase on %s: %s", phase, listen, exc)
+        server = None
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close()
+
+
 def _family(name: str, doc: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=["partition"])
 
@@ -320,6 +380,15 @@ def worker_files(workers: int) -> Iterator[None]:
     finally:
         shutil.rmtree(path, ignore_errors=True)
         os.environ.pop(MULTIPROC_ENV, None)
+
+
+def worker_exited(pid: int) -> None:
+    """A worker process of this replica ended (killed for not keeping up, or crashed): its share of the
+    "live" gauges (open Watch streams) stops counting — its streams ended with it. Its counters and
+    histograms stay summed: what it did, it did. Outside multiprocess mode there is nothing to forget."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 def registry_for(state: ReplicaState, workers: int) -> CollectorRegistry:

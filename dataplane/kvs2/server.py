@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from kvs2 import errors
+from kvs2 import errors, metrics
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.assembly import build_parts
@@ -582,6 +582,7 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
         nonlocal failed
         while not stop.is_set():
             for pid, code in exited(role.followers):
+                metrics.worker_exited(pid)  # its open Watch streams are gone with it
                 if role.fanout is not None and pid in role.fanout.dropped:
                     role.followers.remove(pid)  # killed for not keeping up (logged); the others serve on
                     if not stop.is_set():

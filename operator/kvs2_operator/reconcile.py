@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs2_operator import diagnose, metrics, protection, render
+from kvs2_operator import diagnose, metrics, protection, render, replicas
 from kvs2_operator.crd import GROUP, KIND, VERSION, pdb_name, statefulset_name
 from kvs2_operator.errors import (
     ChildUpdateRefusedError,
@@ -85,6 +85,9 @@ class Deps:
     claims: Claims = field(default_factory=Claims)
     #: The last admin config that worked for each store (uid): deletion may outlive the Secret.
     admin_configs: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: How each replica's metrics port is read (kvs2_operator.replicas), and how long a pod may take.
+    scrape: replicas.Fetch = replicas.http_fetch
+    scrape_timeout: float = replicas.SCRAPE_TIMEOUT
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
 
     def lock_for(self, ref: StoreRef) -> asyncio.Lock:
@@ -336,7 +339,9 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
         workload_cond = Condition(
             WORKLOAD_READY, None, exc.reason, "not reconciled while the spec is invalid"
         )
-        extra.update(_replica_counts(await _safe_observe(ref, deps, errors)))
+        observed = await _safe_observe(ref, deps, errors)
+        extra.update(_replica_counts(observed))
+        workload_cond = await _with_replica_phases(workload_cond, ref, observed, deps, extra)
         return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
 
     extra["endpoint"] = render.endpoint(store)
@@ -382,6 +387,7 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
             else f"the workload is left as it is until topic {topic_name} is usable",
         )
     extra.update(_replica_counts(statefulset))
+    workload_cond = await _with_replica_phases(workload_cond, ref, statefulset, deps, extra)
 
     return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
 
@@ -400,6 +406,31 @@ async def _explained(
     if not problem:
         return cond
     return Condition(cond.type, cond.status, cond.reason, f"{cond.message}; {problem}")
+
+
+async def _with_replica_phases(
+    cond: Condition,
+    ref: StoreRef,
+    statefulset: Mapping[str, Any] | None,
+    deps: Deps,
+    extra: dict[str, Any],
+) -> Condition:
+    """Each pod's phase and lag into `extra` (pods, phases, maxLag), and the pods that do not serve named
+    in the condition's message (which Ready repeats). Without a StatefulSet there are no pods to ask."""
+    reports: list[replicas.ReplicaReport] | None = []
+    if statefulset is not None:
+        try:
+            reports = await replicas.observe(
+                deps.kube, ref.namespace, ref.name, fetch=deps.scrape, timeout=deps.scrape_timeout
+            )
+        except OperatorError as exc:  # a courtesy, like _explained: never fail the pass for it
+            log.info("%s/%s: cannot list the pods to ask their phase: %s", ref.namespace, ref.name, exc)
+            reports = None
+    extra.update(replicas.status_fields(reports))
+    phrase = replicas.not_serving(reports or ())
+    if phrase is None:
+        return cond
+    return Condition(cond.type, cond.status, cond.reason, f"{cond.message}; {phrase}")
 
 
 async def _safe_observe(ref: StoreRef, deps: Deps, errors: list[OperatorError]) -> dict[str, Any] | None:

@@ -43,6 +43,10 @@ WARNING_REASONS = frozenset(
 )
 
 
+#: Status fields that a pass may find unknown and must then remove (not keep from an older pass).
+CLEARABLE = ("maxLag",)
+
+
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -159,7 +163,8 @@ def build_status(
     extra: Mapping[str, Any],
     now: str | None = None,
 ) -> dict[str, Any]:
-    """The complete new status. `extra`: replicas, readyReplicas, selector, topic, endpoint."""
+    """The complete new status. `extra`: replicas, readyReplicas, selector, topic, endpoint, and each
+    pod's phase and lag (`pods`, `phases`, `maxLag`: kvs2_operator.replicas)."""
     conditions = merge_conditions(
         previous.get("conditions"),
         [ready_condition(topic, workload), topic, workload],
@@ -168,6 +173,9 @@ def build_status(
     )
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
     status.update({k: v for k, v in extra.items() if v is not None})
+    # The status is a merge patch: a field that is no longer known is written as null to remove it, or
+    # the old value would stay and look current.
+    status.update({k: None for k in CLEARABLE if extra.get(k) is None and previous.get(k) is not None})
     return status
 
 

@@ -235,10 +235,10 @@ def test_collector_reports_the_phase_and_the_guards_rebuilds(tmp_path: Path) -> 
     registry = CollectorRegistry()
     registry.register(metrics.ReplicaCollector(LiveState(Fixed(), replica), workers=1))  # type: ignore[arg-type]
     v = registry.get_sample_value
-    assert v("kvs2_replica_phase", {"phase": "catching_up"}) == 1
-    assert v("kvs2_replica_phase", {"phase": "serving"}) == 0
-    assert v("kvs2_replica_phase", {"phase": "bootstrapping"}) == 0
+    assert v("kvs2_replica_phase", {"phase": "CatchingUp"}) == 1
+    assert v("kvs2_replica_phase", {"phase": "Serving"}) == 0
+    assert v("kvs2_replica_phase", {"phase": "Bootstrapping"}) == 0
     assert v("kvs2_guard_rebuilds_total") == 2
     Fixed.now = Snapshot(partitions=1, serving=True, guard_rebuilds=2)
-    assert v("kvs2_replica_phase", {"phase": "serving"}) == 1
+    assert v("kvs2_replica_phase", {"phase": "Serving"}) == 1
     replica.close()

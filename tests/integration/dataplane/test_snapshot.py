@@ -199,7 +199,7 @@ def test_a_bootstrapping_replica_says_so_then_serves(
         wait_until(
             lambda: _phase(target) == pb.PHASE_BOOTSTRAPPING, timeout=60, what="b to say it bootstraps"
         )
-        assert 'kvs2_replica_phase{phase="bootstrapping"} 1.0' in _metrics(metrics_listen)
+        assert 'kvs2_replica_phase{phase="Bootstrapping"} 1.0' in _metrics(metrics_listen)
         with Client(target, timeout=2.0) as cb:
             assert cb.health() == "NOT_SERVING"
             with pytest.raises(grpc.RpcError, match="bootstrapping") as refused:
@@ -211,7 +211,7 @@ def test_a_bootstrapping_replica_says_so_then_serves(
     b.wait_serving(timeout=120)
     assert _phase(target) == pb.PHASE_SERVING
     wait_until(
-        lambda: 'kvs2_replica_phase{phase="serving"} 1.0' in _metrics(metrics_listen),
+        lambda: 'kvs2_replica_phase{phase="Serving"} 1.0' in _metrics(metrics_listen),
         timeout=30,
         what="b's metrics to say it serves",
     )
