@@ -94,6 +94,7 @@ class Deps:
     def forget(self, ref: StoreRef) -> None:
         self._locks.pop((ref.namespace, ref.name), None)
         self.admin_configs.pop(ref.uid, None)
+        self.topics.release(ref.uid)  # its admin client is closed unless another store uses it
         for key, reservation in list(self.claims.reserved.items()):
             if reservation.uid == ref.uid:
                 del self.claims.reserved[key]
@@ -152,7 +153,7 @@ async def kafka_admin_config(store: Store, kube: KubeApi) -> dict[str, str]:
 async def _ensure_topic(store: Store, deps: Deps, previous: Mapping[str, Any]) -> tuple[Condition, Claim]:
     topic = store.spec.kafka.topic
     config = await kafka_admin_config(store, deps.kube)
-    admin = deps.topics.for_config(config)
+    admin = deps.topics.for_config(config, user=store.ref.uid)
     claim = claim_from_status(previous, topic.name)
     if claim is not None:
         result = await admin.ensure(topic, claim=claim)
