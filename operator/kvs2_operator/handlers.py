@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from kvs2_operator import deletion
+from kvs2_operator import deletion, uninstall
 from kvs2_operator.crd import (
     ANNOTATION_PREFIX,
     FIELD_MANAGER,
@@ -74,6 +74,15 @@ def _options(memo: Any) -> Options:
         options = memo.options = Options()
     assert isinstance(options, Options)
     return options
+
+
+def _drain(memo: Any) -> uninstall.Drain:
+    """The uninstall state (main.py sets its guards from the command line; none under `kopf run`)."""
+    state = getattr(memo, "uninstall", None)
+    if state is None:
+        state = memo.uninstall = uninstall.Drain()
+    assert isinstance(state, uninstall.Drain)
+    return state
 
 
 def _deps(memo: Any) -> Deps:
@@ -140,19 +149,26 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     _nudges(memo)  # created here, in the operator-wide memo that kopf copies (shallowly) per object
     memo.resync = Resync()
     memo.resync_task = asyncio.create_task(supervise_resync(deps, options, memo.resync), name="kvs2-resync")
+    # The uninstall guards (uninstall.py): armed now, drained when deploy/ is deleted.
+    memo.uninstall_task = asyncio.create_task(
+        uninstall.watch(deps.kube, _drain(memo), options.namespaces or None, _finish_on_uninstall(deps)),
+        name="kvs2-uninstall",
+    )
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    task = getattr(memo, "resync_task", None)
-    if isinstance(task, asyncio.Task):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("resync_task", "uninstall_task"):
+        task = getattr(memo, name, None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     for pending in list(_nudges(memo).tasks):
         pending.cancel()
     deps = getattr(memo, "deps", None)
     if isinstance(deps, Deps):
+        deps.topics.close()
         deps.kube.close()
 
 
@@ -350,31 +366,21 @@ def _seconds_since(timestamp: str | None) -> float:
     return max(0.0, (datetime.now(UTC) - since).total_seconds())
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_topic)
-async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """topicDeletionPolicy Delete: stop the workload, then delete the topic the store created (deletion.py).
+async def finish_store(
+    raw: dict[str, Any], deps: Deps, *, give_up: bool, waited: float
+) -> deletion.DeletionOutcome:
+    """Stop the workload, delete the topic the store created (deletion.py), report it in an Event.
 
-    Never traps the store: past `--deletion-timeout` seconds since its deletionTimestamp, trouble that
-    would otherwise be retried (Kafka down, the credentials Secret gone) ends in a Warning Event saying
-    the topic was left behind, and kopf removes the finalizer.
+    Raises OperatorError for a retry unless `give_up`: then trouble ends in a TopicLeftBehind outcome.
     """
-    deps = _deps(memo)
-    options = _options(memo)
-    raw = dict(body)
-    waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
-    give_up = waited >= options.deletion_timeout
+    ref = parse_ref(raw)
     try:
         outcome = await deletion.finalize(raw, deps, give_up=give_up)
     except OperatorError as exc:
         if not (give_up or exc.permanent):
-            delay = min(retry_delay(retry, exc), max(1.0, options.deletion_timeout - waited))
-            raise kopf.TemporaryError(
-                f"{exc.reason}: topic not deleted yet (giving up in "
-                f"{options.deletion_timeout - waited:.0f}s): {exc.message}",
-                delay=delay,
-            ) from exc
+            raise
         outcome = deletion.left_behind(raw, exc, waited)
-    (logger.warning if outcome.warning else logger.info)(outcome.message)
+    (log.warning if outcome.warning else log.info)("%s/%s: %s", ref.namespace, ref.name, outcome.message)
     with contextlib.suppress(OperatorError):  # a terminating namespace accepts no new Events
         await deps.kube.post_event(
             {**raw, "apiVersion": f"{GROUP}/{VERSION}", "kind": "KeyValueStore"},
@@ -382,4 +388,38 @@ async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, logger: kop
             reason=str(outcome.reason),
             message=outcome.message,
         )
-    deps.forget(parse_ref(raw))
+    deps.forget(ref)
+    return outcome
+
+
+def _finish_on_uninstall(deps: Deps) -> uninstall.Finish:
+    async def finish(raw: dict[str, Any]) -> deletion.DeletionOutcome:
+        waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
+        return await finish_store(raw, deps, give_up=True, waited=waited)
+
+    return finish
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_topic)
+async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    """topicDeletionPolicy Delete: stop the workload, then delete the topic the store created (deletion.py).
+
+    Never traps the store: past `--deletion-timeout` seconds since its deletionTimestamp, trouble that
+    would otherwise be retried (Kafka down, the credentials Secret gone) ends in a Warning Event saying
+    the topic was left behind, and kopf removes the finalizer. While the operator itself is being
+    uninstalled (uninstall.py) there is no time for retries: one attempt, then the same give-up.
+    """
+    deps = _deps(memo)
+    options = _options(memo)
+    raw = dict(body)
+    waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
+    give_up = waited >= options.deletion_timeout or _drain(memo).draining
+    try:
+        await finish_store(raw, deps, give_up=give_up, waited=waited)
+    except OperatorError as exc:
+        delay = min(retry_delay(retry, exc), max(1.0, options.deletion_timeout - waited))
+        raise kopf.TemporaryError(
+            f"{exc.reason}: topic not deleted yet (giving up in "
+            f"{options.deletion_timeout - waited:.0f}s): {exc.message}",
+            delay=delay,
+        ) from exc

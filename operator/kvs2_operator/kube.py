@@ -47,6 +47,11 @@ _PLURALS = {
     "Pod": "pods",
     "ResourceQuota": "resourcequotas",
     "KeyValueStore": "keyvaluestores",
+    # The operator's own install (uninstall.py).
+    "ServiceAccount": "serviceaccounts",
+    "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings",
+    "CustomResourceDefinition": "customresourcedefinitions",
 }
 
 
