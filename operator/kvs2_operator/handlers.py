@@ -168,6 +168,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         pending.cancel()
     deps = getattr(memo, "deps", None)
     if isinstance(deps, Deps):
+        await uninstall.disarm(deps.kube, _drain(memo))
         deps.topics.close()
         deps.kube.close()
 

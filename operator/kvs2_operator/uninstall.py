@@ -58,6 +58,9 @@ DRAIN_SECONDS = 35.0
 #: may, report how that went. The drain removes the finalizer afterwards.
 Finish = Callable[[dict[str, Any]], Awaitable[Any]]
 
+#: After a SIGTERM that does not look like an uninstall, one more look this many seconds later.
+SIGTERM_SECOND_LOOK = 2.0
+
 RBAC = "rbac.authorization.k8s.io/v1"
 CRD_API = "apiextensions.k8s.io/v1"
 
@@ -302,6 +305,21 @@ def _uid(body: Mapping[str, Any]) -> str:
     return str((body.get("metadata") or {}).get("uid"))
 
 
+async def disarm(kube: KubeApi, state: Drain) -> None:
+    """A clean stop that is not an uninstall (a rollout, the Deployment deleted, a lost Lease): the
+    ServiceAccount's finalizer goes, so nothing waits for an operator that may never come back. The next
+    operator to start arms it again; the CRD-owned rights stay until the CRD goes."""
+    guards = state.guards
+    if guards is None or not state.armed or state.draining:
+        return
+    try:
+        await _remove_finalizer(kube, guards.service_account_ref, GUARD_FINALIZER)
+        state.armed = False
+        log.info("uninstall guard disarmed (%s)", guards.service_account_ref.describe())
+    except OperatorError as exc:
+        log.warning("cannot remove the finalizer of %s: %s", guards.service_account_ref.describe(), exc)
+
+
 async def being_deleted(kube: KubeApi, guards: Guards) -> bool:
     account = await kube.get(guards.service_account_ref)
     return account is None or bool((account.get("metadata") or {}).get("deletionTimestamp"))
@@ -340,10 +358,15 @@ def hold_sigterm(state: Drain, kube: KubeApi) -> None:
     async def stop() -> None:
         guards = state.guards
         if guards is not None and state.armed and not state.drained.is_set():
-            try:
-                uninstalling = state.draining or await being_deleted(kube, guards)
-            except OperatorError:
-                uninstalling = False
+            uninstalling = state.draining
+            # The pod's namespace may be deleted a moment before the ServiceAccount (kubectl deletes
+            # deploy/'s objects one after the other): look twice.
+            for pause in (0.0, SIGTERM_SECOND_LOOK):
+                if uninstalling:
+                    break
+                await asyncio.sleep(pause)
+                with contextlib.suppress(OperatorError):
+                    uninstalling = await being_deleted(kube, guards)
             if uninstalling:
                 log.warning("SIGTERM during an uninstall: stopping once the drain is done")
                 with contextlib.suppress(TimeoutError):
