@@ -11,8 +11,9 @@ whenever the operator is down. The issue asks for a finalizer only when the dele
 so periodic drift repair is one operator-level loop (like controller-runtime's resync period) that
 lists the stores and queues each for the same `reconcile()`. The sweep and the child nudges feed one
 keyed work queue (workqueue.py: dedupe, per-store back-off, bounded workers); a per-store lock keeps
-its passes from interleaving with a kopf handler. The delete handler is registered only for `topicDeletionPolicy: Delete` (its `when=` filter),
-which is what makes kopf add — and remove, when the policy changes — the finalizer.
+its passes from interleaving with a kopf handler. The delete handler is registered only for
+`topicDeletionPolicy: Delete` (its `when=` filter), which is what makes kopf add — and remove, when the
+policy changes — the finalizer.
 """
 
 from __future__ import annotations
