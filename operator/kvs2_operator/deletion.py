@@ -99,7 +99,7 @@ async def delete_owned_topic(body: Mapping[str, Any], deps: Deps) -> DeletionOut
     if claim is None or claim.ownership != Ownership.CREATED:
         verdict = deletion_verdict(claim, str(topic) if topic else None, None, None)
         return DeletionOutcome(Reason.TOPIC_RETAINED, verdict.why)
-    admin = deps.topics.for_config(await _admin_config(body, deps))
+    admin = deps.topics.for_config(await _admin_config(body, deps), user=parse_ref(body).uid)
     cluster = await admin.cluster_id()
     state = await admin.describe(claim.topic) if cluster == claim.cluster_id else None
     verdict = deletion_verdict(claim, claim.topic, cluster, state.topic_id if state is not None else None)

@@ -34,6 +34,8 @@ class Reason(StrEnum):
     TOPIC_LOST = "TopicLost"
     KAFKA_CLUSTER_CHANGED = "KafkaClusterChanged"
     CHILD_UPDATE_REFUSED = "ChildUpdateRefused"
+    VOLUME_EXPANSION_NOT_SUPPORTED = "VolumeExpansionNotSupported"
+    VOLUME_SHRINK_REFUSED = "VolumeShrinkRefused"
     # Outside trouble that is retried with backoff and heals without help.
     KAFKA_UNAVAILABLE = "KafkaUnavailable"
     KAFKA_REJECTED = "KafkaRejected"
@@ -113,6 +115,20 @@ class KafkaClusterChangedError(OperatorError):
     """spec.kafka.bootstrapServers now reaches another Kafka cluster than the one with the store's topic."""
 
     reason = Reason.KAFKA_CLUSTER_CHANGED
+    permanent = True
+
+
+class VolumeExpansionNotSupportedError(OperatorError):
+    """spec.storage.size grew but the claims' StorageClass does not allow expansion (or there is none)."""
+
+    reason = Reason.VOLUME_EXPANSION_NOT_SUPPORTED
+    permanent = True
+
+
+class VolumeShrinkRefusedError(OperatorError):
+    """spec.storage.size is below the volumes' size: Kubernetes cannot shrink a volume."""
+
+    reason = Reason.VOLUME_SHRINK_REFUSED
     permanent = True
 
 

@@ -9,9 +9,11 @@ Why a resync loop instead of `@kopf.timer`: kopf puts a finalizer on every objec
 serves (by design, nolar/kopf#1074 and #896), so a timer would block the deletion of every store
 whenever the operator is down. The issue asks for a finalizer only when the deletion policy needs one,
 so periodic drift repair is one operator-level loop (like controller-runtime's resync period) that
-lists the stores and runs the same `reconcile()`; a per-store lock keeps it from interleaving with a
-handler. The delete handler is registered only for `topicDeletionPolicy: Delete` (its `when=` filter),
-which is what makes kopf add — and remove, when the policy changes — the finalizer.
+lists the stores and queues each for the same `reconcile()`. The sweep and the child nudges feed one
+keyed work queue (workqueue.py: dedupe, per-store back-off, bounded workers); a per-store lock keeps
+its passes from interleaving with a kopf handler. The delete handler is registered only for
+`topicDeletionPolicy: Delete` (its `when=` filter), which is what makes kopf add — and remove, when the
+policy changes — the finalizer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import kopf
 
-from kvs2_operator import deletion
+from kvs2_operator import deletion, uninstall
 from kvs2_operator.crd import (
     ANNOTATION_PREFIX,
     FIELD_MANAGER,
@@ -42,6 +44,7 @@ from kvs2_operator.errors import OperatorError, Reason
 from kvs2_operator.kube import KubeApi, load_configuration
 from kvs2_operator.model import parse_ref
 from kvs2_operator.reconcile import Deps, list_stores, reconcile
+from kvs2_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,15 @@ def _options(memo: Any) -> Options:
         options = memo.options = Options()
     assert isinstance(options, Options)
     return options
+
+
+def _drain(memo: Any) -> uninstall.Drain:
+    """The uninstall state (main.py sets its guards from the command line; none under `kopf run`)."""
+    state = getattr(memo, "uninstall", None)
+    if state is None:
+        state = memo.uninstall = uninstall.Drain()
+    assert isinstance(state, uninstall.Drain)
+    return state
 
 
 def _deps(memo: Any) -> Deps:
@@ -137,22 +149,31 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     options = _options(memo)
     deps = _deps(memo)
-    _nudges(memo)  # created here, in the operator-wide memo that kopf copies (shallowly) per object
-    memo.resync = Resync()
+    # Created here, in the operator-wide memo that kopf copies (shallowly) per object: one queue for all.
+    memo.resync = Resync(queue=store_queue(deps))
     memo.resync_task = asyncio.create_task(supervise_resync(deps, options, memo.resync), name="kvs2-resync")
+    # The uninstall guards (uninstall.py): armed now, drained when deploy/ is deleted.
+    memo.uninstall_task = asyncio.create_task(
+        uninstall.watch(deps.kube, _drain(memo), options.namespaces or None, _finish_on_uninstall(deps)),
+        name="kvs2-uninstall",
+    )
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    task = getattr(memo, "resync_task", None)
-    if isinstance(task, asyncio.Task):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    for pending in list(_nudges(memo).tasks):
-        pending.cancel()
+    for name in ("resync_task", "uninstall_task"):
+        task = getattr(memo, name, None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    resync = getattr(memo, "resync", None)
+    if isinstance(resync, Resync) and resync.queue is not None:
+        await resync.queue.stop()
     deps = getattr(memo, "deps", None)
     if isinstance(deps, Deps):
+        await uninstall.disarm(deps.kube, _drain(memo))
+        deps.topics.close()
         deps.kube.close()
 
 
@@ -188,6 +209,8 @@ class Resync:
     last_sweep: float = field(default_factory=time.monotonic)
     crashes: int = 0
     last_error: str = ""
+    #: The keyed work queue passes go through (workqueue.py); the sweep and child changes only add keys.
+    queue: WorkQueue | None = None
 
     def stale_after(self, interval: float) -> float:
         """A sweep lists every store and reconciles them with bounded Kafka/API timeouts; one taking
@@ -222,34 +245,48 @@ def resync_alive(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     return {"lastSweepSecondsAgo": round(age, 1), "crashes": resync.crashes, "lastError": resync.last_error}
 
 
+def store_queue(deps: Deps) -> WorkQueue:
+    """The queue of passes keyed by (namespace, name); a pass re-reads the store (reconcile())."""
+
+    async def one(key: Any) -> bool:
+        namespace, name = key
+        outcome = await reconcile({"metadata": {"namespace": namespace, "name": name}}, deps)
+        if outcome is None or outcome.error is None:
+            return True
+        log.info("pass %s/%s: %s", namespace, name, outcome.error)
+        return False
+
+    return WorkQueue(one, workers=RESYNC_CONCURRENCY, max_delay=MAX_RETRY_DELAY)
+
+
 async def resync_loop(deps: Deps, options: Options, resync: Resync | None = None) -> None:
-    """Every `resync_interval` seconds, one pass over every store: drift repair and status refresh.
+    """Every `resync_interval` seconds, every store is queued for a pass: drift repair, status refresh.
 
-    Passes run concurrently (bounded): a store whose Kafka is down spends a request timeout per pass,
-    and must not delay the passes of stores on healthy clusters.
+    The sweep only lists and queues (workqueue.py): a store whose Kafka is down spends a request timeout
+    in one of the queue's workers, and neither delays the sweep nor the passes of stores on healthy
+    clusters.
     """
-    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
-
-    async def one(body: dict[str, Any]) -> None:
-        async with limit:
+    queue = resync.queue if resync is not None else None
+    own = queue is None
+    if queue is None:
+        queue = store_queue(deps)
+    queue.start()
+    try:
+        while True:
+            if resync is not None:
+                resync.last_sweep = time.monotonic()
+            await asyncio.sleep(options.resync_interval)
             try:
-                outcome = await reconcile(body, deps)
-            except Exception:  # a bug in one store's pass must not stop the loop for the others
-                log.exception("resync of %s failed unexpectedly", parse_ref(body))
-                return
-        if outcome is not None and outcome.error is not None:
-            log.info("resync %s/%s: %s", parse_ref(body).namespace, parse_ref(body).name, outcome.error)
-
-    while True:
-        if resync is not None:
-            resync.last_sweep = time.monotonic()
-        await asyncio.sleep(options.resync_interval)
-        try:
-            bodies = await list_stores(deps, options.namespaces or None)
-        except OperatorError as exc:
-            log.warning("resync: cannot list KeyValueStores: %s", exc)
-            continue
-        await asyncio.gather(*(one(body) for body in bodies))
+                bodies = await list_stores(deps, options.namespaces or None)
+            except OperatorError as exc:
+                log.warning("resync: cannot list KeyValueStores: %s", exc)
+                continue
+            for body in bodies:
+                ref = parse_ref(body)
+                queue.add((ref.namespace, ref.name))
+    finally:
+        if own:
+            await queue.stop()
 
 
 # --- per-store handlers --------------------------------------------------------------------------------
@@ -275,35 +312,6 @@ CHILD_RESOURCES = (
 )
 
 
-@dataclass
-class _Nudges:
-    """Coalesced, immediate passes for stores whose children changed (kept in memo)."""
-
-    pending: set[tuple[str, str]] = field(default_factory=set)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-
-def _nudges(memo: Any) -> _Nudges:
-    nudges = getattr(memo, "nudges", None)
-    if nudges is None:
-        nudges = memo.nudges = _Nudges()
-    assert isinstance(nudges, _Nudges)
-    return nudges
-
-
-async def _nudged_pass(deps: Deps, nudges: _Nudges, key: tuple[str, str]) -> None:
-    await asyncio.sleep(NUDGE_COALESCE_SECONDS)
-    nudges.pending.discard(key)
-    namespace, name = key
-    try:
-        outcome = await reconcile({"metadata": {"namespace": namespace, "name": name}}, deps)
-    except Exception:
-        log.exception("pass for %s/%s after a child changed failed unexpectedly", namespace, name)
-        return
-    if outcome is not None and outcome.error is not None:
-        log.info("pass for %s/%s after a child changed: %s", namespace, name, outcome.error)
-
-
 @kopf.on.event("apps", "v1", "statefulsets", labels=_CHILD_LABELS)
 @kopf.on.event("v1", "services", labels=_CHILD_LABELS)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=_CHILD_LABELS)
@@ -326,14 +334,10 @@ async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     )
     if not namespace or not store:
         return
-    nudges = _nudges(memo)
-    key = (str(namespace), str(store))
-    if key in nudges.pending:
-        return
-    nudges.pending.add(key)
-    task = asyncio.create_task(_nudged_pass(_deps(memo), nudges, key), name=f"kvs2-nudge-{namespace}/{store}")
-    nudges.tasks.add(task)
-    task.add_done_callback(nudges.tasks.discard)
+    resync = getattr(memo, "resync", None)
+    if isinstance(resync, Resync) and resync.queue is not None:
+        # A burst of child events (a rollout, a GC sweep) within the pause costs one pass.
+        resync.queue.add((str(namespace), str(store)), delay=NUDGE_COALESCE_SECONDS)
 
 
 def _deletes_topic(spec: kopf.Spec, **_: Any) -> bool:
@@ -350,31 +354,21 @@ def _seconds_since(timestamp: str | None) -> float:
     return max(0.0, (datetime.now(UTC) - since).total_seconds())
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_topic)
-async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """topicDeletionPolicy Delete: stop the workload, then delete the topic the store created (deletion.py).
+async def finish_store(
+    raw: dict[str, Any], deps: Deps, *, give_up: bool, waited: float
+) -> deletion.DeletionOutcome:
+    """Stop the workload, delete the topic the store created (deletion.py), report it in an Event.
 
-    Never traps the store: past `--deletion-timeout` seconds since its deletionTimestamp, trouble that
-    would otherwise be retried (Kafka down, the credentials Secret gone) ends in a Warning Event saying
-    the topic was left behind, and kopf removes the finalizer.
+    Raises OperatorError for a retry unless `give_up`: then trouble ends in a TopicLeftBehind outcome.
     """
-    deps = _deps(memo)
-    options = _options(memo)
-    raw = dict(body)
-    waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
-    give_up = waited >= options.deletion_timeout
+    ref = parse_ref(raw)
     try:
         outcome = await deletion.finalize(raw, deps, give_up=give_up)
     except OperatorError as exc:
         if not (give_up or exc.permanent):
-            delay = min(retry_delay(retry, exc), max(1.0, options.deletion_timeout - waited))
-            raise kopf.TemporaryError(
-                f"{exc.reason}: topic not deleted yet (giving up in "
-                f"{options.deletion_timeout - waited:.0f}s): {exc.message}",
-                delay=delay,
-            ) from exc
+            raise
         outcome = deletion.left_behind(raw, exc, waited)
-    (logger.warning if outcome.warning else logger.info)(outcome.message)
+    (log.warning if outcome.warning else log.info)("%s/%s: %s", ref.namespace, ref.name, outcome.message)
     with contextlib.suppress(OperatorError):  # a terminating namespace accepts no new Events
         await deps.kube.post_event(
             {**raw, "apiVersion": f"{GROUP}/{VERSION}", "kind": "KeyValueStore"},
@@ -382,4 +376,38 @@ async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, logger: kop
             reason=str(outcome.reason),
             message=outcome.message,
         )
-    deps.forget(parse_ref(raw))
+    deps.forget(ref)
+    return outcome
+
+
+def _finish_on_uninstall(deps: Deps) -> uninstall.Finish:
+    async def finish(raw: dict[str, Any]) -> deletion.DeletionOutcome:
+        waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
+        return await finish_store(raw, deps, give_up=True, waited=waited)
+
+    return finish
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_topic)
+async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    """topicDeletionPolicy Delete: stop the workload, then delete the topic the store created (deletion.py).
+
+    Never traps the store: past `--deletion-timeout` seconds since its deletionTimestamp, trouble that
+    would otherwise be retried (Kafka down, the credentials Secret gone) ends in a Warning Event saying
+    the topic was left behind, and kopf removes the finalizer. While the operator itself is being
+    uninstalled (uninstall.py) there is no time for retries: one attempt, then the same give-up.
+    """
+    deps = _deps(memo)
+    options = _options(memo)
+    raw = dict(body)
+    waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
+    give_up = waited >= options.deletion_timeout or _drain(memo).draining
+    try:
+        await finish_store(raw, deps, give_up=give_up, waited=waited)
+    except OperatorError as exc:
+        delay = min(retry_delay(retry, exc), max(1.0, options.deletion_timeout - waited))
+        raise kopf.TemporaryError(
+            f"{exc.reason}: topic not deleted yet (giving up in "
+            f"{options.deletion_timeout - waited:.0f}s): {exc.message}",
+            delay=delay,
+        ) from exc

@@ -213,6 +213,15 @@ class TopicAdmin:
             self._admin = self._factory(settings)
         return self._admin
 
+    def close(self) -> None:
+        """Let the client go. confluent-kafka's AdminClient has no close(): librdkafka's handle (its
+        connections and threads) is destroyed when the last reference goes; a call still in flight in a
+        worker thread holds its own and finishes first. A client that does have close() gets it called."""
+        admin, self._admin = self._admin, None
+        closer = getattr(admin, "close", None)
+        if callable(closer):
+            closer()
+
     def _note_error(self, err: KafkaError) -> None:
         if err.code() in _CONNECTION_SECURITY:
             self._problems.note(err.str())
@@ -405,19 +414,55 @@ class TopicAdmin:
 
 
 class TopicAdmins:
-    """One `TopicAdmin` per distinct client config (cluster + credentials), reused across passes."""
+    """One `TopicAdmin` per distinct client config (cluster + credentials), reused across passes.
+
+    Each store (its uid) uses one config at a time; an admin client no store uses any more — the store
+    was deleted, or its bootstrap servers or credentials changed — is closed at once, and `close()`
+    closes every one at shutdown. A client serves the stores of one Kafka cluster, not one store each.
+    """
 
     def __init__(
         self, admin_factory: Callable[[Mapping[str, str]], AdminLike] = default_admin_factory
     ) -> None:
         self._factory = admin_factory
         self._admins: dict[frozenset[tuple[str, str]], TopicAdmin] = {}
+        self._users: dict[str, frozenset[tuple[str, str]]] = {}
 
-    def for_config(self, config: Mapping[str, str]) -> TopicAdmin:
+    def for_config(self, config: Mapping[str, str], user: str | None = None) -> TopicAdmin:
+        """The admin for `config`; `user` (a store's uid) is counted as using it until it uses another
+        config or is `release`d. An admin without users is still reused until the next eviction."""
         key = frozenset(config.items())
         admin = self._admins.get(key)
         if admin is None:
             if len(self._admins) >= 64:  # bootstrap servers or credentials churn: do not grow forever
-                self._admins.clear()
+                self._evict(lambda _: True)
             admin = self._admins[key] = TopicAdmin(config, admin_factory=self._factory)
+        if user is not None:
+            previous = self._users.get(user)
+            self._users[user] = key
+            if previous is not None and previous != key:
+                self._evict_unused(previous)
         return admin
+
+    def release(self, user: str) -> None:
+        """The store `user` is gone: close its admin client unless another store uses it."""
+        key = self._users.pop(user, None)
+        if key is not None:
+            self._evict_unused(key)
+
+    def close(self) -> None:
+        """Close every admin client (operator shutdown)."""
+        self._users.clear()
+        self._evict(lambda _: True)
+
+    def _evict_unused(self, key: frozenset[tuple[str, str]]) -> None:
+        if key not in self._users.values():
+            self._evict(lambda candidate: candidate == key)
+
+    def _evict(self, which: Callable[[frozenset[tuple[str, str]]], bool]) -> None:
+        for key in [k for k in self._admins if which(k)]:
+            self._admins.pop(key).close()
+        self._users = {user: key for user, key in self._users.items() if key in self._admins}
+
+    def __len__(self) -> int:
+        return len(self._admins)

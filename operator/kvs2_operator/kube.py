@@ -49,6 +49,14 @@ _PLURALS = {
     "KeyValueStore": "keyvaluestores",
     "Certificate": "certificates",  # cert-manager.io (kvs2_operator.protection)
     "NetworkPolicy": "networkpolicies",
+    # The operator's own install (uninstall.py).
+    "ServiceAccount": "serviceaccounts",
+    "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings",
+    "CustomResourceDefinition": "customresourcedefinitions",
+    # Volume expansion (volumes.py).
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "StorageClass": "storageclasses",
 }
 
 

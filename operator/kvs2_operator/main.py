@@ -23,6 +23,7 @@ from typing import Any
 from kvs2_operator.errors import OperatorError
 from kvs2_operator.leader import LeaseElector
 from kvs2_operator.model import IMAGE_GID, OperatorDefaults
+from kvs2_operator.uninstall import Drain, Guards
 
 
 def default_image() -> str:
@@ -100,6 +101,20 @@ def _parser() -> argparse.ArgumentParser:
         help="namespace of the Lease (env POD_NAMESPACE); default kvs2-system",
     )
     parser.add_argument("--leader-election-lease", default="kvs2-operator", help="name of the Lease")
+    parser.add_argument(
+        "--guard-service-account",
+        default=None,
+        metavar="NAMESPACE/NAME",
+        help="the operator's own ServiceAccount; with --guard-cluster-role, lets the operator finish the "
+        "stores being deleted when its whole install is deleted (kubectl delete -f deploy/; see "
+        "kvs2_operator.uninstall)",
+    )
+    parser.add_argument(
+        "--guard-cluster-role",
+        default=None,
+        metavar="NAME",
+        help="the operator's own ClusterRole (see --guard-service-account)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -132,6 +147,14 @@ def run(argv: list[str]) -> int:
         print("kvs2 operator: --deletion-timeout must not be negative", file=sys.stderr)
         return 2
 
+    guards: Guards | None = None
+    if args.guard_service_account or args.guard_cluster_role:
+        try:
+            guards = Guards.parse(args.guard_service_account or "", args.guard_cluster_role or "")
+        except ValueError as exc:
+            print(f"kvs2 operator: {exc}", file=sys.stderr)
+            return 2
+
     # Imported here: importing kopf handlers registers them, which only `run` should do.
     import kopf
 
@@ -152,6 +175,7 @@ def run(argv: list[str]) -> int:
             kubeconfig=args.kubeconfig,
             deletion_timeout=args.deletion_timeout,
         ),
+        uninstall=Drain(guards=guards),
     )
     if args.metrics_listen:
         from kvs2_operator import metrics
@@ -177,6 +201,11 @@ def run(argv: list[str]) -> int:
                 return 1
 
         def on_lost() -> None:
+            if memo.uninstall.draining:
+                # The Lease's namespace is being deleted with the operator: finish the drain first
+                # (its pod is going, and so is any standby).
+                logging.getLogger(__name__).warning("lost the Lease during an uninstall; draining on")
+                return
             lost.set()
             os.kill(os.getpid(), signal.SIGTERM)  # kopf stops gracefully; the pod restarts as a standby
 

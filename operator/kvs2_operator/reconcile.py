@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs2_operator import diagnose, metrics, protection, render, replicas
+from kvs2_operator import diagnose, metrics, protection, render, replicas, volumes
 from kvs2_operator.crd import GROUP, KIND, VERSION, pdb_name, statefulset_name
 from kvs2_operator.errors import (
     ChildUpdateRefusedError,
@@ -97,6 +97,7 @@ class Deps:
     def forget(self, ref: StoreRef) -> None:
         self._locks.pop((ref.namespace, ref.name), None)
         self.admin_configs.pop(ref.uid, None)
+        self.topics.release(ref.uid)  # its admin client is closed unless another store uses it
         for key, reservation in list(self.claims.reserved.items()):
             if reservation.uid == ref.uid:
                 del self.claims.reserved[key]
@@ -155,7 +156,7 @@ async def kafka_admin_config(store: Store, kube: KubeApi) -> dict[str, str]:
 async def _ensure_topic(store: Store, deps: Deps, previous: Mapping[str, Any]) -> tuple[Condition, Claim]:
     topic = store.spec.kafka.topic
     config = await kafka_admin_config(store, deps.kube)
-    admin = deps.topics.for_config(config)
+    admin = deps.topics.for_config(config, user=store.ref.uid)
     claim = claim_from_status(previous, topic.name)
     if claim is not None:
         result = await admin.ensure(topic, claim=claim)
@@ -221,17 +222,19 @@ async def _refuse_if_held(store: Store, cluster: str, deps: Deps) -> None:
         del deps.claims.reserved[(cluster, topic)]
 
 
-async def _check_not_foreign(kube: KubeApi, obj: Mapping[str, Any], store: Store) -> None:
-    """Refuse to take over an object with the child's name that another controller owns."""
+async def _check_not_foreign(kube: KubeApi, obj: Mapping[str, Any], store: Store) -> dict[str, Any] | None:
+    """Refuse to take over an object with the child's name that another controller owns; the existing
+    object otherwise (None if there is none)."""
     existing = await kube.get(Ref.of(obj))
     if existing is None:
-        return
+        return None
     for owner in existing.get("metadata", {}).get("ownerReferences") or ():
         if owner.get("controller") and owner.get("uid") != store.ref.uid:
             raise ResourceConflictError(
                 f"{obj['kind']} {store.namespace}/{obj['metadata']['name']} exists and is controlled by "
                 f"{owner.get('kind')} {owner.get('name')}; delete or rename it, or rename this store"
             )
+    return existing
 
 
 #: Phrases of the API server's 422 for a field that cannot change on an existing object.
@@ -263,7 +266,10 @@ async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
     """Server-side apply of every child; returns the StatefulSet as the API server stored it."""
     statefulset: dict[str, Any] = {}
     for obj in render.render_children(store, await credentials_hash(store, deps.kube)):
-        await _check_not_foreign(deps.kube, obj, store)
+        existing = await _check_not_foreign(deps.kube, obj, store)
+        if obj["kind"] == "StatefulSet":
+            # spec.storage.size changed: the claim template keeps its size, the claims grow (volumes.py).
+            volumes.pin_template(obj, existing)
         try:
             if obj["kind"] == "Certificate":  # a clear CertManagerMissing when the kind is not served
                 applied = await protection.apply_certificate(deps.kube, obj)
@@ -289,6 +295,9 @@ async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
         owners = (existing or {}).get("metadata", {}).get("ownerReferences") or ()
         if any(o.get("uid") == store.ref.uid for o in owners):
             await deps.kube.delete(Ref.of(existing or {}))
+    # Every pass (one label-selected list): claims grown earlier stay above the template's size, so a
+    # size set back to the template's is still a shrink, and a scale-up's new claims need growing too.
+    await volumes.grow(store, deps.kube, volumes.template_size(statefulset))
     return statefulset
 
 

@@ -24,7 +24,7 @@ from tests.e2e.conftest import (
     target,
 )
 from tests.harness.cluster import Cluster
-from tests.harness.common import repo_root
+from tests.harness.common import repo_root, wait_until
 from tests.harness.gobuild import ensure_tool
 from tests.harness.kafka import KafkaBroker
 from tests.harness.kubelet import KubeletProcess
@@ -69,13 +69,29 @@ def test_lint_is_clean_and_the_schema_is_strict() -> None:
 
 
 def test_chart_crd_and_rbac_are_the_ones_in_deploy() -> None:
-    chart_crds = sorted((CHART / "crds").iterdir())
-    assert [p.name for p in chart_crds] == ["keyvaluestores.kvs2.io.yaml"]
-    assert chart_crds[0].read_bytes() == (DEPLOY / "crd.yaml").read_bytes()
+    # The CRD is a template (helm upgrade updates it), from a copy of deploy/'s, kept on uninstall.
+    assert not (CHART / "crds").exists()
+    assert (CHART / "files" / "keyvaluestores.kvs2.io.yaml").read_bytes() == (
+        DEPLOY / "crd.yaml"
+    ).read_bytes()
+    crd = next(d for d in _render() if d["kind"] == "CustomResourceDefinition")
+    deploy_crd = yaml.safe_load((DEPLOY / "crd.yaml").read_text())
+    assert crd["spec"] == deploy_crd["spec"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert (
+        "annotations"
+        not in next(
+            d for d in _render("--set", "crds.keep=false") if d["kind"] == "CustomResourceDefinition"
+        )["metadata"]
+    )
+    assert not any(d["kind"] == "CustomResourceDefinition" for d in _render("--set", "crds.enabled=false"))
     deploy_role = next(
         d for d in yaml.safe_load_all((DEPLOY / "10-rbac.yaml").read_text()) if d["kind"] == "ClusterRole"
     )
-    chart_role = next(d for d in _render() if d["kind"] == "ClusterRole")
+    # Named like deploy/'s, the chart's rules (some name the operator's own objects) are the same.
+    chart_role = next(
+        d for d in _render("--set", "fullnameOverride=kvs2-operator") if d["kind"] == "ClusterRole"
+    )
     assert chart_role["rules"] == deploy_role["rules"]
     deployment = next(
         d for d in _render("--set", "operator.watchNamespaces={a,b}") if d["kind"] == "Deployment"
@@ -96,12 +112,102 @@ def test_watch_namespaces_confine_the_operators_rules_to_them() -> None:
     assert bindings == {"a", "b"}
     cluster_bound = {d["roleRef"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"}
     scoped = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] in cluster_bound)
-    assert {g for r in scoped["rules"] for g in r["resources"]} == {"customresourcedefinitions", "namespaces"}
+    assert {g for r in scoped["rules"] for g in r["resources"]} == {
+        "customresourcedefinitions",
+        "namespaces",
+        "storageclasses",
+    }
+
+
+PREVIOUS_CHART = repo_root() / "tests" / "fixtures" / "charts" / "kvs2-0.1.0"
+UPGRADE_RELEASE = "kvs2-upgrade"
+
+
+def _crd(cluster: Cluster) -> dict[str, Any]:
+    crd = cluster.get_object("default", "crd", "keyvaluestores.kvs2.io")
+    assert crd is not None
+    return crd
+
+
+def _storage_rule(crd: dict[str, Any]) -> str:
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return str(schema["properties"]["spec"]["properties"]["storage"]["x-kubernetes-validations"][0]["rule"])
+
+
+def _established(cluster: Cluster) -> bool:
+    conditions = _crd(cluster).get("status", {}).get("conditions") or ()
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
+def test_helm_upgrade_from_the_previous_chart_updates_the_crd_and_keeps_the_stores(cluster: Cluster) -> None:
+    """Chart 0.1.0 shipped the CRD in crds/ (installed once, never upgraded); this chart templates it.
+    `helm upgrade --take-ownership` from 0.1.0 applies the new CRD, an existing store stays, and
+    `helm uninstall` keeps the CRD (helm.sh/resource-policy: keep) and so the store."""
+    kubeconfig = cluster.kubeconfig
+    namespace = UPGRADE_RELEASE
+    old = yaml.safe_load((PREVIOUS_CHART / "crds" / "keyvaluestores.kvs2.io.yaml").read_text())
+    assert yaml.safe_load((PREVIOUS_CHART / "Chart.yaml").read_text())["version"] == "0.1.0"
+    # The cluster as chart 0.1.0 leaves it (its crds/ are installed only when the CRD is absent).
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(PREVIOUS_CHART / "crds"))
+    wait_until(lambda: _established(cluster), timeout=60, what="the 0.1.0 CRD to be Established")
+    assert _storage_rule(_crd(cluster)) == _storage_rule(old) and "oldSelf.size" in _storage_rule(old)
+    # Confined to its namespace: it must not act on stores of other tests.
+    confine = ["--set", f"operator.watchNamespaces={{{namespace}}}"]
+    try:
+        helm("install", UPGRADE_RELEASE, str(PREVIOUS_CHART), "-n", namespace, "--create-namespace",
+             *confine, kubeconfig=kubeconfig)  # fmt: skip
+        store = store_manifest("kept", "127.0.0.1:1")
+        store["metadata"]["namespace"] = namespace
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(store))
+        refused = cluster.kubectl("-n", namespace, "patch", "kvs", "kept", "--type=merge", "-p",
+                                  '{"spec":{"storage":{"size":"2Gi"}}}', check=False)  # fmt: skip
+        assert refused.returncode != 0 and "immutable" in refused.stderr, refused.stderr
+
+        helm("upgrade", UPGRADE_RELEASE, str(CHART), "-n", namespace, "--take-ownership", *confine,
+             kubeconfig=kubeconfig)  # fmt: skip
+        crd = _crd(cluster)
+        assert _storage_rule(crd) == _storage_rule(yaml.safe_load((DEPLOY / "crd.yaml").read_text()))
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == UPGRADE_RELEASE
+        assert "2." in helm("list", "-n", namespace, kubeconfig=kubeconfig).stdout  # chart kvs2-0.2.x
+        # The store is still there, and the new CRD's rules apply to it: its volumes may grow now.
+        cluster.kubectl("-n", namespace, "patch", "kvs", "kept", "--type=merge", "-p",
+                        '{"spec":{"storage":{"size":"2Gi"}}}')  # fmt: skip
+        kept = cluster.get_object(namespace, "kvs", "kept")
+        assert kept is not None and kept["spec"]["storage"]["size"] == "2Gi"
+
+        helm("uninstall", UPGRADE_RELEASE, "-n", namespace, "--wait", kubeconfig=kubeconfig)
+        assert cluster.get_object("default", "crd", "keyvaluestores.kvs2.io") is not None
+        assert cluster.get_object(namespace, "kvs", "kept") is not None
+    finally:
+        helm("uninstall", UPGRADE_RELEASE, "-n", namespace, kubeconfig=kubeconfig, check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        # Leave the CRD as deploy/ has it, owned by no release.
+        ownership = [
+            "meta.helm.sh/release-name-",
+            "meta.helm.sh/release-namespace-",
+            "helm.sh/resource-policy-",
+        ]
+        cluster.kubectl("annotate", "crd", "keyvaluestores.kvs2.io", *ownership, check=False)
+        cluster.kubectl(
+            "label", "crd", "keyvaluestores.kvs2.io", "app.kubernetes.io/managed-by-", check=False
+        )
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(DEPLOY / "crd.yaml"))
 
 
 @pytest.fixture(scope="module")
 def helm_operator(cluster: Cluster, kubelet: KubeletProcess) -> Iterator[OperatorPod]:
-    install = ["install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--create-namespace", "--wait"]
+    # --take-ownership: the CRD may exist already (deploy/, another release); the release adopts it.
+    install = [
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--take-ownership",
+    ]
     helm(*install, "--timeout=3m", kubeconfig=cluster.kubeconfig)
     operator = OperatorPod(Kube(cluster, kubelet, RELEASE_NAMESPACE), replicas=2)
     operator.wait_healthy()

@@ -85,7 +85,12 @@ def test_defaults_are_filled_by_the_api_server(stores: Stores, crd: Path) -> Non
     ("path", "value", "expected"),
     [
         ("spec.kafka.topic.name", "other", "kafka.topic.name is immutable"),
-        ("spec.storage.size", "5Gi", "storage is immutable"),
+        (
+            "spec.storage.storageClassName",
+            "other",
+            "storage.storageClassName and storage.ephemeral are immutable",
+        ),
+        ("spec.storage.ephemeral", True, "storage.storageClassName and storage.ephemeral are immutable"),
     ],
 )
 def test_immutable_fields_cannot_change(

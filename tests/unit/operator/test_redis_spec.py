@@ -61,7 +61,7 @@ def test_bad_values_name_the_field(body: dict[str, Any], redis: object, message:
         parse_store(body)
 
 
-@pytest.mark.parametrize("path", ["deploy/crd.yaml", "charts/kvs2/crds/keyvaluestores.kvs2.io.yaml"])
+@pytest.mark.parametrize("path", ["deploy/crd.yaml", "charts/kvs2/files/keyvaluestores.kvs2.io.yaml"])
 def test_the_crd_schema_agrees(path: str) -> None:
     doc = yaml.safe_load((ROOT / path).read_text())
     (version,) = doc["spec"]["versions"]

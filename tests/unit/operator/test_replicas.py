@@ -229,7 +229,7 @@ def _status_schema(path: str) -> dict[str, Any]:
     return dict(version["schema"]["openAPIV3Schema"]["properties"]["status"])
 
 
-@pytest.mark.parametrize("path", ["deploy/crd.yaml", "charts/kvs2/crds/keyvaluestores.kvs2.io.yaml"])
+@pytest.mark.parametrize("path", ["deploy/crd.yaml", "charts/kvs2/files/keyvaluestores.kvs2.io.yaml"])
 def test_the_crd_declares_the_replica_fields_and_shows_max_lag_in_wide_output(path: str) -> None:
     """Undeclared status fields are pruned by the API server: every key written must be declared."""
     schema = _status_schema(path)
