@@ -65,6 +65,9 @@ class FakeAdmin:
     def min_compaction_lag_ms(self, topic: str, timeout: float = 10.0) -> int:
         return 0
 
+    def delete_retention_ms(self, topic: str, timeout: float = 10.0) -> int:
+        return 86_400_000  # Kafka's default
+
 
 class FakeReader:
     """Delivers the topic's three records once, then nothing; its watermark cache never changes."""
