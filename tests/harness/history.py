@@ -33,6 +33,7 @@ DELETES = frozenset({"delete", "cas_delete"})
 DEFINITE_WRITE_FAILURES = frozenset({"INVALID_ARGUMENT", "PERMISSION_DENIED"})
 # What grpc itself says when the client's deadline fires before the server answered.
 CLIENT_DEADLINE = "Deadline Exceeded"
+PRODUCER_GIVES_UP_S = 0.0  # placeholder: set in the fix
 
 
 @dataclass
