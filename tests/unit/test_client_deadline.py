@@ -1,7 +1,7 @@
 """`Client(timeout=T)` / `AsyncClient(timeout=T)`: T bounds a whole read, retries included.
 
 Why: reads are retried on UNAVAILABLE with backoff; when each attempt got the full T, a read against a
-replica that answers UNAVAILABLE only at the deadline took about (retries + 1) × T — four times what the
+replica that answers UNAVAILABLE only at the deadline took about (retries + 1) x T — four times what the
 caller asked for. The clock here is a fake that each call advances by the time it was allowed (a
 replica that keeps the caller waiting until the deadline, then refuses): no real time is measured.
 """
@@ -55,7 +55,7 @@ class SlowRefusingStub:
 
 
 class AsyncSlowRefusingStub(SlowRefusingStub):
-    async def Get(self, request: pb.GetRequest, timeout: float) -> Any:  # type: ignore[override]  # noqa: N802
+    async def Get(self, request: pb.GetRequest, timeout: float) -> Any:  # noqa: N802
         return super().Get(request, timeout)
 
 
@@ -85,7 +85,7 @@ def test_an_async_retried_read_ends_by_the_clients_timeout(monkeypatch: pytest.M
         stub = AsyncSlowRefusingStub(clock)
         c._stub = stub  # type: ignore[assignment]
         start = clock.now
-        monkeypatch.setattr(client_module.asyncio, "sleep", fake_sleep)
+        monkeypatch.setattr("kvs2.client.asyncio.sleep", fake_sleep)
         try:
             with pytest.raises(grpc.RpcError):
                 await c.get(b"k")
