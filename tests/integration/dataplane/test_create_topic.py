@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import ConfigResource
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from tests.harness.kafka import KafkaBroker
 from tests.integration.dataplane.conftest import StartReplica
