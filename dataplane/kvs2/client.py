@@ -5,7 +5,8 @@ consistency machinery for you:
   - `read_your_writes=True` remembers the position of every write this client made and sends them
     as tokens with each read, so a read through *any* replica sees this client's own writes;
   - `consistency="linearizable"` and `max_lag=` map to the request's ReadOptions;
-  - reads are retried on UNAVAILABLE (a replica restarting or still catching up) with backoff;
+  - reads are retried on UNAVAILABLE (a replica restarting or still catching up) with backoff, all
+    within the client's `timeout` (a deadline for the whole read, not for each attempt);
     writes are never retried automatically (an unacknowledged write may still be applied);
   - `watch()` follows a key, prefix or range and reconnects after a disconnect from the positions it
     has covered, so the caller sees no gap and no repeat.
@@ -243,6 +244,16 @@ def _backoff(attempt: int) -> float:
     return float(min(0.1 * 2.0**attempt, 2.0))
 
 
+# Why a floor: gRPC rejects a zero or negative timeout; the first attempt always gets the whole timeout.
+_MIN_ATTEMPT = 0.001
+
+
+def _out_of_time(deadline: float, pause: float) -> bool:
+    """Whether a retry after `pause` would leave no time for the attempt: a read's `timeout` bounds
+    the whole call, retries included, never each attempt (a read used to take (retries + 1) x timeout)."""
+    return time.monotonic() + pause >= deadline
+
+
 # ----- batched writes (issue 12) ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class WriteOp:
@@ -404,14 +415,17 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _read(self, call: Callable[[], T]) -> T:
+    def _read(self, call: Callable[[float], T]) -> T:
+        """`call(timeout)` until it answers, retried on UNAVAILABLE; `self.timeout` bounds the whole."""
+        deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
-                return call()
+                return call(max(deadline - time.monotonic(), _MIN_ATTEMPT))
             except grpc.RpcError as exc:
-                if attempt == self.retries or not _retryable(exc):
+                pause = _backoff(attempt)
+                if attempt == self.retries or not _retryable(exc) or _out_of_time(deadline, pause):
                     raise
-                time.sleep(_backoff(attempt))
+                time.sleep(pause)
         raise AssertionError("unreachable")
 
     def get(
@@ -426,7 +440,7 @@ class Client:
         request = pb.GetRequest(
             key=key, read=self._session.options(consistency, after, max_lag, max_staleness_ms)
         )
-        reply = self._read(lambda: self._stub.Get(request, timeout=self.timeout))
+        reply = self._read(lambda t: self._stub.Get(request, timeout=t))
         return _value(reply.status, reply.data, reply.revision)
 
     def multi_get(
@@ -440,7 +454,7 @@ class Client:
     ) -> list[tuple[bytes, Value | None]]:
         read = self._session.options(consistency, after, max_lag, max_staleness_ms)
         request = pb.MultiGetRequest(keys=list(keys), read=read)
-        reply = self._read(lambda: self._stub.MultiGet(request, timeout=self.timeout))
+        reply = self._read(lambda t: self._stub.MultiGet(request, timeout=t))
         return [(p.key, _value(p.status, p.data, p.revision)) for p in reply.parts]
 
     def set(self, key: bytes, value: bytes) -> Written:
@@ -491,7 +505,7 @@ class Client:
         """One page; continue with `page_token=page.next_page_token` until it is empty."""
         request = _range_request(start, end, prefix, limit, keys_only, False, page_token)
         request.read.CopyFrom(self._session.options(consistency, after, 0))
-        reply = self._read(lambda: self._stub.Range(request, timeout=self.timeout))
+        reply = self._read(lambda t: self._stub.Range(request, timeout=t))
         return _page(reply, keys_only)
 
     def scan(
@@ -508,7 +522,7 @@ class Client:
 
     def count(self, start: bytes = b"", end: bytes = b"", *, prefix: bytes = b"") -> int:
         request = _range_request(start, end, prefix, 0, False, True, b"")
-        reply = self._read(lambda: self._stub.Range(request, timeout=self.timeout))
+        reply = self._read(lambda t: self._stub.Range(request, timeout=t))
         return int(reply.count)
 
     def watch(
@@ -591,14 +605,17 @@ class AsyncClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _read(self, call: Callable[[float], Awaitable[T]]) -> T:
+        """`call(timeout)` until it answers, retried on UNAVAILABLE; `self.timeout` bounds the whole."""
+        deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
-                return await call()
+                return await call(max(deadline - time.monotonic(), _MIN_ATTEMPT))
             except grpc.RpcError as exc:
-                if attempt == self.retries or not _retryable(exc):
+                pause = _backoff(attempt)
+                if attempt == self.retries or not _retryable(exc) or _out_of_time(deadline, pause):
                     raise
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 
     async def get(
@@ -613,7 +630,7 @@ class AsyncClient:
         request = pb.GetRequest(
             key=key, read=self._session.options(consistency, after, max_lag, max_staleness_ms)
         )
-        reply = await self._read(lambda: self._stub.Get(request, timeout=self.timeout))
+        reply = await self._read(lambda t: self._stub.Get(request, timeout=t))
         return _value(reply.status, reply.data, reply.revision)
 
     async def multi_get(
@@ -627,7 +644,7 @@ class AsyncClient:
     ) -> list[tuple[bytes, Value | None]]:
         read = self._session.options(consistency, after, max_lag, max_staleness_ms)
         request = pb.MultiGetRequest(keys=list(keys), read=read)
-        reply = await self._read(lambda: self._stub.MultiGet(request, timeout=self.timeout))
+        reply = await self._read(lambda t: self._stub.MultiGet(request, timeout=t))
         return [(p.key, _value(p.status, p.data, p.revision)) for p in reply.parts]
 
     async def set(self, key: bytes, value: bytes) -> Written:
@@ -672,7 +689,7 @@ class AsyncClient:
     ) -> Page:
         request = _range_request(start, end, prefix, limit, keys_only, False, page_token)
         request.read.CopyFrom(self._session.options(consistency, after, 0))
-        reply = await self._read(lambda: self._stub.Range(request, timeout=self.timeout))
+        reply = await self._read(lambda t: self._stub.Range(request, timeout=t))
         return _page(reply, keys_only)
 
     async def watch(

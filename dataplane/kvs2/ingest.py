@@ -55,6 +55,10 @@ class TopicSpec:
 
     partitions: int
     replication_factor: int
+    # Why a compaction lag: Kafka then never compacts a record younger than it, so a gap among fresh
+    # offsets is another producer's transaction marker, not a lost change, and Watch does not end there
+    # with OUT_OF_RANGE (FRESH_MARGIN, Replica.apply's `fresh_from`). The operator should set the same.
+    min_compaction_lag_ms: int = 60_000
 
 
 class _Rebuild(Exception):
@@ -155,15 +159,26 @@ class Ingester:
         except TopicNotFound:
             if self._create is None:
                 raise
+            spec = self._create
             created = self._admin.create_topic(
-                self._topic, self._create.partitions, self._create.replication_factor
+                self._topic,
+                spec.partitions,
+                spec.replication_factor,
+                config={"min.compaction.lag.ms": str(spec.min_compaction_lag_ms)},
             )
             if created:
-                log.info("created topic %r (%d partitions, compacted)", self._topic, self._create.partitions)
+                log.info(
+                    "created topic %r (%d partitions, compacted, min.compaction.lag.ms=%d)",
+                    self._topic,
+                    spec.partitions,
+                    spec.min_compaction_lag_ms,
+                )
             return self._admin.describe(self._topic)
 
     def _session(self) -> None:
         identity = self._identity()
+        retention = self._admin.delete_retention_ms(self._topic) / 1000
+        building = True
         if self._replica.identity() != identity:
             log.info(
                 "building replica of topic %r (id %s, %d partitions) from the beginning",
@@ -173,7 +188,7 @@ class Ingester:
             )
             self._replica.reset(identity)
         else:
-            self._guard(identity)
+            building = self._guard(identity, retention)
         offsets = self._replica.next_offsets()
         targets = self._admin.end_offsets(self._topic, identity.partitions)
         try:
@@ -205,22 +220,28 @@ class Ingester:
         try:
             reader.assign(identity.partitions, offsets)
             probe.start()
-            self._follow(reader, identity, offsets, targets, probe)
+            guard = RunningGuard(
+                max(0.0, retention - self._guard_margin),
+                self._replica.caught_up_at(),
+                exempt_until_serving=building,
+            )
+            self._follow(reader, identity, offsets, targets, probe, guard)
         except OffsetGone as exc:
             raise _Rebuild(str(exc)) from exc
         finally:
             probe.stop()
             reader.close()
 
-    def _guard(self, identity: TopicIdentity) -> None:
+    def _guard(self, identity: TopicIdentity, retention: float) -> bool:
         """The resurrection guard (kvs2.guard): rebuild rather than resume a replica whose stored state
-        may be missing deletes that compaction dropped while it was behind."""
-        retention = self._admin.delete_retention_ms(self._topic) / 1000
+        may be missing deletes that compaction dropped while it was behind. Whether it rebuilds."""
         reason = stale_reason(self._replica.caught_up_at(), time.time(), retention, self._guard_margin)
         if reason is not None:
             log.warning("replica of topic %r must be rebuilt, not resumed: %s", self._topic, reason)
             COUNTERS.rebuilt(reason)
             self._replica.reset(identity)
+            return True
+        return False
 
     def _follow(
         self,
@@ -229,6 +250,7 @@ class Ingester:
         offsets: dict[int, int],
         targets: Mapping[int, int],
         probe: EndOffsetProbe,
+        guard: RunningGuard,
     ) -> None:
         serving = _caught_up(offsets, targets)
         if serving:
@@ -289,11 +311,22 @@ class Ingester:
                 reader.topic_in_doubt = False
                 verified = time.monotonic()
             advanced: dict[int, int] = {}
+            skipped: set[int] = set()  # partitions with offsets missing before a record or an end
             for rec in records:
+                if rec.offset != advanced.get(rec.partition, offsets.get(rec.partition, 0)):
+                    skipped.add(rec.partition)
                 advanced[rec.partition] = rec.offset + 1
             for partition, end in eof.items():
                 if end > max(offsets.get(partition, 0), advanced.get(partition, 0)):
+                    skipped.add(partition)
                     advanced[partition] = end
+            guard.proven(probe.caught_up_since(offsets))
+            reason = guard.check(
+                {p for p in skipped if offsets.get(p, 0) < fresh_from.get(p, _NEVER)}, read_at, serving
+            )
+            if reason is not None:  # this batch is dropped unapplied: the replica is rebuilt
+                COUNTERS.rebuilt(reason)
+                raise _Rebuild(reason)
             if records or advanced:
                 proven_before: float | None = None
                 if serving and self._retention is not None:
@@ -346,6 +379,53 @@ class Ingester:
                 f"partitions to id {now.topic_id} with {now.partitions}"
             )
         return True
+
+
+_NEVER = 1 << 62  # an offset no partition reaches: no transaction-marker window
+
+
+class RunningGuard:
+    """The resurrection guard while the replica runs (kvs2.guard covers a restart).
+
+    Why: a replica cut off from Kafka, paused or starved for longer than `delete.retention.ms` resumes
+    from its position without a restart; a tombstone that was written, cleaned and dropped meanwhile is
+    never read, and the key it deleted lives on in this replica (reads answer it, compare-and-sets are
+    judged against it; found by the torture run). Every record at or past a partition's applied offset
+    was written after the newest end-offset answer from Kafka that the offset had reached (`proven`),
+    so its tombstones survive until at least that answer's time + delete.retention.ms. A gap in the
+    offsets read (records compacted away) found later than that, less the guard's margin, may hide a
+    dropped tombstone: the replica must rebuild. Gaps found in time, and records read without a gap,
+    are safe. A build from the beginning is exempt until it first catches up, as at start (it counts
+    from when it started; the guard's docstring).
+    """
+
+    def __init__(self, window: float, stored_wall: float | None, *, exempt_until_serving: bool) -> None:
+        self._window = window
+        start = time.monotonic() - (time.time() - stored_wall) if stored_wall is not None else float("-inf")
+        self._start = start
+        self._at: dict[int, float] = {}
+        self._exempt = exempt_until_serving
+
+    def proven(self, at: Mapping[int, float]) -> None:
+        """Per partition, monotonic send times of end-offset answers the applied offsets reached."""
+        for p, t in at.items():
+            if t > self._at.get(p, self._start):
+                self._at[p] = t
+
+    def check(self, gaps: set[int], read_at: float, serving: bool) -> str | None:
+        """Why the replica must rebuild before applying a batch with gaps in `gaps`, or None."""
+        if self._exempt and not serving:
+            return None
+        self._exempt = False
+        for p in sorted(gaps):
+            behind = read_at - self._at.get(p, self._start)
+            if behind > self._window:
+                return (
+                    f"partition {p} skips compacted offsets {behind:.1f}s after the replica was last "
+                    f"proven caught up on it, longer than the topic's delete.retention.ms less the guard's "
+                    f"margin ({self._window:.1f}s): compaction may have dropped tombstones it never read"
+                )
+        return None
 
 
 def _caught_up(offsets: Mapping[int, int], targets: Mapping[int, int]) -> bool:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
+from kvs2.config import ServeSettings
+from kvs2.kafka_io import MESSAGE_TIMEOUT_MARGIN
 
 Outcome = Literal["ok", "fail", "info"]
 
@@ -33,6 +35,20 @@ DELETES = frozenset({"delete", "cas_delete"})
 DEFINITE_WRITE_FAILURES = frozenset({"INVALID_ARGUMENT", "PERMISSION_DENIED"})
 # What grpc itself says when the client's deadline fires before the server answered.
 CLIENT_DEADLINE = "Deadline Exceeded"
+# How long after its call a write answered "may still be applied later" can still reach the log: the
+# replica's librdkafka keeps retrying it until message.timeout.ms = the default write timeout + a margin
+# (kvs2.config, kvs2.kafka_io), plus slack for the call's own start. Across a topic recreation such a
+# record may land in the *new* topic (torture seed 33).
+PRODUCER_GIVES_UP_S = ServeSettings.default_write_timeout + MESSAGE_TIMEOUT_MARGIN + 5.0
+# Error details after which a write certainly had no effect: the call never left the client (gRPC found no
+# connection), or the replica refused it before producing anything (kvs2.core: check_serving, and a
+# Delete that could not catch up with its partition first).
+NOT_SENT = (
+    "failed to connect to all addresses",
+    "this replica is catching up with Kafka and not serving",
+    "this replica is not serving reads",
+    "the Delete was not sent",
+)
 
 
 @dataclass
@@ -149,10 +165,7 @@ class History:
         """Classify a gRPC error: reads fail, writes are ambiguous unless refused before producing."""
         code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
         details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
-        outcome: Outcome = "fail"
-        if op.is_write and code not in DEFINITE_WRITE_FAILURES:
-            outcome = "info"
-        return self.finish(op, outcome, error=f"{code}: {details}")
+        return self.finish(op, _failure(op, code, details), error=f"{code}: {details}")
 
     def add_fault(self, fault: Fault) -> None:
         with self._lock:
@@ -186,6 +199,14 @@ class History:
             if op.is_write and op.outcome != "fail":
                 after = last if last >= 0 else self._epoch_after(op.ret)
                 result[after].append(replace(op, epoch=after, outcome="info"))
+        for op in self.ops:
+            if not op.ambiguous:
+                continue
+            # Still in the producer's hands when a later topic was created: it may have landed there.
+            home = max(self.epoch_of(op.ret), self._epoch_after(op.ret))
+            for epoch in range(home + 1, len(self.recreations) + 1):
+                if self.recreations[epoch - 1][0] <= op.call + int(PRODUCER_GIVES_UP_S * 1e9):
+                    result[epoch].append(replace(op, epoch=epoch))
         return result
 
     def _epoch_after(self, t: int) -> int:
@@ -216,7 +237,7 @@ class History:
             return WatchSession(**s)
 
         return cls(
-            ops=[Op(**o) for o in data["ops"]],
+            ops=[_reclassified(Op(**o)) for o in data["ops"]],
             faults=[Fault(**f) for f in data["faults"]],
             deliveries=[Delivery(**d) for d in data["deliveries"]],
             sessions=[session(s) for s in data["sessions"]],
@@ -234,6 +255,21 @@ class History:
             "watch_deliveries": len(self.deliveries),
             "watch_sessions": len(self.sessions),
         }
+
+
+def _failure(op: Op, code: str, details: str) -> Outcome:
+    not_sent = code == "UNAVAILABLE" and details.startswith(NOT_SENT)
+    if op.is_write and code not in DEFINITE_WRITE_FAILURES and not not_sent:
+        return "info"
+    return "fail"
+
+
+def _reclassified(op: Op) -> Op:
+    """A saved history judged again with today's rule for failed calls."""
+    if op.outcome == "ok" or not op.error:
+        return op
+    code, _, details = op.error.partition(": ")
+    return replace(op, outcome=_failure(op, code, details))
 
 
 def writes_of(ops: list[Op], key: str) -> Iterator[Op]:

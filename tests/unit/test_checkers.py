@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
+
 from tests.harness import checkers, lincheck
-from tests.harness.history import Delivery, History, Op, WatchSession
+from tests.harness.history import PRODUCER_GIVES_UP_S, Delivery, History, Op, WatchSession
 
 MS = 1_000_000
 _ids = iter(range(1, 1_000_000))
@@ -265,6 +267,67 @@ def test_epochs_make_writes_across_a_topic_recreation_ambiguous_and_drop_such_re
     epochs = history.epochs()
     assert [o.id for o in epochs[0]] == [before.id]
     assert [(o.id, o.outcome, o.epoch) for o in epochs[1]] == [(during_w.id, "info", 1), (after.id, "ok", 1)]
+
+
+def test_an_ambiguous_write_may_land_in_a_topic_recreated_before_the_producer_gives_up() -> None:
+    """Torture seed 33: a Set answered "may still be applied later" while the topic was absent (deleted,
+    not yet recreated) was delivered by the replica's producer into the recreated topic, seconds after the
+    call had ended. Until librdkafka gives up on it (message.timeout.ms) such a write is ambiguous in every
+    epoch that begins meanwhile: the watch and final-state checkers must accept it there."""
+    lost = op("set", "a", 0, 3000, value="late", outcome="info", applied=False)
+    history = History(
+        ops=[lost, put("b", "x", 1, 5000, 5010)],
+        recreations=[(4000 * MS, 4500 * MS)],
+        final={"r0": {"a": ("late", 1), "b": ("x", 2)}},
+        sessions=[WatchSession(0, 1, "r0", 4600 * MS, {0: 0}, end_positions={0: 2}, stop=6000 * MS)],
+        deliveries=[
+            Delivery(0, 1, "r0", "put", "a", "late", 1, 0, 0, 4700 * MS),
+            Delivery(0, 1, "r0", "put", "b", "x", 2, 0, 1, 5020 * MS),
+        ],
+    )
+    assert (lost.id, "info", 1) in [(o.id, o.outcome, o.epoch) for o in history.epochs()[1]]
+    assert checkers.final_state(history).ok, checkers.final_state(history).violations
+    assert checkers.watch(history).ok, checkers.watch(history).violations
+    # Not forever: a write called longer ago than the producer keeps a record is not in a later epoch.
+    late = 4000 + int(PRODUCER_GIVES_UP_S * 1000) + 1000
+    history.recreations = [(late * MS, (late + 500) * MS)]
+    assert lost.id not in [o.id for o in history.epochs()[1]]
+
+
+def test_writes_refused_before_anything_was_sent_are_definite_failures() -> None:
+    """A write that never reached a replica (no connection), or that the replica refused before producing
+    (not serving, a Delete that could not catch up first), certainly had no effect: `fail`, not `info`.
+    Anything else — a timeout, Kafka not acknowledging — stays ambiguous."""
+    history = History()
+    refused = [
+        ("UNAVAILABLE", "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: refused"),
+        ("UNAVAILABLE", "this replica is catching up with Kafka and not serving reads yet"),
+        ("UNAVAILABLE", "this replica is not serving reads: describing topic 't': Broker: Unknown topic"),
+        ("UNAVAILABLE", "the Delete was not sent: the replica did not become fresh enough"),
+    ]
+    unknown = [
+        ("UNAVAILABLE", "Kafka did not acknowledge the write within 3.0s; it may still be applied later"),
+        ("UNAVAILABLE", "the conditional write was not acknowledged and applied within 3.0s; it may still"),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded"),
+        ("UNAVAILABLE", "Stream removed (Socket closed)"),
+    ]
+    for code, details in refused + unknown:
+        begun = history.begin(1, "set", "a", "r0", 3.0, value="v")
+        history.failed(begun, _RpcError(code, details))
+    assert [o.outcome for o in history.ops] == ["fail"] * len(refused) + ["info"] * len(unknown)
+
+
+class _RpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """Just enough of a gRPC error for History.failed."""
+
+    def __init__(self, code: str, details: str) -> None:
+        self._code, self._details = grpc.StatusCode[code], details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
 
 
 # ----- (f) one write, one record ---------------------------------------------------------------------

@@ -66,7 +66,7 @@ class FakeAdmin:
         return 0
 
     def delete_retention_ms(self, topic: str, timeout: float = 10.0) -> int:
-        return 86_400_000
+        return 86_400_000  # Kafka's default
 
 
 class FakeReader:

@@ -68,7 +68,7 @@ def test_reads_retry_on_unavailable_until_the_replica_answers(
     seen: list[object] = []
 
     def read() -> None:
-        with Client(f"127.0.0.1:{port}", timeout=5.0, retries=60) as c:
+        with Client(f"127.0.0.1:{port}", timeout=150.0, retries=60) as c:  # timeout: the whole read
             seen.append(c.get(b"retry/k", after=[written]))
 
     reader = CheckedThread(read, name="reader")
