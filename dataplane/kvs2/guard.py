@@ -13,13 +13,12 @@ the build started (a put it read after T still has its later tombstone until T +
 Wall-clock time, because it must survive restarts; the margin absorbs clock steps and the gap between
 Kafka reporting an end offset and our noting it.
 
-The same holds without a restart: a serving replica cut off from Kafka (or falling far behind) cannot
-prove itself caught up, its clock stops, and once it could read again it might read past a gap where
-compaction dropped tombstones. So the ingester checks `running_stale_reason` before applying what it
-reads; past the window it discards the replica and rebuilds. Only while serving, and only past at least
-OUTAGE_FLOOR_SECONDS: ordinary lag under load is not an outage, and a build (or a catch-up) that takes
-longer than the window is not helped by starting it again — a replay must finish within
-delete.retention.ms (a snapshot bootstrap does not replay).
+The same holds without a restart: a replica cut off from Kafka (or paused) cannot prove itself caught up,
+its clock stops, and once it reads again it may read past a gap where compaction dropped tombstones. The
+ingester's `RunningGuard` (kvs2.ingest) rebuilds when a partition skips compacted offsets later than the
+window after it was last proven caught up on it — a lost tombstone always leaves such a gap, so reading
+without a gap never rebuilds. A build (or a catch-up) that takes longer than the window is not helped by
+starting it again — a replay must finish within delete.retention.ms (a snapshot bootstrap does not replay).
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MARGIN_SECONDS = 60.0
 # How often an idle, caught-up replica refreshes its stored "caught up at" (a small write transaction).
 REFRESH_SECONDS = 1.0
-# While running, a gap in the proof of being caught up counts as an outage only when longer than this.
-OUTAGE_FLOOR_SECONDS = 10.0
 
 
 def stale_reason(
@@ -55,22 +52,6 @@ def stale_reason(
             f"it was last caught up {behind:.1f}s ago, longer than the topic's delete.retention.ms "
             f"({delete_retention_seconds:.1f}s) less a {margin_seconds:.1f}s margin: compaction may have "
             "dropped tombstones it never read"
-        )
-    return None
-
-
-def running_stale_reason(
-    caught_up_at: float, now: float, delete_retention_seconds: float, margin_seconds: float
-) -> str | None:
-    """Like `stale_reason`, for a serving replica about to apply what it read after a gap."""
-    window = max(OUTAGE_FLOOR_SECONDS, delete_retention_seconds - margin_seconds)
-    behind = now - caught_up_at
-    if behind > window:
-        return (
-            f"while serving it could not prove itself caught up for {behind:.1f}s (cut off from Kafka or "
-            f"far behind), longer than the topic's delete.retention.ms ({delete_retention_seconds:.1f}s) "
-            f"less a {margin_seconds:.1f}s margin (at least {OUTAGE_FLOOR_SECONDS:.0f}s): compaction may "
-            "have dropped tombstones it never read"
         )
     return None
 

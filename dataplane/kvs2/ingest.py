@@ -32,7 +32,6 @@ from kvs2.guard import (
     DEFAULT_MARGIN_SECONDS,
     REFRESH_SECONDS,
     CaughtUpClock,
-    running_stale_reason,
     stale_reason,
 )
 from kvs2.kafka_io import Admin, ChangelogReader, OffsetGone
@@ -328,18 +327,7 @@ class Ingester:
                 COUNTERS.rebuilt(reason)
                 raise _Rebuild(reason)
             if records or advanced:
-                proven_before: float | None = None
-                if serving and self._retention is not None:
-                    # Was the replica cut off for too long? Judged on the proofs its stored offsets already
-                    # have (an answer after the gap that they reach: nothing was written meanwhile), before
-                    # the ones this batch would bring.
-                    proven_before = clock.observe_proven(proven_at(offsets), REFRESH_SECONDS)
-                    reason = running_stale_reason(clock.at, time.time(), self._retention, self._guard_margin)
-                    if reason is not None:
-                        log.warning("replica of topic %r must be rebuilt: %s", self._topic, reason)
-                        COUNTERS.rebuilt(reason)
-                        raise _Rebuild(reason)
-                stamp = clock.observe_proven(proven_at(offsets | advanced)) or proven_before
+                stamp = clock.observe_proven(proven_at(offsets | advanced))
                 applied = self._replica.apply(records, advanced, fresh_from, caught_up_at=stamp)
                 metrics.record_applied(records)
                 if applied.outcomes:

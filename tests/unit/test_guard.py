@@ -60,18 +60,6 @@ def test_clock_moves_only_on_new_answers_from_kafka() -> None:
     assert clock.observe_proven({0: 140.0, 1: 170.0}) is None  # an older answer never moves it back
 
 
-def test_while_running_an_outage_past_the_window_rebuilds_ordinary_lag_does_not() -> None:
-    from kvs2.guard import OUTAGE_FLOOR_SECONDS, running_stale_reason
-
-    day = 86400.0
-    assert running_stale_reason(1000.0, 1000.0 + day - 61.0, day, 60.0) is None
-    reason = running_stale_reason(1000.0, 1000.0 + day - 59.0, day, 60.0)
-    assert reason is not None and "delete.retention.ms" in reason
-    # A retention shorter than the margin: only a gap past the floor counts as an outage.
-    assert running_stale_reason(1000.0, 1000.0 + OUTAGE_FLOOR_SECONDS - 1.0, 0.1, 60.0) is None
-    assert running_stale_reason(1000.0, 1000.0 + OUTAGE_FLOOR_SECONDS + 1.0, 0.1, 60.0) is not None
-
-
 def test_the_clock_tells_when_every_partition_was_last_proven() -> None:
     clock = CaughtUpClock(stored=100.0, partitions=2)
     assert clock.at == 100.0
