@@ -31,7 +31,7 @@ from kvs2._proto import kvs2_pb2 as pb
 from kvs2.config import Limits
 from kvs2.core import Store
 from kvs2.embedded import EmbeddedReplica
-from kvs2.partitioner import murmur2
+from kvs2.partitioner import murmur2, partition_for
 from kvs2.progress import Progress, Snapshot
 from kvs2.server import Kvs2Servicer
 from kvs2.storage import Record, Replica, TopicIdentity
@@ -119,6 +119,7 @@ def storage_rows(replica: Replica, n_keys: int, calls: int) -> list[Row]:
             )
         )
     rows.append(("murmur2 of an 11-byte key", _per_call(lambda: murmur2(key), calls), "µs/call"))
+    rows.append(("partition_for (cached)", _per_call(lambda: partition_for(key, 6), calls), "µs/call"))
     return rows
 
 

@@ -86,6 +86,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="server processes sharing the port (SO_REUSEPORT); one of them runs the ingester",
     )
     p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=_env("KVS2_EVENT_LOOP", "auto"),
+        help="asyncio event loop: uvloop when installed (auto, the default), or the standard one",
+    )
+    p.add_argument(
         "--redis-listen",
         default=_env("KVS2_REDIS_LISTEN", ""),
         metavar="HOST:PORT",
@@ -241,6 +247,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls=server_tls_from_options(args.tls_dir, args.tls_cert, args.tls_key, args.tls_client_ca),
         authz=policy_from_options(args.authz_file, args.authz),
         health_listen=args.health_listen or None,
+        event_loop=args.event_loop,
     )
     configure_logging(settings.log_level, settings.log_format)
     from kvs2.metrics import worker_files

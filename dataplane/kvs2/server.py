@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from kvs2 import errors
+from kvs2 import errors, eventloop
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.assembly import build_parts
@@ -625,9 +625,11 @@ def run_replica(settings: ServeSettings) -> int:
     """`kvs2 serve`: bootstrap from a peer's snapshot if the replica must build (kvs2.bootstrap), fork the
     followers (before any gRPC, LMDB or Kafka object exists), then run."""
     bootstrap_in_child(settings)
+    loop = settings.event_loop
+    log.info("event loop: %s", eventloop.resolve(loop))
     if settings.workers <= 1:
-        return asyncio.run(serve(settings))
+        return eventloop.run(serve(settings), loop)
     pids, fds = fork_followers(
-        settings.workers - 1, lambda fd: asyncio.run(serve(settings, Role(fanin_fd=fd)))
+        settings.workers - 1, lambda fd: eventloop.run(serve(settings, Role(fanin_fd=fd)), loop)
     )
-    return asyncio.run(serve(settings, Role(fanout=Fanout(fds, pids), followers=pids)))
+    return eventloop.run(serve(settings, Role(fanout=Fanout(fds, pids), followers=pids)), loop)
