@@ -235,12 +235,21 @@ class Store:
             start = page_token
         await self._fresh(options, None, timeout)
         topic_id = self._built_from()
+        # A count walks every key of the range and a large page thousands: in a worker thread, so the
+        # loop serves other calls meanwhile (reads from several threads are safe: kvs2.storage). A
+        # default page stays here: a thread hand-off costs more than reading it.
         if count_only:
-            n, applied = self._replica.count(start, key_range.end, topic_id)
+            n, applied = await asyncio.to_thread(self._replica.count, start, key_range.end, topic_id)
             return RangeResult([], n, b"", applied, topic_id or "")
-        page = self._replica.scan(
-            start, key_range.end, limit or DEFAULT_PAGE, keys_only=keys_only, topic_id=topic_id
-        )
+        limit = limit or DEFAULT_PAGE
+        if limit > DEFAULT_PAGE:
+            page = await asyncio.to_thread(
+                functools.partial(
+                    self._replica.scan, start, key_range.end, limit, keys_only=keys_only, topic_id=topic_id
+                )
+            )
+        else:
+            page = self._replica.scan(start, key_range.end, limit, keys_only=keys_only, topic_id=topic_id)
         return RangeResult(page.items, len(page.items), page.next_key or b"", page.applied, topic_id or "")
 
     # ----- writes ----------------------------------------------------------------------------------
