@@ -88,6 +88,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="server processes sharing the port (SO_REUSEPORT); one of them runs the ingester",
     )
     p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=_env("KVS2_EVENT_LOOP", "auto"),
+        help="asyncio event loop: uvloop when installed (auto, the default), or the standard one",
+    )
+    p.add_argument(
         "--redis-listen",
         default=_env("KVS2_REDIS_LISTEN", ""),
         metavar="HOST:PORT",
@@ -251,6 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
         authz=policy_from_options(args.authz_file, args.authz),
         health_listen=args.health_listen or None,
         redis_users=users_from_option(args.redis_users),
+        event_loop=args.event_loop,
     )
     configure_logging(settings.log_level, settings.log_format)
     from kvs2.metrics import worker_files

@@ -95,6 +95,8 @@ class ServeSettings:
     # Users of the Redis port (AUTH), a Secret volume (kvs2.authz.Users). The Redis port takes `tls`
     # (and its client CA) and `authz` too (kvs2.redis_server.RedisFront).
     redis_users: Users | None = None
+    # The asyncio event loop (kvs2.eventloop): auto (uvloop when installed), uvloop, or asyncio.
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         mutual = self.tls is not None and self.tls.mutual
@@ -124,6 +126,8 @@ class ServeSettings:
             raise ConfigError("--max-multiget-keys must be at least 1")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError(f"--event-loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
         if self.metrics_listen and not _is_host_port(self.metrics_listen):
             raise ConfigError(f"--metrics-listen must be HOST:PORT, got {self.metrics_listen!r}")
         if self.log_format not in ("text", "json"):

@@ -172,9 +172,34 @@ class Store:
             await wait_fresh(self._progress, self._oracle, options, touched, timeout)
 
     # ----- reads -----------------------------------------------------------------------------------
+    def get_now(self, key: bytes) -> Entry | None:
+        """An eventual Get, answered at once without the event loop (no wait can apply to it).
+
+        Why a plain method: an eventual read is ~2 µs of LMDB; a coroutine round trip per read costs
+        about as much again (bench/readpath.py). Used by `get`, the servicer and `kvs2.embedded`.
+        """
+        self._check_key(key)
+        self.check_serving()
+        return self._replica.get(key, self._progress.now.topic_id or None)
+
+    def multi_get_now(self, keys: Sequence[bytes]) -> list[Entry | None]:
+        """An eventual MultiGet, answered at once (see `get_now`)."""
+        self._check_keys(keys)
+        self.check_serving()
+        return self._replica.multi_get(keys, self._progress.now.topic_id or None)
+
+    def _check_keys(self, keys: Sequence[bytes]) -> None:
+        if len(keys) > self._max_keys:
+            raise InvalidArgument(f"MultiGet asked for {len(keys)} keys; the limit is {self._max_keys}")
+        check = self._check_key
+        for key in keys:
+            check(key)
+
     async def get(
         self, key: bytes, options: ReadOptions = EVENTUAL, timeout: float | None = None
     ) -> Entry | None:
+        if options.eventual:
+            return self.get_now(key)
         self._check_key(key)
         await self._fresh(options, [key], timeout)
         return self._replica.get(key, self._built_from())
@@ -183,10 +208,9 @@ class Store:
         self, keys: Sequence[bytes], options: ReadOptions = EVENTUAL, timeout: float | None = None
     ) -> list[Entry | None]:
         """Values for `keys` in request order (duplicates repeat), from one consistent snapshot."""
-        if len(keys) > self._max_keys:
-            raise InvalidArgument(f"MultiGet asked for {len(keys)} keys; the limit is {self._max_keys}")
-        for key in keys:
-            self._check_key(key)
+        if options.eventual:
+            return self.multi_get_now(keys)
+        self._check_keys(keys)
         await self._fresh(options, keys, timeout)
         return self._replica.multi_get(keys, self._built_from())
 
@@ -211,12 +235,21 @@ class Store:
             start = page_token
         await self._fresh(options, None, timeout)
         topic_id = self._built_from()
+        # A count walks every key of the range and a large page thousands: in a worker thread, so the
+        # loop serves other calls meanwhile (reads from several threads are safe: kvs2.storage). A
+        # default page stays here: a thread hand-off costs more than reading it.
         if count_only:
-            n, applied = self._replica.count(start, key_range.end, topic_id)
+            n, applied = await asyncio.to_thread(self._replica.count, start, key_range.end, topic_id)
             return RangeResult([], n, b"", applied, topic_id or "")
-        page = self._replica.scan(
-            start, key_range.end, limit or DEFAULT_PAGE, keys_only=keys_only, topic_id=topic_id
-        )
+        limit = limit or DEFAULT_PAGE
+        if limit > DEFAULT_PAGE:
+            page = await asyncio.to_thread(
+                functools.partial(
+                    self._replica.scan, start, key_range.end, limit, keys_only=keys_only, topic_id=topic_id
+                )
+            )
+        else:
+            page = self._replica.scan(start, key_range.end, limit, keys_only=keys_only, topic_id=topic_id)
         return RangeResult(page.items, len(page.items), page.next_key or b"", page.applied, topic_id or "")
 
     # ----- writes ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ default) every read waits until this replica has applied the writes made through
         await kv.wait_serving()
         value = await kv.get(b"user:42")          # microseconds, from the local LMDB
         value = kv.get_local(b"user:42")          # the same, without the event loop
+        pairs = kv.multi_get_local([b"a", b"b"])  # one snapshot, without the event loop
 
 Reads are refused (`kvs2.errors.Unavailable`) until the replica has caught up with Kafka, like a pod's.
 Errors are `kvs2.errors` exceptions, not gRPC ones.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -54,8 +55,21 @@ from kvs2.watch import Progressed, watch
 __all__ = ["EmbeddedReplica"]
 
 
+# `Value` is a frozen slots dataclass: its __init__ goes through object.__setattr__ per field. Setting
+# the slots through their descriptors makes the same object at about half the cost, which matters
+# when a MultiGet makes one per key (bench/readpath.py).
+_new_object = object.__new__
+_set_data: Callable[[Value, bytes], None] = vars(Value)["data"].__set__
+_set_revision: Callable[[Value, int], None] = vars(Value)["revision"].__set__
+
+
 def _value(entry: Entry | None) -> Value | None:
-    return None if entry is None else Value(entry.value, entry.revision)
+    if entry is None:
+        return None
+    value: Value = _new_object(Value)
+    _set_data(value, entry[0])
+    _set_revision(value, entry[1])
+    return value
 
 
 class EmbeddedReplica:
@@ -167,10 +181,26 @@ class EmbeddedReplica:
             max_staleness=max_staleness_ms / 1000,
         )
 
+    def _eventual(
+        self, consistency: Consistency, after: Iterable[Written], max_lag: int, max_staleness_ms: int
+    ) -> bool:
+        """Whether a read may be answered at once: eventual, and no write of ours to wait for."""
+        return (
+            consistency == "eventual"
+            and not after
+            and not max_lag
+            and not max_staleness_ms
+            and not (self._ryw and self._written)
+        )
+
     def get_local(self, key: bytes) -> Value | None:
         """The fastest read: this replica's value as it is now (eventual), no event loop involved."""
-        self._p.store.check_serving()
-        return _value(self._p.replica.get(key))
+        return _value(self._p.store.get_now(key))
+
+    def multi_get_local(self, keys: Sequence[bytes]) -> list[tuple[bytes, Value | None]]:
+        """`multi_get` as it is now (eventual), from one snapshot, no event loop involved."""
+        entries = self._p.store.multi_get_now(keys)
+        return list(zip(keys, map(_value, entries), strict=True))
 
     async def get(
         self,
@@ -181,6 +211,8 @@ class EmbeddedReplica:
         max_lag: int = 0,
         max_staleness_ms: int = 0,
     ) -> Value | None:
+        if self._eventual(consistency, after, max_lag, max_staleness_ms):
+            return self.get_local(key)
         options = self._options(consistency, after, max_lag, max_staleness_ms)
         return _value(await self._p.store.get(key, options, self.timeout))
 
@@ -193,9 +225,11 @@ class EmbeddedReplica:
         max_lag: int = 0,
         max_staleness_ms: int = 0,
     ) -> list[tuple[bytes, Value | None]]:
+        if self._eventual(consistency, after, max_lag, max_staleness_ms):
+            return self.multi_get_local(keys)
         options = self._options(consistency, after, max_lag, max_staleness_ms)
         entries = await self._p.store.multi_get(keys, options, self.timeout)
-        return [(k, _value(e)) for k, e in zip(keys, entries, strict=True)]
+        return list(zip(keys, map(_value, entries), strict=True))
 
     async def range(
         self,

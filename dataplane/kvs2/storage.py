@@ -69,8 +69,10 @@ def parse_side_key(raw: bytes) -> tuple[bytes, bytes] | None:
     return raw[head : head + REQUEST_ID_BYTES], raw[head + REQUEST_ID_BYTES :]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """A key's value and revision. A NamedTuple rather than a frozen dataclass: every read builds one,
+    and `tuple.__new__` (what `_decode` uses) costs a quarter of a frozen dataclass's `__init__`."""
+
     value: bytes
     revision: int
 
@@ -141,41 +143,71 @@ class TopicIdentity:
 
 
 class _ResizeGate:
-    """Lets many readers in, and a map resize in only when no transaction is open in this process.
+    """Lets many readers in, and a map resize in only when no read transaction is open in this process.
 
-    LMDB forbids `mdb_env_set_mapsize` while any transaction of the process is active.
+    LMDB forbids `mdb_env_set_mapsize` while any transaction of the process is active. Why not a lock
+    per read: a read is ~1 µs of LMDB, and a Condition taken twice per read cost ten times that
+    (bench/readpath.py). The fast path is two list operations and one attribute read, each atomic
+    under the GIL:
+
+      reader  `_active.append()`, then reads `_closed`    (leaves with `_active.pop()`)
+      resizer sets `_closed`, then waits for `_active` to empty
+
+    Whichever of the two writes comes second, its thread sees the other's: a reader that finds
+    `_closed` False is counted before the resizer looks, so the resizer waits for it; a reader that
+    finds it True steps back out and waits on the Condition (the slow path) until the resize is done.
+    A reader leaving while `_closed` is set wakes the resizer. Only the slow paths take the Condition.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._readers = 0
-        self._resizing = False
+        self._active: list[None] = []  # one item per read transaction open in this process
+        self._closed = False  # a resize (or close) wants the environment to itself
+
+    def enter(self) -> None:
+        """Count a reader in; waits only while a resize is in progress."""
+        active = self._active
+        active.append(None)
+        while self._closed:
+            active.pop()
+            self._wake_resizer()
+            with self._cond:
+                while self._closed:
+                    self._cond.wait()
+            active.append(None)
+
+    def leave(self) -> None:
+        self._active.pop()
+        if self._closed:
+            self._wake_resizer()
+
+    def _wake_resizer(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     @contextmanager
     def reading(self) -> Iterator[None]:
-        with self._cond:
-            while self._resizing:
-                self._cond.wait()
-            self._readers += 1
+        self.enter()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+            self.leave()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
-            self._resizing = True
-            while self._readers:
+            while self._closed:  # one resize at a time (the ingester's, or a reader adopting a size)
                 self._cond.wait()
+            self._closed = True
+            while self._active:
+                # A reader leaving wakes us; the timeout only bounds a wake-up lost to a reader that
+                # read `_closed` just before we set it (it is then already counted out, see above).
+                self._cond.wait(0.05)
         try:
             yield
         finally:
             with self._cond:
-                self._resizing = False
+                self._closed = False
                 self._cond.notify_all()
 
 
@@ -216,29 +248,51 @@ class Replica:
         self._garbage_keys = self._env.open_db(b"garbage_keys", dupsort=True)
         self._urgent = self._env.open_db(b"urgent")
         self._gate = _ResizeGate()
+        self._topic_id_cache: tuple[str, bytes] = ("", b"")
         self.max_key_bytes: int = self._env.max_key_size()
         # User keys with applied conditional records still needed for replay (the `cond` database),
         # kept in memory so that a plain write checks it without an LMDB look-up.
         self._has_cond = self._load_cond_keys()
 
     # ----- reads -------------------------------------------------------------------------------
+    def _begin(self, db: Any) -> lmdb.Transaction:
+        """A read transaction (values as bytes), counted in the resize gate: the caller must end it
+        with `_end`. If another process (a `--workers` sibling's ingester) grew the map, adopt the new
+        size first: LMDB refuses transactions until this process does.
+
+        Why not a context manager: the hot reads (get, multi_get) pay for every Python call; this
+        pair with a try/finally costs about a third of a generator context manager.
+        """
+        gate = self._gate
+        for attempt in range(2):
+            gate.enter()
+            try:
+                return self._env.begin(db=db, buffers=False)
+            except lmdb.MapResizedError:
+                gate.leave()
+                if attempt:
+                    raise
+            except BaseException:
+                gate.leave()
+                raise
+            with gate.exclusive():  # no transaction of this process is open now
+                self._env.set_mapsize(0)
+        raise AssertionError("unreachable")
+
+    def _end(self, txn: lmdb.Transaction) -> None:
+        try:
+            txn.abort()  # read-only: nothing to commit; py-lmdb keeps the reader slot for reuse
+        finally:
+            self._gate.leave()
+
     @contextmanager
     def _reading(self, db: Any) -> Iterator[Any]:
-        """A read transaction (values as bytes). If another process (a `--workers` sibling's ingester)
-        grew the map, adopt the new size first: LMDB refuses transactions until this process does."""
-        for attempt in range(2):
-            with self._gate.reading():
-                try:
-                    txn = self._env.begin(db=db, buffers=False)
-                except lmdb.MapResizedError:
-                    if attempt:
-                        raise
-                else:
-                    with txn:
-                        yield txn
-                    return
-            with self._gate.exclusive():  # no transaction of this process is open now
-                self._env.set_mapsize(0)
+        """`_begin`/`_end` as a context manager, for the reads that are not on a hot path."""
+        txn = self._begin(db)
+        try:
+            yield txn
+        finally:
+            self._end(txn)
 
     def _check_built_from(self, txn: lmdb.Transaction, topic_id: str | None) -> None:
         """Refuse a read whose snapshot is not built from `topic_id` (None: no check).
@@ -250,21 +304,38 @@ class Replica:
         if topic_id is None:
             return
         raw = txn.get(b"topic_id", db=self._meta)
-        if raw is None or bytes(raw).decode() != topic_id:
+        if raw is None or raw != self._topic_id_bytes(topic_id):
             raise Unavailable("this replica is rebuilding from its topic and not serving reads yet")
 
+    def _topic_id_bytes(self, topic_id: str) -> bytes:
+        """`topic_id` encoded, cached: every read compares it with the stored id."""
+        cached = self._topic_id_cache
+        if cached[0] != topic_id:
+            cached = self._topic_id_cache = (topic_id, topic_id.encode())
+        return cached[1]
+
     def get(self, key: bytes, topic_id: str | None = None) -> Entry | None:
-        with self._reading(self._data) as txn:
-            self._check_built_from(txn, topic_id)
+        txn = self._begin(self._data)
+        try:
+            if topic_id is not None:
+                self._check_built_from(txn, topic_id)
             raw = txn.get(key)
-        return None if raw is None else _decode(raw)
+        finally:
+            self._end(txn)
+        return None if raw is None else _new_entry(Entry, (raw[8:], _unpack_rev(raw)[0]))
 
     def multi_get(self, keys: Sequence[bytes], topic_id: str | None = None) -> list[Entry | None]:
         """All keys from one read transaction: one consistent snapshot of the replica."""
-        with self._reading(self._data) as txn:
-            self._check_built_from(txn, topic_id)
-            raws = [txn.get(k) for k in keys]
-        return [None if raw is None else _decode(raw) for raw in raws]
+        txn = self._begin(self._data)
+        try:
+            if topic_id is not None:
+                self._check_built_from(txn, topic_id)
+            get = txn.get
+            raws = [get(k) for k in keys]
+        finally:
+            self._end(txn)
+        new, unpack = _new_entry, _unpack_rev
+        return [None if raw is None else new(Entry, (raw[8:], unpack(raw)[0])) for raw in raws]
 
     def next_offsets(self) -> dict[int, int]:
         with self._reading(self._offsets) as txn:
@@ -711,5 +782,9 @@ def _db_bytes(stat: Any) -> int:
     )
 
 
+_new_entry = tuple.__new__  # Entry(value, revision) without NamedTuple's Python-level __new__
+_unpack_rev = _REV.unpack_from
+
+
 def _decode(raw: bytes) -> Entry:
-    return Entry(value=raw[8:], revision=_REV.unpack_from(raw)[0])
+    return _new_entry(Entry, (raw[8:], _unpack_rev(raw)[0]))
