@@ -269,6 +269,40 @@ class OffsetGone(Kvs2Error):
 
 
 # ----- consumer ----------------------------------------------------------------------------------
+# The replica's fetch and queue tuning; `--kafka-config` overrides any of it (measured in bench/RESULTS.md,
+# "Write and replay side"). Why these sizes: the prefetch queue is most of a caught-up replica's anonymous
+# memory (librdkafka keeps it full whether or not the replica needs it), and 32 MiB still holds more than
+# 0.1 s of replay at full speed; fetches larger than the queue only make it overshoot. Latency: the broker
+# answers a fetch as soon as one byte is there (fetch.min.bytes=1), a full queue is re-checked every 10 ms
+# rather than librdkafka's default second (which stalled replay with a bounded queue), and small requests
+# are sent at once (no Nagle delay).
+CONSUMER_TUNING: dict[str, Any] = {
+    "fetch.wait.max.ms": 100,
+    "fetch.min.bytes": 1,
+    "fetch.queue.backoff.ms": 10,
+    "queued.min.messages": 100_000,
+    "queued.max.messages.kbytes": 32768,
+    "fetch.max.bytes": 16 << 20,
+    "max.partition.fetch.bytes": 4 << 20,
+    "socket.nagle.disable": True,
+}
+# What replay's correctness rests on; never taken from `--kafka-config` (kvs2.config refuses them with
+# the reason, and they are applied last here in case a caller skipped that check).
+CONSUMER_GUARANTEES: dict[str, Any] = {
+    # A group id is required by the client even though no group is ever joined (assign, never subscribe).
+    "group.id": "kvs2-replica-assign-only",
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    # End-of-partition events carry the end offset: how the replica learns it is caught up.
+    "enable.partition.eof": True,
+    # A stored offset that Kafka no longer has means the replica cannot be completed from the log:
+    # report it (and rebuild) instead of silently jumping to the latest offset.
+    "auto.offset.reset": "error",
+    # Records of aborted or open transactions are never applied.
+    "isolation.level": "read_committed",
+}
+
+
 class ChangelogReader:
     """Reads every partition of the topic from given offsets: `assign`, never a consumer group.
 
@@ -277,27 +311,7 @@ class ChangelogReader:
 
     def __init__(self, config: Mapping[str, Any], topic: str) -> None:
         self.topic = topic
-        self._consumer = Consumer(
-            {
-                **config,
-                # A group id is required by the client even though no group is ever joined.
-                "group.id": "kvs2-replica-assign-only",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                # A stored offset that Kafka no longer has means the replica cannot be completed from
-                # the log: report it (and rebuild) instead of silently jumping to the latest offset.
-                "auto.offset.reset": "error",
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 100,
-                # Replay speed: keep a deep prefetch queue and large fetches (measured: ~170k → ~240k
-                # records/s consumed on the 2-core benchmark machine).
-                "queued.min.messages": 1_000_000,
-                "queued.max.messages.kbytes": 262144,
-                "fetch.max.bytes": 104_857_600,
-                "max.partition.fetch.bytes": 10_485_760,
-            }
-        )
+        self._consumer = Consumer({**CONSUMER_TUNING, **config, **CONSUMER_GUARANTEES})
 
     topic_in_doubt = False
 
@@ -312,8 +326,6 @@ class ChangelogReader:
         After a topic-level error (the topic or a partition unknown), `topic_in_doubt` is set until the
         caller clears it: the topic may have been deleted and recreated under the same name, and its
         records must not be applied before the topic's identity is checked again.
-        """
-        """A batch of records, and the next offsets that reaching the end of a partition revealed.
 
         End-of-partition events carry the partition's end offset: the only way to learn that the
         consumer's position moved past a gap (compaction, transaction markers) with no record after it.
@@ -329,6 +341,8 @@ class ChangelogReader:
             if batch:
                 batch += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         append = records.append
+        # tuple.__new__ skips the NamedTuple's Python-level __new__: replay makes one Record per record.
+        make, record = tuple.__new__, Record
         for msg in batch:
             err = msg.error()
             if err is None:
@@ -336,7 +350,7 @@ class ChangelogReader:
                 if key.startswith(SIDE_MARKER):
                     append(_conditional_record(msg, key))
                 else:
-                    append(Record(key, msg.value(), msg.partition(), msg.offset()))  # type: ignore[arg-type]
+                    append(make(record, (key, msg.value(), msg.partition(), msg.offset(), None)))
                 continue
             code = err.code()
             if code == KafkaError._PARTITION_EOF:

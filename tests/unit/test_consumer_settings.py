@@ -47,7 +47,9 @@ TUNING = {
 }
 
 
-def test_the_users_fetch_and_queue_sizes_win_over_the_readers_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_users_fetch_and_queue_sizes_win_over_the_readers_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = _settings_of(monkeypatch, dict(TUNING))
     assert {name: settings[name] for name in TUNING} == TUNING
 
@@ -74,5 +76,5 @@ def test_settings_replay_correctness_rests_on_are_refused_and_never_applied(
 ) -> None:
     with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
         check_kafka_config({name: value})
-    # Even if a caller skipped the check (the embedded replica builds its own settings), the reader keeps them.
+    # Even if a caller skipped the check (an embedded replica builds its own settings), the reader keeps them.
     assert _settings_of(monkeypatch, {name: value})[name] != value
