@@ -560,7 +560,11 @@ class Writer:
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
-            "linger.ms": 1,
+            # Latency without costing batches: a record is sent at once (no linger), and records produced
+            # while a request is out wait for it anyway (one request in flight, below), so they still
+            # leave together. Small requests are not held back by Nagle's algorithm either.
+            "linger.ms": 0,
+            "socket.nagle.disable": True,
             # Longer than any wait for an acknowledgement, so the caller's own timer fires first and
             # says the write may still be applied; a delivery timeout says so too (_AMBIGUOUS).
             "message.timeout.ms": int((message_timeout + MESSAGE_TIMEOUT_MARGIN) * 1000),
