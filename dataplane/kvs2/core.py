@@ -337,9 +337,8 @@ class Store:
             self._collect(batch, plain, values, results, timeout)
         if cas_tasks:
             await asyncio.gather(*cas_tasks)
-        final = [
-            r if r is not None else ItemResult(ItemStatus.FAILED, error="not attempted") for r in results
-        ]
+        never = ItemResult(ItemStatus.FAILED, error="not attempted")
+        final = [never if r is None else r for r in results]
         tokens: dict[int, int] = {}
         for r in final:
             if r.offset > tokens.get(r.partition, -1) and r.status in _WRITTEN:
@@ -400,7 +399,9 @@ class ItemStatus(enum.Enum):
     OUTCOME_UNKNOWN = "outcome_unknown"  # handed to Kafka, not acknowledged in time: may still apply
 
 
-@dataclass(frozen=True, slots=True)
+# WriteItem and ItemResult are made once per item of a batch: plain slotted dataclasses, because a frozen
+# dataclass's __init__ (object.__setattr__ per field) costs three times as much. Treat them as values.
+@dataclass(slots=True)
 class WriteItem:
     """One put (`value` given) or delete (`value` None) of a batch; `if_revision` makes it conditional."""
 
@@ -409,7 +410,7 @@ class WriteItem:
     if_revision: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemResult:
     status: ItemStatus
     partition: int = -1
