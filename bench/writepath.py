@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from kvs2.client import AsyncClient, Client
 
@@ -132,6 +133,31 @@ def visible(writer: str, reader: str, n: int) -> None:
     print(f"visible (Set start on A → PUT on B's Watch): {_percentiles(asyncio.run(run()))}")
 
 
+def _writes(broker: KafkaBroker, work: Path, extra: tuple[str, ...], only: set[str], args: Any) -> None:
+    topic = f"writes-{work.name}"
+    create_topic(broker.bootstrap_servers, topic, 6, config={"cleanup.policy": "compact"})
+    a = ReplicaProcess(broker.bootstrap_servers, topic, work / "a", work / "a.log", extra_args=extra)
+    b = ReplicaProcess(broker.bootstrap_servers, topic, work / "b", work / "b.log", extra_args=extra)
+    a.start()
+    b.start()
+    try:
+        assert a.process is not None and b.process is not None
+        _pin(a.process.pid, SERVER_CPU)
+        _pin(b.process.pid, SERVER_CPU)
+        a.wait_serving(timeout=120)
+        b.wait_serving(timeout=120)
+        if "set" in only:
+            set_latency(a.target, args.samples)
+        if "visible" in only:
+            visible(a.target, b.target, args.samples // 2)
+        if "write" in only:
+            b.stop()  # the replica under test applies its own writes; nobody else on CPU 0
+            write(a.target, a.process.pid, args.seconds)
+    finally:
+        a.stop()
+        b.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,39 +167,24 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--extra", default="", help="extra `kvs2 serve` arguments, space-separated")
+    parser.add_argument(
+        "--extra",
+        default="",
+        help="extra `kvs2 serve` arguments, space-separated; sets separated by ';' are measured in turn",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     os.sched_setaffinity(0, {int(LOAD_CPU)})
     work = Path(tempfile.mkdtemp(prefix="kvs2-writepath-"))
     broker = KafkaBroker(work / "kafka").start()
-    extra = tuple(args.extra.split())
     try:
         if "replay" in only:
             replay(broker, work, args.records, args.keys)
-        if only & {"write", "set", "visible"}:
-            topic = "writes"
-            create_topic(broker.bootstrap_servers, topic, 6, config={"cleanup.policy": "compact"})
-            a = ReplicaProcess(broker.bootstrap_servers, topic, work / "a", work / "a.log", extra_args=extra)
-            b = ReplicaProcess(broker.bootstrap_servers, topic, work / "b", work / "b.log", extra_args=extra)
-            a.start()
-            b.start()
-            try:
-                assert a.process is not None and b.process is not None
-                _pin(a.process.pid, SERVER_CPU)
-                _pin(b.process.pid, SERVER_CPU)
-                a.wait_serving(timeout=120)
-                b.wait_serving(timeout=120)
-                if "set" in only:
-                    set_latency(a.target, args.samples)
-                if "visible" in only:
-                    visible(a.target, b.target, args.samples // 2)
-                if "write" in only:
-                    b.stop()  # the replica under test applies its own writes; nobody else on CPU 0
-                    write(a.target, a.process.pid, args.seconds)
-            finally:
-                a.stop()
-                b.stop()
+        for n, extra in enumerate(args.extra.split(";")):
+            if not only & {"write", "set", "visible"}:
+                break
+            print(f"--- replicas with extra arguments: {extra!r}")
+            _writes(broker, work / f"w{n}", tuple(extra.split()), only, args)
     finally:
         broker.stop()
 
