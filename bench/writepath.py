@@ -73,7 +73,11 @@ def replay(broker: KafkaBroker, work: Path, records: int, keys: int) -> None:
         replica.wait_serving(timeout=900)
         seconds = _replay_seconds(replica.log_text())
         rate = records / seconds
-        print(f"replay: {rate:,.0f} records/s ({records:,} records, {keys:,} keys, {seconds:.1f}s)")
+        cpu = cpu_seconds(replica.process.pid)
+        print(
+            f"replay: {rate:,.0f} records/s ({records:,} records, {keys:,} keys, {seconds:.1f}s; "
+            f"replica CPU {cpu:.1f}s from its start, {cpu / records * 1e6:.1f} µs/record)"
+        )
         time.sleep(3)
         print(f"replay: after catch-up {_memory(replica.process.pid)}")
     finally:
