@@ -5,6 +5,7 @@ tests/integration/dataplane/test_write_batch.py."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -104,4 +105,43 @@ def test_a_batch_waits_for_room_in_the_queue_then_fails_what_does_not_fit() -> N
         batch = writer.write_many([b"a", b"b"], [b"1", b"2"], queue_wait=0.05)
         assert batch.done.done() and set(batch.errors) == {0, 1}
     finally:
+        writer.close(timeout=0.1)
+
+
+def test_a_single_write_goes_through_while_a_batch_waits_for_room() -> None:
+    """A batch waiting for room in librdkafka's queue must not hold the producer lock: a single Set takes
+    it on the event loop, which would freeze every call of the replica meanwhile."""
+    room, waiting = threading.Event(), threading.Event()
+
+    class Busy(_BatchProducer):
+        def __len__(self) -> int:
+            waiting.set()
+            return 0 if room.is_set() else 100_000
+
+        def produce(self, topic: str, key: bytes, value: bytes | None, on_delivery: Any, **kw: Any) -> None:
+            self.queued.append(({"key": key, "value": value}, on_delivery))
+
+    made: list[Busy] = []
+
+    def factory(settings: dict[str, Any]) -> Busy:
+        made.append(Busy(settings))
+        return made[-1]
+
+    writer = Writer({}, "t", message_timeout=5.0, producer_factory=factory)
+    batches: list[BatchDelivery] = []
+    producing = threading.Thread(
+        target=lambda: batches.append(writer.write_many([b"a"], [b"1"], queue_wait=3.0))
+    )
+    try:
+        producing.start()
+        assert waiting.wait(10)
+        writer.write(b"single", b"v")
+        assert producing.is_alive(), "the batch gave up before the single write could go through"
+        room.set()
+        producing.join(10)
+        assert [m["key"] for m, _ in made[0].queued] == [b"single", b"a"]
+        assert not batches[0].errors
+    finally:
+        room.set()
+        producing.join(10)
         writer.close(timeout=0.1)
