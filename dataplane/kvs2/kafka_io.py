@@ -686,10 +686,11 @@ class Writer:
             return batch
         messages = [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
         deadline = time.monotonic() + queue_wait
-        with self._lock:  # never onto a producer being replaced; one batch enters the queue at a time
+        # Wait for room without holding the producer lock: a single Set on the event loop takes it too.
+        while len(self._producer) + len(messages) > self._queue_max and time.monotonic() < deadline:
+            time.sleep(0.005)  # the poll thread frees the queue as Kafka acknowledges
+        with self._lock:  # never onto a producer being replaced
             producer = self._producer
-            while len(producer) + len(messages) > self._queue_max and time.monotonic() < deadline:
-                time.sleep(0.005)  # the poll thread frees the queue as Kafka acknowledges
             with batch.lock:  # reports wait until the records that never entered the queue are known
                 if self._fatal is not None:
                     problem: Kvs2Error = KafkaUnavailable(
