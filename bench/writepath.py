@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -191,6 +192,7 @@ def main() -> None:
             _writes(broker, work / f"w{n}", tuple(extra.split()), only, args)
     finally:
         broker.stop()
+        shutil.rmtree(work, ignore_errors=True)  # a 1 M-record topic and its replicas: ~0.5 GB
 
 
 if __name__ == "__main__":
