@@ -35,6 +35,13 @@ PROTECTED_KAFKA_SETTINGS = {
     "transactional.id": "its producer is not transactional",
     "max.in.flight.requests.per.connection": "a timed-out write is retried alone and never written twice "
     "(one request in flight; see kvs2.kafka_io)",
+    # The replica's consumer (kvs2.kafka_io.CONSUMER_GUARANTEES).
+    "isolation.level": "a replica never applies records of aborted or open transactions (read_committed)",
+    "enable.partition.eof": "a replica learns from end-of-partition events that it has caught up",
+    "auto.offset.reset": "a replica whose offsets Kafka no longer holds rebuilds instead of skipping records",
+    "enable.auto.commit": "a replica keeps its offsets in LMDB with its data, not in a consumer group",
+    "enable.auto.offset.store": "a replica keeps its offsets in LMDB with its data, not in a group",
+    "group.id": "a replica reads every partition by assignment and never joins a consumer group",
 }
 
 DEFAULT_LISTEN = "127.0.0.1:50051"

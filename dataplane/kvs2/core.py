@@ -301,6 +301,110 @@ class Store:
         self.check_serving()
         return await self._conditional.write(key, value, expected_revision, timeout)
 
+    async def write_batch(self, items: Sequence[WriteItem], timeout: float) -> BatchResult:
+        """Write many items; NOT atomic across keys: every item succeeds or fails on its own.
+
+        Plain items are validated in one pass and handed to the producer in one call (off the event loop),
+        then awaited together; conditional items run concurrently through the CAS machinery (each
+        produced at once). Items still unacknowledged when `timeout` runs out are OUTCOME_UNKNOWN: they
+        may still be applied. Why this shape: Python work per item is what limits a batch's throughput
+        (bench/RESULTS.md, Write rows), so the common item — a valid plain put — costs one test of its
+        sizes, a key and a value in two lists, and its answer read from the delivery's columns.
+        """
+        if len(items) > MAX_WRITE_ITEMS:
+            raise InvalidArgument(f"Write carries {len(items)} items; the limit is {MAX_WRITE_ITEMS}")
+        results: list[ItemResult | None] = [None] * len(items)
+        plain: list[int] = []
+        keys: list[bytes] = []
+        values: list[bytes | None] = []
+        conditional: list[int] = []
+        max_key = self._max_key
+        limit = self._writer.max_record_bytes()
+        for i, item in enumerate(items):
+            key, value = item.key, item.value
+            if (
+                item.if_revision is None
+                and 0 < len(key) <= max_key
+                and (value is None or len(key) + len(value) <= limit)
+                and not key.startswith(SIDE_MARKER)
+            ):
+                plain.append(i)
+                keys.append(key)
+                values.append(value)
+                continue
+            try:  # the rare item: conditional, or wrong (the checks say what is wrong)
+                self._check_key(key)
+                if item.if_revision is None:
+                    if value is not None:
+                        self._check_value(key, value)
+                    plain.append(i)
+                    keys.append(key)
+                    values.append(value)
+                    continue
+                if value is not None:
+                    self._check_value(key, value, CONDITIONAL_OVERHEAD)
+                if item.if_revision < 0:
+                    raise InvalidArgument("if_revision must be 0 (the key must not exist) or a revision")
+                conditional.append(i)
+            except InvalidArgument as exc:
+                results[i] = _failure(exc)
+
+        async def one_conditional(i: int) -> None:
+            item = items[i]
+            try:
+                assert item.if_revision is not None
+                r = await self.write_if(item.key, item.value, item.if_revision, timeout)
+            except Kvs2Error as exc:
+                results[i] = _failure(exc)
+                return
+            status = ItemStatus.PUBLISHED if r.applied else ItemStatus.CONDITION_FAILED
+            results[i] = ItemResult(status, r.partition, r.offset, r.revision)
+
+        # Started first: each task produces its record as soon as it runs (before any await).
+        cas_tasks = [asyncio.ensure_future(one_conditional(i)) for i in conditional]
+        if plain:
+            batch = await asyncio.to_thread(_produce_all, self._writer, keys, values)
+            with contextlib.suppress(TimeoutError):
+                # shield: a timeout must not cancel the shared future the poll thread still settles
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(batch.done)), timeout)
+            self._collect(batch, plain, values, results, timeout)
+        if cas_tasks:
+            await asyncio.gather(*cas_tasks)
+        never = ItemResult(ItemStatus.FAILED, error="not attempted")
+        final = [never if r is None else r for r in results]
+        tokens: dict[int, int] = {}
+        for r in final:
+            if r.offset > tokens.get(r.partition, -1) and r.status in _WRITTEN:
+                tokens[r.partition] = r.offset
+        return BatchResult(final, tokens)
+
+    @staticmethod
+    def _collect(
+        batch: BatchDelivery,
+        plain: Sequence[int],
+        values: Sequence[bytes | None],
+        results: list[ItemResult | None],
+        timeout: float,
+    ) -> None:
+        """Each plain item's answer, from the delivery's columns (an offset of -1: no answer in time)."""
+        partitions, offsets, errors = batch.partitions, batch.offsets, dict(batch.errors)
+        published = ItemStatus.PUBLISHED
+        unknown: ItemResult | None = None
+        for j, i in enumerate(plain):
+            offset = offsets[j]
+            if offset >= 0:
+                revision = offset + 1 if values[j] is not None else 0
+                results[i] = ItemResult(published, partitions[j], offset, revision)
+            elif j in errors:
+                results[i] = _failure(errors[j])
+            else:
+                unknown = unknown or ItemResult(
+                    ItemStatus.OUTCOME_UNKNOWN,
+                    error=f"Kafka did not acknowledge the write within {timeout:.1f}s; "
+                    "it may still be applied later",
+                )
+                results[i] = unknown
+
     @staticmethod
     async def _await_ack(pending: Future[WriteToken], timeout: float | None) -> WriteToken:
         try:
@@ -328,7 +432,9 @@ class ItemStatus(enum.Enum):
     OUTCOME_UNKNOWN = "outcome_unknown"  # handed to Kafka, not acknowledged in time: may still apply
 
 
-@dataclass(frozen=True, slots=True)
+# WriteItem and ItemResult are made once per item of a batch: plain slotted dataclasses, because a frozen
+# dataclass's __init__ (object.__setattr__ per field) costs three times as much. Treat them as values.
+@dataclass(slots=True)
 class WriteItem:
     """One put (`value` given) or delete (`value` None) of a batch; `if_revision` makes it conditional."""
 
@@ -337,7 +443,7 @@ class WriteItem:
     if_revision: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemResult:
     status: ItemStatus
     partition: int = -1
@@ -363,89 +469,23 @@ def _failure(exc: BaseException) -> ItemResult:
     return ItemResult(ItemStatus.FAILED, error=str(exc))
 
 
-async def write_batch(store: Store, items: Sequence[WriteItem], timeout: float) -> BatchResult:
-    """Write many items; NOT atomic across keys: every item succeeds or fails on its own.
-
-    Plain items are handed to the producer back to back (off the event loop) and then awaited
-    together; conditional items run concurrently through the CAS machinery (each produced at once).
-    Items still unacknowledged when `timeout` runs out are OUTCOME_UNKNOWN: they may still be applied.
-    """
-    if len(items) > MAX_WRITE_ITEMS:
-        raise InvalidArgument(f"Write carries {len(items)} items; the limit is {MAX_WRITE_ITEMS}")
-    results: list[ItemResult | None] = [None] * len(items)
-    plain: list[int] = []
-    conditional: list[int] = []
-    for i, item in enumerate(items):
-        try:
-            store._check_key(item.key)
-            if item.if_revision is None:
-                if item.value is not None:
-                    store._check_value(item.key, item.value)
-                plain.append(i)
-            else:
-                if item.value is not None:
-                    store._check_value(item.key, item.value, CONDITIONAL_OVERHEAD)
-                if item.if_revision < 0:
-                    raise InvalidArgument("if_revision must be 0 (the key must not exist) or a revision")
-                conditional.append(i)
-        except InvalidArgument as exc:
-            results[i] = _failure(exc)
-
-    async def one_conditional(i: int) -> None:
-        item = items[i]
-        try:
-            assert item.if_revision is not None
-            r = await store.write_if(item.key, item.value, item.if_revision, timeout)
-        except Kvs2Error as exc:
-            results[i] = _failure(exc)
-            return
-        status = ItemStatus.PUBLISHED if r.applied else ItemStatus.CONDITION_FAILED
-        results[i] = ItemResult(status, r.partition, r.offset, r.revision)
-
-    # Started first: each task produces its record as soon as it runs (before any await).
-    cas_tasks = [asyncio.ensure_future(one_conditional(i)) for i in conditional]
-    if plain:
-        records = [(items[i].key, items[i].value) for i in plain]
-        batch = await asyncio.to_thread(_produce_all, store._writer, records)
-        with contextlib.suppress(TimeoutError):
-            # shield: a timeout must not cancel the shared future the poll thread still settles
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(batch.done)), timeout)
-        for i, sent in zip(plain, list(batch.results), strict=True):
-            if sent is None:
-                results[i] = ItemResult(
-                    ItemStatus.OUTCOME_UNKNOWN,
-                    error=f"Kafka did not acknowledge the write within {timeout:.1f}s; "
-                    "it may still be applied later",
-                )
-            elif isinstance(sent, Kvs2Error):
-                results[i] = _failure(sent)
-            else:
-                revision = sent.offset + 1 if items[i].value is not None else 0
-                results[i] = ItemResult(ItemStatus.PUBLISHED, sent.partition, sent.offset, revision)
-    if cas_tasks:
-        await asyncio.gather(*cas_tasks)
-    final = [r if r is not None else ItemResult(ItemStatus.FAILED, error="not attempted") for r in results]
-    tokens: dict[int, int] = {}
-    for r in final:
-        if r.status in (ItemStatus.PUBLISHED, ItemStatus.CONDITION_FAILED) and r.offset >= tokens.get(
-            r.partition, -1
-        ):
-            tokens[r.partition] = r.offset
-    return BatchResult(final, tokens)
+_WRITTEN = (ItemStatus.PUBLISHED, ItemStatus.CONDITION_FAILED)
 
 
-def _produce_all(writer: RecordWriter, records: Sequence[tuple[bytes, bytes | None]]) -> BatchDelivery:
+def _produce_all(
+    writer: RecordWriter, keys: Sequence[bytes], values: Sequence[bytes | None]
+) -> BatchDelivery:
     """The producer's batch call when it has one (`kvs2.kafka_io.Writer.write_many`), else one by one."""
     many = getattr(writer, "write_many", None)
     if many is not None:
-        out: BatchDelivery = many(records, QUEUE_WAIT)
+        out: BatchDelivery = many(keys, values, QUEUE_WAIT)
         return out
-    batch = BatchDelivery(len(records))
-    for index, (key, value) in enumerate(records):
+    batch = BatchDelivery(keys)
+    for index, (key, value) in enumerate(zip(keys, values, strict=True)):
         try:
             sent = writer.write(key, value)
         except Kvs2Error as exc:
-            batch.fail(index, exc)
+            batch.settle(index, exc)
             continue
         sent.add_done_callback(functools.partial(_settle_from, batch, index))
     return batch
@@ -456,4 +496,4 @@ def _settle_from(batch: BatchDelivery, index: int, sent: Future[WriteToken]) -> 
     if error is None:
         batch.settle(index, sent.result())
     else:
-        batch.fail(index, error if isinstance(error, Kvs2Error) else Unavailable(str(error)))
+        batch.settle(index, error if isinstance(error, Kvs2Error) else Unavailable(str(error)))

@@ -44,7 +44,7 @@ from kvs2.client import (
 from kvs2.conditional import ConditionalResult
 from kvs2.config import Limits, ServeSettings
 from kvs2.consistency import ReadOptions
-from kvs2.core import ItemStatus, KeyRange, WriteItem, write_batch
+from kvs2.core import ItemStatus, KeyRange, WriteItem
 from kvs2.errors import Unavailable
 from kvs2.ingest import Ingester
 from kvs2.kafka_io import WriteToken
@@ -321,7 +321,7 @@ class EmbeddedReplica:
     async def write_batch(self, ops: Iterable[WriteOp]) -> BatchWritten:
         """As `AsyncClient.write_batch`: NOT atomic across keys; one outcome per item."""
         items = [WriteItem(op.key, op.value, op.if_revision) for op in ops]
-        result = await write_batch(self._p.store, items, self.timeout)
+        result = await self._p.store.write_batch(items, self.timeout)
         outcomes = [
             ItemOutcome(
                 r.status.value,  # the same five names

@@ -7,8 +7,8 @@ the rest of the code should see a small set of meaningful exceptions instead.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import functools
 import logging
 import re
 import struct
@@ -61,6 +61,8 @@ _AMBIGUOUS = {
 }
 # librdkafka's default `message.max.bytes`.
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
+# librdkafka's default `queue.buffering.max.messages` (records waiting in the producer).
+DEFAULT_QUEUE_MESSAGES = 100_000
 
 _NOT_FOUND = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
 _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
@@ -269,6 +271,40 @@ class OffsetGone(Kvs2Error):
 
 
 # ----- consumer ----------------------------------------------------------------------------------
+# The replica's fetch and queue tuning; `--kafka-config` overrides any of it (measured in bench/RESULTS.md,
+# "Write and replay side"). Why these sizes: the prefetch queue is most of a caught-up replica's anonymous
+# memory (librdkafka keeps it full whether or not the replica needs it), and 32 MiB still holds more than
+# 0.1 s of replay at full speed; fetches larger than the queue only make it overshoot. Latency: the broker
+# answers a fetch as soon as one byte is there (fetch.min.bytes=1), a full queue is re-checked every 10 ms
+# rather than librdkafka's default second (which stalled replay with a bounded queue), and small requests
+# are sent at once (no Nagle delay).
+CONSUMER_TUNING: dict[str, Any] = {
+    "fetch.wait.max.ms": 100,
+    "fetch.min.bytes": 1,
+    "fetch.queue.backoff.ms": 10,
+    "queued.min.messages": 100_000,
+    "queued.max.messages.kbytes": 32768,
+    "fetch.max.bytes": 16 << 20,
+    "max.partition.fetch.bytes": 4 << 20,
+    "socket.nagle.disable": True,
+}
+# What replay's correctness rests on; never taken from `--kafka-config` (kvs2.config refuses them with
+# the reason, and they are applied last here in case a caller skipped that check).
+CONSUMER_GUARANTEES: dict[str, Any] = {
+    # A group id is required by the client even though no group is ever joined (assign, never subscribe).
+    "group.id": "kvs2-replica-assign-only",
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    # End-of-partition events carry the end offset: how the replica learns it is caught up.
+    "enable.partition.eof": True,
+    # A stored offset that Kafka no longer has means the replica cannot be completed from the log:
+    # report it (and rebuild) instead of silently jumping to the latest offset.
+    "auto.offset.reset": "error",
+    # Records of aborted or open transactions are never applied.
+    "isolation.level": "read_committed",
+}
+
+
 class ChangelogReader:
     """Reads every partition of the topic from given offsets: `assign`, never a consumer group.
 
@@ -277,27 +313,7 @@ class ChangelogReader:
 
     def __init__(self, config: Mapping[str, Any], topic: str) -> None:
         self.topic = topic
-        self._consumer = Consumer(
-            {
-                **config,
-                # A group id is required by the client even though no group is ever joined.
-                "group.id": "kvs2-replica-assign-only",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                # A stored offset that Kafka no longer has means the replica cannot be completed from
-                # the log: report it (and rebuild) instead of silently jumping to the latest offset.
-                "auto.offset.reset": "error",
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 100,
-                # Replay speed: keep a deep prefetch queue and large fetches (measured: ~170k → ~240k
-                # records/s consumed on the 2-core benchmark machine).
-                "queued.min.messages": 1_000_000,
-                "queued.max.messages.kbytes": 262144,
-                "fetch.max.bytes": 104_857_600,
-                "max.partition.fetch.bytes": 10_485_760,
-            }
-        )
+        self._consumer = Consumer({**CONSUMER_TUNING, **config, **CONSUMER_GUARANTEES})
 
     topic_in_doubt = False
 
@@ -312,8 +328,6 @@ class ChangelogReader:
         After a topic-level error (the topic or a partition unknown), `topic_in_doubt` is set until the
         caller clears it: the topic may have been deleted and recreated under the same name, and its
         records must not be applied before the topic's identity is checked again.
-        """
-        """A batch of records, and the next offsets that reaching the end of a partition revealed.
 
         End-of-partition events carry the partition's end offset: the only way to learn that the
         consumer's position moved past a gap (compaction, transaction markers) with no record after it.
@@ -329,6 +343,8 @@ class ChangelogReader:
             if batch:
                 batch += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         append = records.append
+        # tuple.__new__ skips the NamedTuple's Python-level __new__: replay makes one Record per record.
+        make, record = tuple.__new__, Record
         for msg in batch:
             err = msg.error()
             if err is None:
@@ -336,7 +352,7 @@ class ChangelogReader:
                 if key.startswith(SIDE_MARKER):
                     append(_conditional_record(msg, key))
                 else:
-                    append(Record(key, msg.value(), msg.partition(), msg.offset()))  # type: ignore[arg-type]
+                    append(make(record, (key, msg.value(), msg.partition(), msg.offset(), None)))
                 continue
             code = err.code()
             if code == KafkaError._PARTITION_EOF:
@@ -382,6 +398,15 @@ OP_DELETE = b"delete"
 _EXPECTED = struct.Struct(">q")
 
 
+def _unqueued(err: Any) -> Kvs2Error:
+    """Why librdkafka refused to queue a record of a batch (it is certainly not in the log)."""
+    if isinstance(err, KafkaError) and err.code() == KafkaError._QUEUE_FULL:
+        return KafkaUnavailable("the producer's queue is full: Kafka is not accepting writes fast enough")
+    if isinstance(err, KafkaError):
+        return map_error(err, "writing to Kafka")
+    return KafkaUnavailable(f"writing to Kafka: {err}")
+
+
 def _conditional_record(msg: Message, key: bytes) -> Record:
     parsed = parse_side_key(key)
     assert parsed is not None
@@ -412,33 +437,86 @@ class WriteToken:
 
 
 class BatchDelivery:
-    """The acknowledgements of one batch of records (`Writer.write_many`), filled in by the poll thread."""
+    """The acknowledgements of one batch of records (`Writer.write_many`), filled in by the poll thread.
 
-    def __init__(self, size: int) -> None:
-        self.results: list[WriteToken | Kvs2Error | None] = [None] * size
+    Kept as columns (`partitions[i]`, `offsets[i]`; `errors[i]` for a refused or doubtful record) rather than
+    an object per record. One delivery callback serves the whole batch: librdkafka reports a partition's
+    records in the order they were produced, and a key always goes to the same partition, so the n-th
+    report for a key belongs to the n-th record of the batch with that key (`_first`, `_later`).
+    An offset of -1 means no answer yet.
+    """
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        size = len(keys)
+        self.partitions: list[int] = [-1] * size
+        self.offsets: list[int] = [-1] * size
+        self.errors: dict[int, Kvs2Error] = {}
         self.done: Future[None] = Future()
+        self.lock = threading.Lock()  # guards the key → record mapping and the count
+        self._keys = keys
         self._remaining = size
-        self._lock = threading.Lock()
+        # Per key: the index of its first unanswered record, and the indexes of later ones (rare).
+        self._first: dict[bytes, int] = {}
+        self._later: dict[bytes, collections.deque[int]] = {}
+        first = self._first
+        for index, key in enumerate(keys):
+            if first.setdefault(key, index) != index:
+                self._later.setdefault(key, collections.deque()).append(index)
         if size == 0:
             self.done.set_result(None)
 
-    def delivered(self, index: int, err: KafkaError | None, msg: Message) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        """librdkafka's delivery report of one record of the batch (the poll thread)."""
+        key = msg.key()
+        with self.lock:
+            index = self._first.pop(key)  # type: ignore[arg-type]
+            if self._later:
+                self._move_up(key)  # type: ignore[arg-type]
         if err is None:
-            self.settle(index, WriteToken(_int(msg.partition()), _int(msg.offset())))
+            self.partitions[index] = _int(msg.partition())
+            self.offsets[index] = _int(msg.offset())  # last: an offset >= 0 means the answer is complete
         elif err.code() in _AMBIGUOUS or err.fatal():
-            self.settle(
-                index,
-                WriteOutcomeUnknown(f"writing to Kafka: {err.str()}; the write may still be applied later"),
+            self.errors[index] = WriteOutcomeUnknown(
+                f"writing to Kafka: {err.str()}; the write may still be applied later"
             )
         else:
-            self.settle(index, map_error(err, "writing to Kafka"))
+            self.errors[index] = map_error(err, "writing to Kafka")
+        self._answered()
 
-    def fail(self, index: int, error: Kvs2Error) -> None:
-        self.settle(index, error)
+    def _move_up(self, key: bytes) -> None:
+        later = self._later.get(key)
+        if later:
+            self._first[key] = later.popleft()
+            if not later:
+                del self._later[key]
+
+    def unsent(self, index: int, error: Kvs2Error) -> None:
+        """Record `index` never reached librdkafka's queue: no report will come. Call with `lock` held."""
+        key = self._keys[index]
+        if self._first.get(key) == index:
+            del self._first[key]
+            self._move_up(key)
+        else:
+            self._later[key].remove(index)
+            if not self._later[key]:
+                del self._later[key]
+        self.errors[index] = error
+        self._remaining -= 1
+        if self._remaining == 0 and not self.done.done():
+            with contextlib.suppress(Exception):  # InvalidStateError: the caller cancelled its wait
+                self.done.set_result(None)
 
     def settle(self, index: int, result: WriteToken | Kvs2Error) -> None:
-        self.results[index] = result
-        with self._lock:
+        """The answer for `index` from elsewhere (a producer without `write_many`; see kvs2.core)."""
+        if isinstance(result, WriteToken):
+            self.partitions[index] = result.partition
+            self.offsets[index] = result.offset
+        else:
+            self.errors[index] = result
+        self._answered()
+
+    def _answered(self) -> None:
+        with self.lock:
             self._remaining -= 1
             last = self._remaining == 0
         if last and not self.done.done():
@@ -482,7 +560,11 @@ class Writer:
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
-            "linger.ms": 1,
+            # Latency without costing batches: a record is sent at once (no linger), and records produced
+            # while a request is out wait for it anyway (one request in flight, below), so they still
+            # leave together. Small requests are not held back by Nagle's algorithm either.
+            "linger.ms": 0,
+            "socket.nagle.disable": True,
             # Longer than any wait for an acknowledgement, so the caller's own timer fires first and
             # says the write may still be applied; a delivery timeout says so too (_AMBIGUOUS).
             "message.timeout.ms": int((message_timeout + MESSAGE_TIMEOUT_MARGIN) * 1000),
@@ -497,6 +579,7 @@ class Writer:
         self._fatal: KafkaError | None = None
         self._producer = producer_factory(self._settings)
         self._message_max_bytes = int(self._settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
+        self._queue_max = int(self._settings.get("queue.buffering.max.messages", DEFAULT_QUEUE_MESSAGES))
         self.topic_max_message_bytes: int | None = None
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="kvs2-producer-poll", daemon=True)
@@ -586,50 +669,48 @@ class Writer:
             raise _map_exception(exc, "writing to Kafka") from exc
         return fut
 
-    def write_many(self, records: Sequence[tuple[bytes, bytes | None]], queue_wait: float) -> BatchDelivery:
-        """Hand many records to the producer back to back (no wait for acknowledgements in between).
+    def write_many(
+        self, keys: Sequence[bytes], values: Sequence[bytes | None], queue_wait: float
+    ) -> BatchDelivery:
+        """Hand many records to the producer in one call (`produce_batch`; no wait for acknowledgements).
 
-        The result fills in per record as Kafka acknowledges (a `WriteToken`) or refuses (a `Kvs2Error`;
-        `WriteOutcomeUnknown` when it may still be in the log); `BatchDelivery.done` resolves once every
-        record has its answer. One future per batch, not per record: waking the event loop once per
-        acknowledged record would cost more than producing it (measured in bench: Write rows).
-        When librdkafka's local queue is full, this polls for delivery reports (which frees the queue)
-        for up to `queue_wait` seconds in total before failing the rest (then certainly not in the log).
-        Blocks; call it off the event loop.
+        The answers fill in per record as Kafka acknowledges or refuses (`WriteOutcomeUnknown` when it
+        may still be in the log); `BatchDelivery.done` resolves once every record has its answer. One
+        delivery callback and one future per batch, not per record (measured: Write rows in
+        bench/RESULTS.md). When librdkafka's local queue has no room for the whole batch, this waits
+        for the poll thread to free it for up to `queue_wait` seconds, then fails the records that do
+        not fit (certainly not in the log). Blocks; call it off the event loop.
         """
-        batch = BatchDelivery(len(records))
+        batch = BatchDelivery(keys)
+        if not keys:
+            return batch
+        messages = [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
         deadline = time.monotonic() + queue_wait
-        topic = self.topic
-        for index, (key, value) in enumerate(records):
-            on_delivery = functools.partial(batch.delivered, index)
-            while True:
-                try:
-                    with self._lock:  # never onto a producer being replaced
-                        if self._fatal is not None:
-                            raise KafkaUnavailable(
-                                f"the Kafka producer hit a fatal error ({self._fatal.str()}) and is being "
-                                "re-created; retry shortly"
-                            )
-                        self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    if time.monotonic() < deadline:
-                        with contextlib.suppress(Exception):
-                            self._producer.poll(0.005)
-                        continue
-                    batch.fail(
-                        index,
-                        KafkaUnavailable(
-                            "the producer's queue is full: Kafka is not accepting writes fast enough"
-                        ),
+        # Wait for room without holding the producer lock: a single Set on the event loop takes it too.
+        while len(self._producer) + len(messages) > self._queue_max and time.monotonic() < deadline:
+            time.sleep(0.005)  # the poll thread frees the queue as Kafka acknowledges
+        with self._lock:  # never onto a producer being replaced
+            producer = self._producer
+            with batch.lock:  # reports wait until the records that never entered the queue are known
+                if self._fatal is not None:
+                    problem: Kvs2Error = KafkaUnavailable(
+                        f"the Kafka producer hit a fatal error ({self._fatal.str()}) and is being "
+                        "re-created; retry shortly"
                     )
-                    break
-                except KafkaException as exc:
-                    batch.fail(index, _map_exception(exc, "writing to Kafka"))
-                    break
-                except Kvs2Error as exc:
-                    batch.fail(index, exc)
-                    break
+                    for index in range(len(messages)):
+                        batch.unsent(index, problem)
+                    return batch
+                try:
+                    producer.produce_batch(self.topic, messages, on_delivery=batch.on_delivery)
+                except (KafkaException, BufferError) as exc:  # nothing of the batch was queued
+                    problem = _map_exception(exc, "writing to Kafka")
+                    for index in range(len(messages)):
+                        batch.unsent(index, problem)
+                    return batch
+                for index, message in enumerate(messages):
+                    err = message.get("_error")
+                    if err is not None:
+                        batch.unsent(index, _unqueued(err))
         return batch
 
     def write_conditional(

@@ -30,7 +30,7 @@ from kvs2.authz import AuthorizationInterceptor
 from kvs2.bootstrap import bootstrap_in_child
 from kvs2.config import ServeSettings
 from kvs2.consistency import EVENTUAL, ReadOptions
-from kvs2.core import ItemStatus, KeyRange, Store, WriteItem, write_batch
+from kvs2.core import ItemStatus, KeyRange, Store, WriteItem
 from kvs2.credentials import add_port
 from kvs2.health_port import start_health_server
 from kvs2.ingest import Ingester
@@ -295,7 +295,7 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
                 for i in request.items
             ]
             topic_id = self._store.progress.now.topic_id  # the topic this batch goes to
-            result = await write_batch(self._store, items, self._timeout(context))
+            result = await self._store.write_batch(items, self._timeout(context))
             reply = pb.WriteReply(tokens=_positions(result.tokens), topic_id=topic_id)
             add = reply.results.add
             for r in result.items:

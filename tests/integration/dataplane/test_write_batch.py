@@ -168,3 +168,31 @@ def test_kvs2_load_writes_json_lines_and_csv_and_reports_bad_lines(
     with a.client() as c:
         got = c.multi_get([b"j0", b"j1", b"j2499", b"c1", b"c2"], consistency="linearizable")
     assert [v.data if v else None for _, v in got] == [None, b"1", b"2499", b"one, with a comma", b"two"]
+
+
+def test_a_key_repeated_in_a_batch_gets_each_of_its_positions_in_order(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    """One delivery callback serves a whole batch (kvs2.kafka_io.BatchDelivery): a key's n-th report from
+    librdkafka must reach the key's n-th item, and the last item of a key must decide its value."""
+    a, b = (start_replica(kafka.bootstrap_servers, topic, name) for name in ("a", "b"))
+    ops: list[WriteOp] = []
+    for round_ in range(40):
+        ops += [WriteOp(b"hot", f"{round_}".encode()), WriteOp(f"cold{round_}".encode(), b"c")]
+        if round_ % 10 == 9:
+            ops.append(WriteOp(b"hot", None))  # a delete in the middle of the repeats
+    ops.append(WriteOp(b"hot", b"last"))
+    with a.client() as ca:
+        result = ca.write_batch(ops)
+    assert [r.status for r in result.results] == ["published"] * len(ops)
+    hot = [(op, r) for op, r in zip(ops, result.results, strict=True) if op.key == b"hot"]
+    positions = [(r.written.partition, r.written.offset) for _, r in hot if r.written is not None]
+    assert len(positions) == len(hot) and len({p for p, _ in positions}) == 1
+    assert [o for _, o in positions] == sorted(o for _, o in positions)  # item order is log order
+    assert len(set(positions)) == len(positions)
+    for op, r in hot:
+        assert r.written is not None
+        assert r.revision == (r.written.offset + 1 if op.value is not None else 0)
+    with b.client() as cb:
+        got = cb.get(b"hot", after=result.tokens)
+    assert got is not None and got.data == b"last" and got.revision == hot[-1][1].revision
