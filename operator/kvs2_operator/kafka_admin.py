@@ -97,6 +97,13 @@ class EnsureResult:
     claim: Claim
 
 
+# Set on a topic the operator creates (the spec's config wins), never forced onto one it adopts:
+# `min.compaction.lag.ms` keeps Kafka's cleaner off the newest minute of records, so a replica's Watch
+# tells another producer's transaction marker from a compaction gap (kvs2.ingest) instead of cutting
+# the change history (OUT_OF_RANGE) at every marker. `kvs2 serve --create-topic` sets the same.
+CREATION_DEFAULTS = {"min.compaction.lag.ms": "60000"}
+
+
 class AdminLike(Protocol):
     """The part of confluent_kafka's AdminClient the operator uses (a fake implements it in tests)."""
 
@@ -285,7 +292,7 @@ class TopicAdmin:
             spec.name,
             num_partitions=spec.partitions,
             replication_factor=spec.replication_factor,
-            config=spec.desired_config(),
+            config={**CREATION_DEFAULTS, **spec.desired_config()},
         )
         try:
             self._wait(self._client().create_topics([topic], request_timeout=self.timeout)[spec.name])

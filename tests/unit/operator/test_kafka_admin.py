@@ -68,11 +68,23 @@ async def test_ensure_creates_a_compacted_topic(body: dict[str, Any]) -> None:
     fake = FakeAdmin()
     result = await _admin(fake).ensure(_topic(body))
     assert result.created
-    assert fake.topics["shop.orders"] == FakeTopic(6, 3, COMPACT)
+    # Created with a minimum compaction lag, so Watch tells other producers' transaction markers from
+    # compaction gaps (kvs2.ingest); a topic it adopts is left as it is.
+    assert fake.topics["shop.orders"] == FakeTopic(6, 3, {**COMPACT, "min.compaction.lag.ms": "60000"})
     assert result.state.partitions == 6 and result.changed_config == {}
     assert result.claim == Claim(
         "shop.orders", "cluster-a", fake.topics["shop.orders"].topic_id, Ownership.CREATED
     )
+
+
+async def test_a_compaction_lag_in_the_spec_wins_at_creation(body: dict[str, Any]) -> None:
+    body["spec"]["kafka"]["topic"] = {
+        **body["spec"]["kafka"].get("topic", {}),
+        "config": {"min.compaction.lag.ms": "5000"},
+    }
+    fake = FakeAdmin()
+    await _admin(fake).ensure(_topic(body))
+    assert fake.topics["shop.orders"].config["min.compaction.lag.ms"] == "5000"
 
 
 async def test_ensure_adopts_a_compatible_topic_and_sets_managed_config(body: dict[str, Any]) -> None:

@@ -63,7 +63,7 @@ async def test_first_pass_creates_topic_children_and_an_honest_status(
     outcome = await _pass(deps, body)
     assert outcome.error is None
     assert admin.topics["shop.orders"] == FakeTopic(
-        6, 3, {"cleanup.policy": "compact", "min.insync.replicas": "2"}
+        6, 3, {"cleanup.policy": "compact", "min.insync.replicas": "2", "min.compaction.lag.ms": "60000"}
     )
     kinds = sorted(k for (k, ns, _n) in kube.objects if ns == "shop")
     assert kinds == ["KeyValueStore", "PodDisruptionBudget", "Service", "Service", "StatefulSet"]
