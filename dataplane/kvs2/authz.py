@@ -47,6 +47,10 @@ RIGHT_OF_METHOD: dict[str, str] = {
     "MultiGet": READ,
     "Range": READ,
     "Watch": READ,
+    # A snapshot discloses what a Range over every key does (a new replica of the store asks for it),
+    # and a replica's positions are no secret beyond that.
+    "Snapshot": READ,
+    "ReplicaStatus": READ,
     "Set": WRITE,
     "Delete": WRITE,
 }

@@ -38,7 +38,7 @@ from kvs2 import metrics
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.config import ServeSettings
-from kvs2.credentials import server_credentials
+from kvs2.credentials import peer_client_tls, server_credentials
 from kvs2.errors import Kvs2Error
 from kvs2.guard import COUNTERS, stale_reason
 from kvs2.kafka_io import Admin, client_config
@@ -86,13 +86,21 @@ def expand_peers(peers: Sequence[str], own: str) -> list[str]:
     return out
 
 
+def _channel(peer: str, settings: ServeSettings) -> grpc.Channel:
+    """Plaintext to a plaintext store; with the store's TLS, as its peers expect (kvs2.credentials)."""
+    if settings.tls is None:
+        return grpc.insecure_channel(peer, options=_CHANNEL_OPTIONS)
+    tls = peer_client_tls(settings.tls)
+    return grpc.secure_channel(peer, tls.credentials(), options=[*_CHANNEL_OPTIONS, *tls.options()])
+
+
 def fetch(
     peer: str, settings: ServeSettings, expected: TopicIdentity, start_offsets: dict[int, int]
 ) -> Header:
     """Receive a snapshot from `peer` and install it into the data directory (or raise)."""
     incoming = Incoming(settings.data_dir)
     try:
-        with grpc.insecure_channel(peer, options=_CHANNEL_OPTIONS) as channel:
+        with _channel(peer, settings) as channel:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
             stub = pb_grpc.Kvs2Stub(channel)
             trailer: Trailer | None = None

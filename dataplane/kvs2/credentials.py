@@ -288,6 +288,16 @@ class ClientTls:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
+def peer_client_tls(tls: ServerTls) -> ClientTls:
+    """How a replica dials a peer of its store (snapshot bootstrap): with its own certificate as the
+    client certificate, trusting the CA of `ca.crt` — in the layout cert-manager writes, the CA that issued
+    every replica's certificate. Without a client CA it trusts the system's roots and sends no
+    certificate (a server-TLS-only store)."""
+    if tls.client_ca is None:
+        return ClientTls()
+    return ClientTls(ca=tls.client_ca, cert=tls.cert, key=tls.key)
+
+
 def client_tls_from_options(ca: str, cert: str, key: str, server_name: str) -> ClientTls | None:
     """`--tls-ca/--tls-cert/--tls-key/--tls-server-name` → ClientTls, or None for plaintext."""
     if not (ca or cert or key or server_name):

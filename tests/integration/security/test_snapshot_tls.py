@@ -1,0 +1,67 @@
+"""Snapshot bootstrap between replicas that serve gRPC with mutual TLS (a store with spec.tls): the new
+replica dials its peer with its own certificate and the store's CA, and — with an authorization map —
+needs only the `read` right a snapshot discloses, like a Range over every key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kvs2.client import Client
+from kvs2.credentials import ClientTls
+
+from tests.harness.common import LOOPBACK, wait_until
+from tests.harness.kafka import KafkaBroker, create_topic
+from tests.harness.pki import CertificateAuthority, write_tls_dir
+from tests.integration.security.conftest import StartSecureReplica
+
+pytestmark = pytest.mark.integration
+
+# The store's own name in its certificates: what a peer's certificate is mapped to in the rules.
+STORE = "orders.shop.svc"
+
+
+def _tls_dir(ca: CertificateAuthority, directory: Path) -> Path:
+    """The layout cert-manager writes for a store: one CA issues every replica's certificate (its own
+    name and the address dialled) and is also the CA clients must be signed by."""
+    leaf = ca.issue(STORE, dns=(STORE,), ips=(LOOPBACK,))
+    return write_tls_dir(directory, leaf, client_ca=ca)
+
+
+def test_a_new_tls_replica_bootstraps_from_a_tls_peer_with_only_the_read_right(
+    kafka: KafkaBroker, topic_name: str, start_secure_replica: StartSecureReplica, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority("store CA")
+    rules = tmp_path / "authz.yaml"
+    rules.write_text(f"{STORE}: [read]\nwriter: [read, write]\n")
+    create_topic(kafka.bootstrap_servers, topic_name, 2)
+    writer_leaf = ca.issue("writer", server=False)
+    cert, key = writer_leaf.write(tmp_path / "writer.crt", tmp_path / "writer.key")
+    tls = ClientTls(ca=ca.write(tmp_path / "ca.crt"), cert=cert, key=key)
+    flags = ("--authz-file", str(rules))
+    a = start_secure_replica(
+        kafka.bootstrap_servers,
+        topic_name,
+        "--tls-dir",
+        str(_tls_dir(ca, tmp_path / "a-tls")),
+        *flags,
+        name="a",
+    )
+    with Client(a.target, timeout=10, tls=tls, retries=0) as c:
+        for i in range(30):
+            c.set(f"k{i}".encode(), b"v" * 100)
+        wait_until(lambda: c.count() == 30, timeout=30, what="a to apply the writes")
+    b = start_secure_replica(
+        kafka.bootstrap_servers,
+        topic_name,
+        "--tls-dir",
+        str(_tls_dir(ca, tmp_path / "b-tls")),
+        *flags,
+        "--bootstrap-peers",
+        a.target,
+        name="b",
+    )
+    log = b.process.log_text()
+    assert "bootstrapped from a snapshot of peer" in log, log[-3000:]
+    with Client(b.target, timeout=10, tls=tls, retries=0) as c:
+        assert c.count() == 30
