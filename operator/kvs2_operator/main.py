@@ -142,7 +142,11 @@ def run(argv: list[str]) -> int:
         except ValueError:
             print("kvs2 operator: --pod-fs-group must be an integer or empty", file=sys.stderr)
             return 2
-    defaults = OperatorDefaults(image=args.default_image or None, fs_group=fs_group)
+    defaults = OperatorDefaults(
+        image=args.default_image or None,
+        fs_group=fs_group,
+        operator_namespace=os.environ.get("POD_NAMESPACE") or None,
+    )
     if args.deletion_timeout < 0:
         print("kvs2 operator: --deletion-timeout must not be negative", file=sys.stderr)
         return 2

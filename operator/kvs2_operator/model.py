@@ -69,6 +69,9 @@ class OperatorDefaults:
     image: str | None = None
     #: fsGroup of data-plane pods; None where the platform assigns one (OpenShift restricted-v2).
     fs_group: int | None = IMAGE_GID
+    #: The operator's own namespace (env POD_NAMESPACE): a store's NetworkPolicy admits it to the metrics
+    #: port, where the operator reads each pod's phase and lag (kvs2_operator.replicas).
+    operator_namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -470,7 +473,7 @@ def parse_spec(
             choices=PVC_RETENTION_POLICIES,
         ),
         tls=parse_grpc_tls(spec.get("tls")),
-        network_policy=parse_network_policy(spec.get("networkPolicy")),
+        network_policy=parse_network_policy(spec.get("networkPolicy"), defaults.operator_namespace),
     )
 
 

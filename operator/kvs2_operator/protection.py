@@ -13,7 +13,8 @@ would only wait for a Secret nobody writes).
 - the store's own pods on gRPC (peers ask each other for snapshots);
 - `allowFrom` (NetworkPolicyPeer objects as Kubernetes defines them: podSelector, namespaceSelector,
   ipBlock) on gRPC and, when enabled, the Redis port;
-- `metricsFrom` on the metrics port (e.g. Prometheus's namespace); nobody when it is absent.
+- the operator's namespace on the metrics port (it reads each pod's phase and lag there), and `metricsFrom`
+  (e.g. Prometheus's namespace); nobody else.
 The kubelet's probes (health port) come from the node, which NetworkPolicy implementations let through.
 Enforcement is the CNI plugin's job: without a NetworkPolicy-capable plugin the object has no effect.
 
@@ -43,6 +44,10 @@ class CertManagerMissingError(TransientError):
     reason = Reason.CERT_MANAGER_MISSING
 
 
+# Set by Kubernetes on every namespace (since 1.22): selects one namespace by name.
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+
+
 @dataclass(frozen=True)
 class IssuerRef:
     name: str
@@ -54,6 +59,7 @@ class IssuerRef:
 class NetworkPolicySpec:
     allow_from: tuple[Mapping[str, Any], ...] = ()
     metrics_from: tuple[Mapping[str, Any], ...] = ()
+    operator_namespace: str | None = None  # admitted to the metrics port (the operator reads it)
 
 
 def parse_issuer_ref(raw: Any) -> IssuerRef | None:
@@ -89,7 +95,7 @@ def _peers(raw: Any, where: str) -> tuple[Mapping[str, Any], ...]:
     return tuple(dict(p) for p in raw)
 
 
-def parse_network_policy(raw: Any) -> NetworkPolicySpec | None:
+def parse_network_policy(raw: Any, operator_namespace: str | None = None) -> NetworkPolicySpec | None:
     """spec.networkPolicy → NetworkPolicySpec, or None (no NetworkPolicy)."""
     if raw is None:
         return None
@@ -98,6 +104,7 @@ def parse_network_policy(raw: Any) -> NetworkPolicySpec | None:
     return NetworkPolicySpec(
         allow_from=_peers(raw.get("allowFrom"), "spec.networkPolicy.allowFrom"),
         metrics_from=_peers(raw.get("metricsFrom"), "spec.networkPolicy.metricsFrom"),
+        operator_namespace=operator_namespace,
     )
 
 
@@ -155,6 +162,9 @@ def render_network_policy(
     ]
     if policy.allow_from:
         ingress.append({"from": [dict(p) for p in policy.allow_from], "ports": tcp("grpc", "redis")})
+    if policy.operator_namespace:
+        operator = {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: policy.operator_namespace}}}
+        ingress.append({"from": [operator], "ports": tcp("metrics")})
     if policy.metrics_from:
         ingress.append({"from": [dict(p) for p in policy.metrics_from], "ports": tcp("metrics")})
     return {

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kvs2_operator.errors import SpecError
-from kvs2_operator.model import parse_store
+from kvs2_operator.model import OperatorDefaults, parse_store
 from kvs2_operator.render import render_children, render_protection, render_statefulset
 
 
@@ -87,6 +87,18 @@ def test_network_policy_without_clients_admits_only_peers(body: dict[str, Any]) 
     body["spec"]["networkPolicy"] = {}
     [policy] = render_protection(parse_store(body))
     assert len(policy["spec"]["ingress"]) == 1
+
+
+def test_network_policy_admits_the_operators_namespace_to_the_metrics_port(body: dict[str, Any]) -> None:
+    """The operator reads each pod's phase and lag from its metrics port (kvs2_operator.replicas): a policy
+    that shut it out would turn every pod `Unknown` in status."""
+    body["spec"]["networkPolicy"] = {}
+    [policy] = render_protection(parse_store(body, OperatorDefaults(operator_namespace="kvs2-system")))
+    _peers, operator = policy["spec"]["ingress"]
+    assert operator["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kvs2-system"}}}
+    ]
+    assert [p["port"] for p in operator["ports"]] == [9464]
 
 
 @pytest.mark.parametrize("allow_from", [{"podSelector": {}}, [{}], [{"nodeSelector": {}}], ["app"]])
