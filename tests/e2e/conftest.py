@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.harness.cluster import Cluster
-from tests.harness.common import repo_root
+from tests.harness.common import repo_root, wait_until
 from tests.harness.kubelet import KubeletProcess
 from tests.protogen import generate
 
@@ -192,3 +192,31 @@ class OperatorPod:
             self.kube.wait("the operator's /healthz", healthy, timeout=timeout)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- operator log ---\n{self.log()}") from exc
+
+
+def install_deploy(cluster: Cluster, kubelet: KubeletProcess) -> OperatorPod:
+    """deploy/ exactly as a person installs it (server-side, the command the README documents), once the
+    operator's pod is healthy."""
+
+    def namespace_usable() -> bool:
+        # Another module's teardown deletes deploy/'s namespace without waiting: applying into a
+        # namespace that is still terminating is refused (Forbidden), so wait until it is gone.
+        ns = cluster.get_object("default", "namespace", OPERATOR_NAMESPACE)
+        return ns is None or ns.get("status", {}).get("phase") != "Terminating"
+
+    wait_until(namespace_usable, timeout=180, what=f"namespace {OPERATOR_NAMESPACE} to finish terminating")
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(DEPLOY))
+
+    def established() -> bool:
+        # Not `kubectl wait`: on a CRD created a moment ago it fails outright (".status.conditions
+        # accessor error") instead of waiting for the conditions to appear.
+        crd = cluster.get_object("default", "crd", "keyvaluestores.kvs2.io") or {}
+        conditions = crd.get("status", {}).get("conditions") or ()
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, timeout=60, what="the KeyValueStore CRD to be Established")
+    cluster.kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/kvs2-operator",
+                    "--timeout=120s", timeout=150)  # fmt: skip
+    operator = OperatorPod(Kube(cluster, kubelet, OPERATOR_NAMESPACE))
+    operator.wait_healthy()
+    return operator

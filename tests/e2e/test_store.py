@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     Kube,
     OperatorPod,
     container_status,
+    install_deploy,
     pod_ready,
     seed,
     store_condition,
@@ -32,7 +33,7 @@ from tests.e2e.conftest import (
     target,
 )
 from tests.harness.cluster import Cluster
-from tests.harness.common import CheckedThread, wait_until
+from tests.harness.common import CheckedThread
 from tests.harness.kafka import KafkaBroker
 from tests.harness.kubelet import KubeletProcess
 
@@ -43,36 +44,8 @@ READY_TIMEOUT = "180s"
 
 @pytest.fixture(scope="module")
 def operator_pod(cluster: Cluster, kubelet: KubeletProcess) -> Iterator[OperatorPod]:
-    """deploy/ exactly as a person installs it (server-side, the command the README documents)."""
-
-    def namespace_usable() -> bool:
-        # Another module's teardown of this fixture deletes deploy/'s namespace without waiting: applying
-        # into a namespace that is still terminating is refused (Forbidden), so wait until it is gone.
-        ns = cluster.get_object("default", "namespace", OPERATOR_NAMESPACE)
-        return ns is None or ns.get("status", {}).get("phase") != "Terminating"
-
-    wait_until(namespace_usable, timeout=180, what=f"namespace {OPERATOR_NAMESPACE} to finish terminating")
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(DEPLOY))
-
-    def established() -> bool:
-        # Not `kubectl wait`: on a CRD created a moment ago it fails outright (".status.conditions
-        # accessor error") instead of waiting for the conditions to appear.
-        crd = cluster.get_object("default", "crd", "keyvaluestores.kvs2.io") or {}
-        conditions = crd.get("status", {}).get("conditions") or ()
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    wait_until(established, timeout=60, what="the KeyValueStore CRD to be Established")
-    cluster.kubectl(
-        "-n",
-        OPERATOR_NAMESPACE,
-        "rollout",
-        "status",
-        "deployment/kvs2-operator",
-        "--timeout=120s",
-        timeout=150,
-    )
-    operator = OperatorPod(Kube(cluster, kubelet, OPERATOR_NAMESPACE))
-    operator.wait_healthy()
+    """deploy/ as a person installs it; the operator deleted again after the module."""
+    operator = install_deploy(cluster, kubelet)
     try:
         yield operator
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.e2e.conftest import DEPLOY, OPERATOR_NAMESPACE, Kube, OperatorPod, store_condition, store_manifest
+from tests.e2e.conftest import DEPLOY, Kube, install_deploy, store_condition, store_manifest
 from tests.harness.cluster import Cluster
 from tests.harness.common import wait_until
 from tests.harness.kafka import KafkaBroker
@@ -24,23 +24,7 @@ def _topics(bootstrap: str) -> set[str]:
 def test_kubectl_delete_of_deploy_finishes_a_store_with_the_operator_as_a_pod(
     cluster: Cluster, kubelet: KubeletProcess, kube: Kube, kafka: KafkaBroker
 ) -> None:
-    def namespace_usable() -> bool:  # another module's teardown may still be deleting it
-        ns = cluster.get_object("default", "namespace", OPERATOR_NAMESPACE)
-        return ns is None or ns.get("status", {}).get("phase") != "Terminating"
-
-    wait_until(namespace_usable, timeout=180, what=f"namespace {OPERATOR_NAMESPACE} to finish terminating")
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(DEPLOY))
-
-    def established() -> bool:
-        crd = cluster.get_object("default", "crd", "keyvaluestores.kvs2.io") or {}
-        conditions = crd.get("status", {}).get("conditions") or ()
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    wait_until(established, timeout=60, what="the KeyValueStore CRD to be Established")
-    cluster.kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/kvs2-operator",
-                    "--timeout=120s", timeout=150)  # fmt: skip
-    operator = OperatorPod(Kube(cluster, kubelet, OPERATOR_NAMESPACE))
-    operator.wait_healthy()
+    operator = install_deploy(cluster, kubelet)
 
     kube.apply(store_manifest("leaving", kafka.bootstrap_servers, replicas=1, topicDeletionPolicy="Delete"))
     topic = f"{kube.namespace}.leaving"
