@@ -112,6 +112,14 @@ def test_a_tls_store_serves_grpc_and_redis_clients_with_certificates(
     refused = cli("--user", "auditor", "--pass", "auditor-pa55", "SET", "greeting", "x")
     assert b"NOPERM user 'auditor' lacks the 'write' right needed for SET" in refused
     assert b"NOAUTH" in cli("GET", "greeting")
+    # redis-benchmark too (same Debian package), over TLS with a user: every request answered.
+    bench = subprocess.run(
+        [str(redis_cli.with_name("redis-benchmark")), "-h", b, "-p", str(REDIS_PORT), *tls_args,
+         "--user", "app", "-a", "app-pa55", "-n", "200", "-c", "4", "-t", "set,get", "-q"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    assert "SET: " in bench.stdout and "GET: " in bench.stdout, bench.stdout + bench.stderr
 
     with redis.Redis(
         host=b,

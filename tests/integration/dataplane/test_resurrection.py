@@ -13,7 +13,6 @@ from kvs2.errors import Kvs2Error
 
 from tests.harness.common import wait_until
 from tests.harness.kafka import KafkaBroker, create_topic
-from tests.harness.nemesis import FaultStack, StackConfig
 from tests.integration.dataplane.conftest import StartReplica
 
 pytestmark = pytest.mark.integration
@@ -29,10 +28,6 @@ EAGER_COMPACTION = {
 }
 DOOMED = [f"doomed-{i}".encode() for i in range(10)]
 KEPT = [f"kept-{i}".encode() for i in range(10)]
-
-
-# How long the running test keeps the replica cut off: well past the guard's window (100 ms here).
-OUTAGE_SECONDS = 5.0
 
 
 def _producer(bootstrap: str) -> Producer:
@@ -131,47 +126,3 @@ def _get_or_none(client: Client, key: bytes) -> Value | None:
         return client.get(key)
     except Kvs2Error:
         return None  # not serving (rebuilding): not there yet
-
-
-def test_replica_cut_off_past_delete_retention_while_running_does_not_resurrect_deleted_keys(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    """No restart this time: the replica keeps running while its proxy to Kafka is cut; keys are deleted
-    and compaction drops their tombstones; when Kafka is reachable again the replica must not resume
-    from its offsets past the gap, but rebuild (the guard, checked while running) and count it."""
-    stack = FaultStack(
-        tmp_path_factory.mktemp("outage"),
-        StackConfig(replicas=1, partitions=1, segment_ms=100, replica_args=("--guard-margin", "0")),
-    )
-    try:
-        stack.start()
-        r0 = stack.replicas["r0"]
-        bootstrap = stack.kafka.bootstrap_servers  # straight to the broker, not through r0's proxy
-        _produce(_producer(bootstrap), stack.config.topic, [(k, b"v-" + k) for k in DOOMED + KEPT])
-        with r0.client() as c:
-            wait_until(
-                lambda: all(c.get(k) is not None for k in DOOMED + KEPT), timeout=60, what="r0 to apply"
-            )
-            assert c.replica_status().guard_rebuilds == 0
-            stack.cut("r0")
-            cut_at = time.monotonic()
-            _delete_and_compact_away(bootstrap, stack.config.topic)
-            # The outage must outlast the guard's window: delete.retention.ms (100 ms) less the margin (0 s).
-            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - cut_at)))
-            assert r0.process is not None and r0.process.alive()  # no restart
-            stack.heal("r0")
-            _produce(_producer(bootstrap), stack.config.topic, [(b"after-outage", b"1")])
-            wait_until(
-                lambda: _get_or_none(c, b"after-outage") is not None, timeout=120, what="r0 to catch up"
-            )
-            resurrected = [k for k in DOOMED if c.get(k) is not None]
-            assert resurrected == [], f"deleted keys came back to life on the running replica: {resurrected}"
-            for key in KEPT:
-                value = c.get(key)
-                assert value is not None and value.data == b"v-" + key
-            status = c.replica_status()
-            assert status.guard_rebuilds == 1
-            assert "delete.retention.ms" in status.guard_last_reason
-        assert "skips compacted offsets" in r0.log_text()
-    finally:
-        stack.stop()

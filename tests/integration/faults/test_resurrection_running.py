@@ -70,6 +70,9 @@ def test_a_replica_cut_off_past_delete_retention_does_not_keep_deleted_keys(
         assert last is not None
         for key in doomed + kept:  # r0 holds every key before it is cut off
             assert r.get(key, after=[Written(last.partition, last.offset)]) is not None
+        rebuilds_before = r.replica_status().guard_rebuilds
+        process = stack.replicas["r0"].process
+        assert process is not None
         if fault == "cut":
             stack.cut("r0")
         else:
@@ -117,3 +120,8 @@ def test_a_replica_cut_off_past_delete_retention_does_not_keep_deleted_keys(
         for key in kept:
             got = r.get(key, consistency="linearizable")
             assert got is not None and got.data == b"v-" + key
+        # Rebuilt in place (no restart), counted for metrics and `kvs2 status`, with the reason.
+        assert process.alive() and stack.replicas["r0"].process is process
+        status = r.replica_status()
+        assert status.guard_rebuilds > rebuilds_before
+        assert "delete.retention.ms" in status.guard_last_reason
