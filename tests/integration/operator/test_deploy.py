@@ -174,6 +174,15 @@ def test_kubectl_delete_of_deploy_completes_while_a_store_deletes_its_topic(
         )
     finally:
         stop_operator(proc, request)
+        # A failed uninstall leaves the CRD terminating behind a store's finalizer: release it as an admin
+        # would, so that the CRD can go and be re-created (else every later operator test fails with it).
+        leftover = cluster.kubectl("get", "kvs", "-A", "-o", "name", check=False)
+        if leftover.returncode == 0 and leftover.stdout.strip():
+            cluster.kubectl("-n", stores.namespace, "patch", "kvs", "uninstalled", "--type=merge",
+                            "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+            cluster.kubectl(
+                "wait", "--for=delete", "crd/keyvaluestores.kvs2.io", "--timeout=120s", check=False
+            )
         # The session's other tests need the CRD (and deploy/'s namespace gone, or re-created by them).
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
         cluster.kubectl("wait", "--for=condition=Established", "-f", str(crd), "--timeout=60s")
