@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from kvs2.client import Client
+from kvs2.client import Client, Written
 from kvs2.credentials import ClientTls
 
 from tests.e2e.conftest import Kube, OperatorPod, store_manifest, store_pods
@@ -85,8 +85,9 @@ def test_a_tls_store_serves_grpc_and_redis_clients_with_certificates(
     cert, key = client_ca.issue("app", server=False).write(client_dir / "app.crt", client_dir / "app.key")
     tls = ClientTls(ca=ca, cert=cert, key=key, server_name=service)
     with Client(f"{a}:50051", timeout=15, tls=tls) as grpc_client:
-        grpc_client.set(b"greeting", b"hello over mTLS")
-        found = grpc_client.get(b"greeting")
+        wrote = grpc_client.set(b"greeting", b"hello over mTLS")
+        # Set is acknowledged by Kafka, before the pod applies it: read your write with its token.
+        found = grpc_client.get(b"greeting", after=[Written(wrote.partition, wrote.offset)])
         assert found is not None and found.data == b"hello over mTLS"
     anonymous = Client(f"{a}:50051", timeout=5, retries=0, tls=ClientTls(ca=ca, server_name=service))
     with anonymous, pytest.raises(grpc.RpcError) as refused:  # the handshake wants a client certificate

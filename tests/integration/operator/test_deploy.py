@@ -155,6 +155,20 @@ def test_kubectl_delete_of_deploy_completes_while_a_store_deletes_its_topic(
                 in ((stores.get("kvs", "uninstalled") or {})["metadata"].get("finalizers") or [])
             ),
         )
+        # The operator arms its uninstall guard (a finalizer on its ServiceAccount, a CRD-owned copy of its
+        # rights) a moment after it starts; an uninstall before that is not drained (deploy/README.md).
+        stores.wait(
+            "the operator's uninstall guard",
+            lambda: (
+                "kvs2.io/uninstall-drain"
+                in (
+                    (cluster.get_object("kvs2-system", "serviceaccount", "kvs2-operator") or {})
+                    .get("metadata", {})
+                    .get("finalizers")
+                    or []
+                )
+            ),
+        )
         result = cluster.kubectl("delete", "-f", str(DEPLOY), "--timeout=150s", check=False, timeout=200)
         assert result.returncode == 0, (
             f"kubectl delete -f deploy/ did not complete: {result.stderr}{result.stdout}\n"
