@@ -44,21 +44,21 @@ async def test_admin_clients_close_when_unused_and_at_shutdown(body: dict[str, A
     kube = FakeKube()
     factory = Factory()
     deps = Deps(kube=cast(KubeApi, kube), topics=TopicAdmins(admin_factory=factory))
-    one, two = _store(body, "one", "a:9092"), _store(body, "two", "a:9092")
+    one, two = _store(body, "one", "a:19092"), _store(body, "two", "a:19092")
     for store in (one, two):
         kube.put(store)
         await reconcile(store, deps)
-    assert factory.open() == {"a:9092": 1}, "two stores on one cluster share one client"
+    assert factory.open() == {"a:19092": 1}, "two stores on one cluster share one client"
 
     # `one` moves to another cluster: `two` still uses the first client, which stays open.
-    moved = _store(body, "one", "b:9092")
+    moved = _store(body, "one", "b:19092")
     kube.put(moved)
     await reconcile(moved, deps)
-    assert factory.open() == {"a:9092": 1, "b:9092": 1}
+    assert factory.open() == {"a:19092": 1, "b:19092": 1}
 
     # `two` is deleted: nobody uses a:9092 any more.
     deps.forget(parse_ref(two))
-    assert factory.open() == {"b:9092": 1}
+    assert factory.open() == {"b:19092": 1}
 
     # `one` moves again: b:9092's client had only it.
     again = _store(body, "one", "c:9092")
