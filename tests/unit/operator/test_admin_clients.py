@@ -56,15 +56,15 @@ async def test_admin_clients_close_when_unused_and_at_shutdown(body: dict[str, A
     await reconcile(moved, deps)
     assert factory.open() == {"a:19092": 1, "b:19092": 1}
 
-    # `two` is deleted: nobody uses a:9092 any more.
+    # `two` is deleted: nobody uses a:19092 any more.
     deps.forget(parse_ref(two))
     assert factory.open() == {"b:19092": 1}
 
-    # `one` moves again: b:9092's client had only it.
-    again = _store(body, "one", "c:9092")
+    # `one` moves again: b:19092's client had only it.
+    again = _store(body, "one", "c:19092")
     kube.put(again)
     await reconcile(again, deps)
-    assert factory.open() == {"c:9092": 1}
+    assert factory.open() == {"c:19092": 1}
 
     deps.topics.close()
     assert factory.open() == {}
