@@ -4,6 +4,7 @@ topic. Each test heals what it broke; the stack's logs are named when a test fai
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -16,10 +17,17 @@ def fault_stack(
     pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultStack]:
     stack = FaultStack(tmp_path_factory.mktemp("faults"), StackConfig(replicas=2, cas_cleanup_grace=600.0))
+    with running(stack, pytestconfig):
+        yield stack
+
+
+@contextlib.contextmanager
+def running(stack: FaultStack, pytestconfig: pytest.Config) -> Iterator[FaultStack]:
+    """Start `stack` with pytest's capture off (a cold build or install shows its progress); stop it after."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     try:
         if capture is not None:
-            with capture.global_and_fixture_disabled():  # a cold build/install shows its progress
+            with capture.global_and_fixture_disabled():
                 stack.start()
         else:
             stack.start()

@@ -29,6 +29,7 @@ from tests.harness.history import Delivery, History
 from tests.harness.nemesis import FaultStack, StackConfig
 from tests.harness.recorder import Recorder
 from tests.harness.torture import final_read
+from tests.integration.faults.conftest import running
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +51,8 @@ def dup_stack(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFact
         segment_ms=3_600_000,  # no compaction while the test runs: every record stays to be counted
         replica_args=("--kafka-config", f"request.timeout.ms={REQUEST_TIMEOUT_MS}", "--write-timeout", "5"),
     )
-    stack = FaultStack(tmp_path_factory.mktemp("dupwrite"), config)
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    try:
-        if capture is not None:
-            with capture.global_and_fixture_disabled():
-                stack.start()
-        else:
-            stack.start()
+    with running(FaultStack(tmp_path_factory.mktemp("dupwrite"), config), pytestconfig) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture
