@@ -69,6 +69,18 @@ class GuardCounters:
             self.rebuilds += 1
             self.last_reason = reason
 
+    def read(self) -> tuple[int, str]:
+        """(rebuilds, last reason), read together."""
+        with self._lock:
+            return self.rebuilds, self.last_reason
+
+    def restore(self, rebuilds: int, last_reason: str) -> None:
+        """Take over the counts of the process this one replaced by exec (kvs2.restart): a counter that
+        went back to zero on a rebuild would hide the rebuild."""
+        with self._lock:
+            self.rebuilds += rebuilds
+            self.last_reason = self.last_reason or last_reason
+
 
 COUNTERS = GuardCounters()
 

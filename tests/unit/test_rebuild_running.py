@@ -5,6 +5,7 @@ says when it recovers (the real-Kafka test is tests/integration/dataplane/test_r
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from kvs2.errors import StorageFull, Unavailable
 from kvs2.guard import COUNTERS, GuardCounters
 from kvs2.ingest import Ingester
 from kvs2.progress import Snapshot
-from kvs2.restart import CARRIED_ENV, carried_env, take_carried
+from kvs2.restart import CARRIED_ENV, carried_env, command_line, take_carried
 from kvs2.storage import Record, Replica, TopicIdentity
 
 from tests.harness.common import LOOPBACK, free_port
@@ -58,7 +59,9 @@ class Restarts:
         self.called.set()
 
 
-def _ingester(replica: Replica, admin: FakeAdmin, snapshots: list[Snapshot], restart: Restarts | None) -> Ingester:
+def _ingester(
+    replica: Replica, admin: FakeAdmin, snapshots: list[Snapshot], restart: Restarts | None
+) -> Ingester:
     return Ingester(
         replica,
         admin,  # type: ignore[arg-type]
@@ -153,9 +156,21 @@ def test_a_guard_rebuild_counts_once_across_the_restart(monkeypatch: pytest.Monk
     assert COUNTERS is not after
 
 
+def test_the_restart_runs_the_same_command_line_or_the_module_when_called_in_process() -> None:
+    assert command_line(sys.argv[1:]) == sys.orig_argv  # `kvs2 serve …` as it was started
+    assert command_line(["serve", "--topic", "t"]) == [
+        sys.executable,
+        "-m",
+        "kvs2.cli",
+        "serve",
+        "--topic",
+        "t",
+    ]
+
+
 # ----- recovery messages -----------------------------------------------------------------------------
 def test_after_a_full_disk_the_ingester_says_the_disk_recovered_not_kafka(
-    replica: Replica, caplog: pytest.LogCaptureFixture
+    replica: Replica, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_apply = replica.apply
     failures = [StorageFull("the disk of data directory x is full (0 bytes free)")]
@@ -165,7 +180,7 @@ def test_after_a_full_disk_the_ingester_says_the_disk_recovered_not_kafka(
             raise failures.pop()
         return real_apply(*args, **kwargs)  # type: ignore[arg-type]
 
-    replica.apply = apply  # type: ignore[method-assign]
+    monkeypatch.setattr(replica, "apply", apply)
     snapshots: list[Snapshot] = []
     ingester = _ingester(replica, FakeAdmin(), snapshots, None)
     with caplog.at_level(logging.INFO, logger="kvs2.ingest"):

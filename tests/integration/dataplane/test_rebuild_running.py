@@ -128,7 +128,9 @@ def test_a_running_replica_that_must_rebuild_takes_its_peers_snapshot(
     assert restarted >= 0, b.process.log_tail(80) if b.process else log[-3000:]
     assert f"bootstrapped from a snapshot of peer {a.target}" in log[restarted:], log[restarted:][-4000:]
     with b.client() as cb:
-        assert {k: v.data for k, v in cb.multi_get(NEW_KEYS) if v is not None} == {k: _new(k) for k in NEW_KEYS}
+        assert {k: v.data for k, v in cb.multi_get(NEW_KEYS) if v is not None} == {
+            k: _new(k) for k in NEW_KEYS
+        }
         assert cb.count() == len(NEW_KEYS)
     assert a.stop() == 0
     assert b.stop() == 0
