@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 import pytest
 from kvs2.client import BatchWriteError, Client
+from kvs2.credentials import ClientTls
 
 from bench.snapshot import store_digest
 from tests.harness.common import wait_until
@@ -43,6 +45,7 @@ class Reader:
     a new connection (so that every worker process of B is asked), and judges each answer."""
 
     target: str
+    tls: ClientTls | None = None
     refused: int = 0  # UNAVAILABLE (not serving), refused connections, deadlines while B is stopped
     old: int = 0  # wholly the old topic's data, answered before B first refused
     new: int = 0  # wholly the new topic's data
@@ -53,7 +56,7 @@ class Reader:
         keys = sorted(set(KEYS) | set(NEW_KEYS))
         while not self.stop.is_set():
             try:
-                with Client(self.target, timeout=2.0, retries=0) as c:
+                with Client(self.target, timeout=2.0, retries=0, tls=self.tls) as c:
                     answer = dict(c.multi_get(keys))
             except grpc.RpcError:
                 self.refused += 1
@@ -88,50 +91,82 @@ def _digest(replica: ReplicaProcess) -> str:
     return store_digest(replica.data_dir)
 
 
-def test_a_running_replica_that_must_rebuild_takes_its_peers_snapshot(
-    kafka: KafkaBroker, topic: str, start_replica: StartReplica
-) -> None:
-    bootstrap = kafka.bootstrap_servers
-    a = start_replica(bootstrap, topic, "a")
-    b = start_replica(bootstrap, topic, "b", extra_args=("--bootstrap-peers", a.target, "--workers", "2"))
-    with a.client() as c:
+@dataclass
+class Pair:
+    """Replicas A (no peers) and B (`--bootstrap-peers` = A) of `topic`, as the scenario drives them."""
+
+    bootstrap: str
+    topic: str
+    partitions: int
+    a_target: str
+    b: ReplicaProcess
+    client: Callable[[str], Client]  # a client of the replica at this address
+    wait_a_serving: Callable[[], None]
+    wait_b_serving: Callable[[], None]
+    tls: ClientTls | None = None
+
+
+def rebuild_b_while_running(pair: Pair) -> None:
+    """Recreate the topic with other data while B serves; B must restart, take A's snapshot, and never
+    answer a reader with the old topic's data (or a mixture) once it has stopped serving it."""
+    with pair.client(pair.a_target) as c:
         _write(c, {k: _old(k) for k in KEYS})
-    with b.client() as cb:
+    with pair.client(pair.b.target) as cb:
         wait_until(lambda: cb.count() == len(KEYS), timeout=60, what="b to apply the old topic")
 
-    reader = Reader(b.target)
+    reader = Reader(pair.b.target, pair.tls)
     reading = threading.Thread(target=reader.run, daemon=True)
     reading.start()
+    b = pair.b.process
+    assert b is not None
     try:
         wait_until(lambda: reader.old > 0, timeout=30, what="the reader to see the old topic on b")
-        delete_topic(bootstrap, topic)
+        delete_topic(pair.bootstrap, pair.topic)
         wait_until(lambda: reader.refused > 0, timeout=60, what="b to stop serving the deleted topic")
-        assert b.process is not None
-        b.process.signal(signal.SIGSTOP)  # until A serves the new topic: B's peer must be ready
+        b.signal(signal.SIGSTOP)  # until A serves the new topic: B's peer must be ready
         try:
-            create_topic(bootstrap, topic, PARTITIONS, config={"cleanup.policy": "compact"})
-            a.wait_serving(timeout=120)
-            with a.client() as c:
+            create_topic(pair.bootstrap, pair.topic, pair.partitions, config={"cleanup.policy": "compact"})
+            pair.wait_a_serving()
+            with pair.client(pair.a_target) as c:
                 _write(c, {k: _new(k) for k in NEW_KEYS})
                 wait_until(lambda: c.count() == len(NEW_KEYS), timeout=60, what="a to apply the new topic")
         finally:
-            b.process.signal(signal.SIGCONT)
-        b.wait_serving(timeout=180)
+            b.signal(signal.SIGCONT)
+        pair.wait_b_serving()
         wait_until(lambda: reader.new > 0, timeout=60, what="the reader to see the new topic on b")
     finally:
         reader.stop.set()
         reading.join(timeout=30)
 
     assert reader.foreign == [], reader.foreign[:5]
-    log = b.log_text()
+    log = pair.b.log_text()
     restarted = log.find("restarting this replica process to rebuild it")
-    assert restarted >= 0, b.process.log_tail(80) if b.process else log[-3000:]
-    assert f"bootstrapped from a snapshot of peer {a.target}" in log[restarted:], log[restarted:][-4000:]
-    with b.client() as cb:
-        assert {k: v.data for k, v in cb.multi_get(NEW_KEYS) if v is not None} == {
-            k: _new(k) for k in NEW_KEYS
-        }
+    assert restarted >= 0, b.log_tail(80)
+    assert f"bootstrapped from a snapshot of peer {pair.a_target}" in log[restarted:], log[restarted:][-4000:]
+    with pair.client(pair.b.target) as cb:
+        got = {k: v.data for k, v in cb.multi_get(NEW_KEYS) if v is not None}
+        assert got == {k: _new(k) for k in NEW_KEYS}
         assert cb.count() == len(NEW_KEYS)
+
+
+def test_a_running_replica_that_must_rebuild_takes_its_peers_snapshot(
+    kafka: KafkaBroker, topic: str, start_replica: StartReplica
+) -> None:
+    bootstrap = kafka.bootstrap_servers
+    a = start_replica(bootstrap, topic, "a")
+    b = start_replica(bootstrap, topic, "b", extra_args=("--bootstrap-peers", a.target, "--workers", "2"))
+    rebuild_b_while_running(
+        Pair(
+            bootstrap,
+            topic,
+            PARTITIONS,
+            a.target,
+            b,
+            lambda target: Client(target, timeout=10.0),
+            lambda: a.wait_serving(timeout=120),
+            lambda: b.wait_serving(timeout=180),
+        )
+    )
     assert a.stop() == 0
     assert b.stop() == 0
     assert _digest(b) == _digest(a)
