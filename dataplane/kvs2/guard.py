@@ -17,7 +17,8 @@ The same holds without a restart: a replica cut off from Kafka (or paused) canno
 its clock stops, and once it reads again it may read past a gap where compaction dropped tombstones. The
 ingester's `RunningGuard` (kvs2.ingest) rebuilds when a partition skips compacted offsets later than the
 window after it was last proven caught up on it — a lost tombstone always leaves such a gap, so reading
-without a gap never rebuilds. A build (or a catch-up) that takes longer than the window is not helped by
+without a gap never rebuilds (with `--bootstrap-peers` such a rebuild restarts the process to take a
+peer's snapshot, kvs2.restart). A build (or a catch-up) that takes longer than the window is not helped by
 starting it again — a replay must finish within delete.retention.ms (a snapshot bootstrap does not replay).
 """
 

@@ -28,12 +28,13 @@ store and replays; it serves only once caught up.
 
 The process: the ingester calls the restart hook and waits; `kvs2.server.serve` stops the replica in
 order (health NOT_SERVING, front doors, followers, producer, ingester, LMDB closed) and raises
-`RestartToRebuild`; `kvs2 serve` leaves the `--workers` metrics directory and execs the same command
-line (`os.execv`: same PID, so Kubernetes, `make up` and a supervisor all keep the process; no wrapper
-needed). LMDB's reader table keys slots by PID, and the PID survives exec: closing the environment
-before the exec frees this process's slots, and a process that crashed instead leaves none that a later
-open would mistake for live (LMDB's own descriptors are close-on-exec, which releases its locks, and
-the next opener that finds no other user resets the table). A SIGTERM or SIGINT before the exec wins:
+`RestartToRebuild`; `kvs2.cli.main` lets `worker_files` remove the `--workers` metrics directory, then
+execs the same command line (`os.execve`: same PID, so Kubernetes, `make up` and a supervisor all keep
+the process; no wrapper needed). LMDB's reader table keys slots by PID, and the PID survives exec:
+closing the environment before the exec frees this process's slots (`mdb_env_close`). Were that step to
+fail, slots under the live PID would look in use to other users — but none is left: LMDB's descriptors
+are close-on-exec (their locks go with them), and the next opener (the bootstrap child), finding no
+other user, resets the table. A SIGTERM or SIGINT before the exec wins:
 the process exits instead. The guard's count (`kvs2_guard_rebuilds_total`) lives in memory: it is
 carried over the exec in an environment variable (`CARRIED_ENV`), and the restarted process does not
 count the same rebuild again (the marked store has no topic identity, so neither kvs2.bootstrap nor the
