@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from kvs2.client import BatchWriteError, Client
 from kvs2.credentials import ClientTls
 
 from bench.snapshot import store_digest
-from tests.harness.common import wait_until
+from tests.harness.common import LOOPBACK, free_port, wait_until
 from tests.harness.kafka import KafkaBroker, create_topic, delete_topic
 from tests.harness.replica import ReplicaProcess
 from tests.integration.dataplane.conftest import PARTITIONS, StartReplica
@@ -154,7 +155,13 @@ def test_a_running_replica_that_must_rebuild_takes_its_peers_snapshot(
 ) -> None:
     bootstrap = kafka.bootstrap_servers
     a = start_replica(bootstrap, topic, "a")
-    b = start_replica(bootstrap, topic, "b", extra_args=("--bootstrap-peers", a.target, "--workers", "2"))
+    metrics = f"{LOOPBACK}:{free_port()}"  # with --workers: a multiprocess metrics directory, made anew
+    b = start_replica(
+        bootstrap,
+        topic,
+        "b",
+        extra_args=("--bootstrap-peers", a.target, "--workers", "2", "--metrics-listen", metrics),
+    )
     rebuild_b_while_running(
         Pair(
             bootstrap,
@@ -167,6 +174,19 @@ def test_a_running_replica_that_must_rebuild_takes_its_peers_snapshot(
             lambda: b.wait_serving(timeout=180),
         )
     )
+    wait_until(
+        lambda: 'kvs2_replica_phase{phase="Serving"} 1.0' in _scrape(metrics),
+        timeout=30,
+        what="b's metrics to say it serves after the restart",
+    )
     assert a.stop() == 0
     assert b.stop() == 0
     assert _digest(b) == _digest(a)
+
+
+def _scrape(listen: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{listen}/metrics", timeout=2) as reply:
+            return str(reply.read().decode())
+    except OSError:
+        return ""
