@@ -256,8 +256,8 @@ def _answering(settings: ServeSettings) -> Iterator[None]:
     server.add_generic_rpc_handlers([_OnlyStatus(settings.topic)])
     servers = [_bound(server, settings.listen, settings.tls)]
     if settings.health_listen:
-        # Health only, like kvs2.health_port: a probe that cannot speak TLS must still find the replica
-        # alive (a liveness probe failing for a long bootstrap would restart it in a loop).
+        # Health only, like kvs2.health_port: a probe that cannot speak TLS gets NOT_SERVING rather than
+        # a refused connection (a liveness probe on this port would restart a long bootstrap in a loop).
         health_only = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
         health_pb2_grpc.add_HealthServicer_to_server(checks, health_only)
         servers.append(_bound(health_only, settings.health_listen, None))
