@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from kvs2.config import ServeSettings
 from kvs2.errors import StorageFull, Unavailable
 from kvs2.guard import COUNTERS, GuardCounters
 from kvs2.ingest import Ingester
+from kvs2.kafka_io import OffsetGone
 from kvs2.progress import Snapshot
 from kvs2.restart import CARRIED_ENV, carried_env, command_line, take_carried
 from kvs2.storage import Record, Replica, TopicIdentity
@@ -60,17 +61,37 @@ class Restarts:
 
 
 def _ingester(
-    replica: Replica, admin: FakeAdmin, snapshots: list[Snapshot], restart: Restarts | None
+    replica: Replica,
+    admin: FakeAdmin,
+    snapshots: list[Snapshot],
+    restart: Restarts | None,
+    reader: Callable[[], FakeReader] = FakeReader,
+    *,
+    restarted: bool = False,
 ) -> Ingester:
     return Ingester(
         replica,
         admin,  # type: ignore[arg-type]
-        FakeReader,  # type: ignore[arg-type]
+        reader,  # type: ignore[arg-type]
         "t",
         snapshots.append,
         identity_check_interval=0.05,
         restart_to_rebuild=restart,
+        may_restart_before_serving=not restarted,
     )
+
+
+class GoneOnce(FakeReader):
+    """The first reader finds the stored offsets gone from Kafka (deleted by retention)."""
+
+    def __init__(self, gone: list[bool]) -> None:
+        super().__init__()
+        self._gone = gone
+
+    def assign(self, partitions: int, next_offsets: Mapping[int, int]) -> None:
+        if self._gone:
+            self._gone.pop()
+            raise OffsetGone("partition 0's offset 3 is no longer in the log (it starts at 5)")
 
 
 # ----- the durable mark ------------------------------------------------------------------------------
@@ -142,17 +163,47 @@ def test_the_first_session_builds_in_place_what_the_start_up_bootstrap_could_not
     assert replica.identity() == RECREATED
 
 
+def test_stored_offsets_gone_from_kafka_restart_to_take_a_snapshot(replica: Replica) -> None:
+    replica.reset(IDENTITY)
+    restart = Restarts()
+    gone = [True]
+    ingester = _ingester(replica, FakeAdmin(), [], restart, lambda: GoneOnce(gone))
+    ingester.start()
+    try:
+        assert restart.called.wait(30)
+    finally:
+        ingester.stop()
+    assert "no longer in the log" in restart.reasons[0]
+
+
+def test_a_process_restarted_to_rebuild_rebuilds_in_place_until_it_first_serves(replica: Replica) -> None:
+    """No loop of restarts: the process that replaced one must serve before it may restart again."""
+    replica.reset(IDENTITY)
+    restart = Restarts()
+    gone = [True]
+    snapshots: list[Snapshot] = []
+    ingester = _ingester(replica, FakeAdmin(), snapshots, restart, lambda: GoneOnce(gone), restarted=True)
+    ingester.start()
+    try:
+        _wait(lambda: snapshots and snapshots[-1].serving, "serving after a rebuild in place")
+    finally:
+        ingester.stop()
+    assert restart.reasons == []
+    assert replica.identity() == IDENTITY
+
+
 def test_a_guard_rebuild_counts_once_across_the_restart(monkeypatch: pytest.MonkeyPatch) -> None:
     before = GuardCounters(rebuilds=2, last_reason="an earlier one")
     env = carried_env(before, {"PATH": "/bin"})
     assert env["PATH"] == "/bin"
     after = GuardCounters()
-    take_carried(after, env)
+    assert take_carried(after, env)  # this process replaced one that restarted to rebuild
     assert (after.rebuilds, after.last_reason) == (2, "an earlier one")
     assert CARRIED_ENV not in env  # taken: a later restart carries its own count
     broken = {CARRIED_ENV: "not json"}
-    take_carried(after, broken)  # a bad value is ignored, never fatal
+    assert take_carried(after, broken)  # a bad value is ignored, never fatal
     assert after.rebuilds == 2
+    assert not take_carried(after, {})
     assert COUNTERS is not after
 
 
