@@ -43,6 +43,8 @@ class ReplicaParts:
         on_outcomes: Callable[[list[Outcome]], None],
         on_limit: Callable[[int], None],
         restart_to_rebuild: Callable[[str], None] | None = None,
+        *,
+        may_restart_before_serving: bool = True,
     ) -> Ingester:
         """The single LMDB writer, reading every partition of the topic (not started)."""
         settings = self.settings
@@ -60,6 +62,7 @@ class ReplicaParts:
             else None,
             guard_margin=settings.guard_margin,
             restart_to_rebuild=restart_to_rebuild,
+            may_restart_before_serving=may_restart_before_serving,
         )
 
 

@@ -20,7 +20,8 @@ from Kafka, the running guard met a late compaction gap) either replays the topi
 `restart_to_rebuild` (the server passes one when the replica has `--bootstrap-peers`) — marks its store
 "must rebuild" and has the process restart, so that the start-up path takes a peer's snapshot
 (kvs2.restart says why). The checks made when the first session starts (a store of another topic, the
-guard at start) always build in place: the start-up bootstrap has just asked the peers for that.
+guard at start) always build in place: the start-up bootstrap has just asked the peers for that; so does
+a process that replaced one that restarted, until it first serves (`may_restart_before_serving`).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Ingester:
         identity_check_interval: float = 1.0,
         guard_margin: float = DEFAULT_MARGIN_SECONDS,
         restart_to_rebuild: Callable[[str], None] | None = None,
+        may_restart_before_serving: bool = True,
     ) -> None:
         self._replica = replica
         self._admin = admin
@@ -114,6 +116,9 @@ class Ingester:
         self._thread = threading.Thread(target=self._run, name="kvs2-ingester", daemon=True)
         self._problem: Kvs2Error | None = None  # what stops the ingester now (logged once; see _recovered)
         self._restart = restart_to_rebuild
+        # False in a process that replaced one that restarted to rebuild (kvs2.restart): it must serve once
+        # before it may restart again, so that a rebuild that keeps failing cannot restart in a loop.
+        self._may_restart = may_restart_before_serving
         self._started = False  # a session got past its start-up checks (see _session)
         self._fresh_window = 0.0  # seconds; set from the topic's min.compaction.lag.ms in _session
         self._retention: float | None = None  # the topic's delete.retention.ms in seconds (kvs2.guard)
@@ -139,7 +144,7 @@ class Ingester:
                 delay = 0.5
             except _Rebuild as why:
                 self._on_progress(Snapshot())  # NOT_SERVING first
-                if self._restart is not None:
+                if self._restart is not None and self._may_restart:
                     log.warning("replica is stale (%s): not serving; it restarts to rebuild", why)
                     # Reads check the topic id in their own transaction: from this commit, none answers.
                     self._replica.mark_rebuild(str(why))
@@ -227,7 +232,7 @@ class Ingester:
         first = not self._started  # the start-up bootstrap has just judged this store (module docstring)
         current = self._replica.identity()
         if current != identity:
-            if current is not None and self._restart is not None and not first:
+            if current is not None and self._restart is not None and self._may_restart and not first:
                 raise _Rebuild(
                     f"topic {self._topic!r} changed from id {current.topic_id} with {current.partitions} "
                     f"partitions to id {identity.topic_id} with {identity.partitions}"
@@ -291,7 +296,7 @@ class Ingester:
         if reason is not None:
             log.warning("replica of topic %r must be rebuilt, not resumed: %s", self._topic, reason)
             COUNTERS.rebuilt(reason)
-            if self._restart is not None and not first:
+            if self._restart is not None and self._may_restart and not first:
                 raise _Rebuild(reason)
             self._replica.reset(identity)
             return True
@@ -308,6 +313,7 @@ class Ingester:
     ) -> None:
         serving = _caught_up(offsets, targets)
         if serving:
+            self._may_restart = True
             log.info("replica is caught up with topic %r: serving", self._topic)
 
         caught_up_at: dict[int, float] = {}
@@ -393,6 +399,7 @@ class Ingester:
                 since_trim += len(records)
                 if not serving and _caught_up(offsets, targets):
                     serving = True
+                    self._may_restart = True
                     log.info("replica is caught up with topic %r: serving", self._topic)
                     release_freed_memory()
                     since_trim = 0

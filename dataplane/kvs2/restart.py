@@ -34,11 +34,12 @@ the process; no wrapper needed). LMDB's reader table keys slots by PID, and the 
 closing the environment before the exec frees this process's slots (`mdb_env_close`). Were that step to
 fail, slots under the live PID would look in use to other users — but none is left: LMDB's descriptors
 are close-on-exec (their locks go with them), and the next opener (the bootstrap child), finding no
-other user, resets the table. A SIGTERM or SIGINT before the exec wins:
-the process exits instead. The guard's count (`kvs2_guard_rebuilds_total`) lives in memory: it is
-carried over the exec in an environment variable (`CARRIED_ENV`), and the restarted process does not
-count the same rebuild again (the marked store has no topic identity, so neither kvs2.bootstrap nor the
-ingester takes it for a guard rebuild).
+other user, resets the table. A SIGTERM or SIGINT before the exec wins: the process exits instead.
+The restarted process rebuilds in place (replay) should it have to rebuild again before it first
+serves: a rebuild that keeps failing never restarts in a loop. The guard's count
+(`kvs2_guard_rebuilds_total`) lives in memory: it is carried over the exec in an environment variable
+(`CARRIED_ENV`), and the restarted process does not count the same rebuild again (the marked store has
+no topic identity, so neither kvs2.bootstrap nor the ingester takes it for a guard rebuild).
 """
 
 from __future__ import annotations
@@ -96,18 +97,21 @@ def carried_env(counters: GuardCounters, env: Mapping[str, str]) -> dict[str, st
     return {**env, CARRIED_ENV: json.dumps(carried)}
 
 
-def take_carried(counters: GuardCounters, env: dict[str, str] | os._Environ[str]) -> None:
-    """Restore the counters carried over an exec (and remove them from `env`); a bad value is ignored."""
+def take_carried(counters: GuardCounters, env: dict[str, str] | os._Environ[str]) -> bool:
+    """Restore the counters carried over an exec (and remove them from `env`); a bad value is ignored.
+    Whether this process replaced one that restarted to rebuild (it then rebuilds in place until it
+    first serves: kvs2.ingest, no loop of restarts)."""
     raw = env.pop(CARRIED_ENV, None)
     if raw is None:
-        return
+        return False
     try:
         carried = json.loads(raw)
         rebuilds, reason = int(carried["rebuilds"]), str(carried["last_reason"])
     except (ValueError, TypeError, KeyError) as exc:
         log.warning("ignoring %s=%r: %s", CARRIED_ENV, raw, exc)
-        return
+        return True
     counters.restore(rebuilds, reason)
+    return True
 
 
 __all__ = ("CARRIED_ENV", "RestartToRebuild", "carried_env", "command_line", "take_carried")

@@ -386,6 +386,8 @@ class Role:
     fanout: Fanout | None = None
     fanin_fd: int | None = None
     followers: list[int] = field(default_factory=list)
+    # This process replaced one that restarted to rebuild (kvs2.restart): no second restart before serving.
+    restarted: bool = False
 
     @property
     def leader(self) -> bool:
@@ -443,7 +445,9 @@ async def running_replica(
                 with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down anyway
                     loop.call_soon_threadsafe(restart_cb, reason)
 
-        ingester = parts.ingester(on_progress, on_outcomes, on_limit, restart_hook)
+        ingester = parts.ingester(
+            on_progress, on_outcomes, on_limit, restart_hook, may_restart_before_serving=not role.restarted
+        )
     else:
         assert role.fanin_fd is not None
         fanin = FanIn(
@@ -660,13 +664,14 @@ def run_replica(settings: ServeSettings) -> int:
     """`kvs2 serve`: bootstrap from a peer's snapshot if the replica must build (kvs2.bootstrap), fork the
     followers (before any gRPC, LMDB or Kafka object exists), then run. Raises `RestartToRebuild` when
     the replica must rebuild while running (the caller execs the process again, kvs2.restart)."""
-    take_carried(COUNTERS, os.environ)  # the guard's counts, when this process replaced itself
+    restarted = take_carried(COUNTERS, os.environ)  # the guard's counts, when this process replaced itself
     bootstrap_in_child(settings)
     loop = settings.event_loop
     log.info("event loop: %s", eventloop.resolve(loop))
     if settings.workers <= 1:
-        return eventloop.run(serve(settings), loop)
+        return eventloop.run(serve(settings, Role(restarted=restarted)), loop)
     pids, fds = fork_followers(
         settings.workers - 1, lambda fd: eventloop.run(serve(settings, Role(fanin_fd=fd)), loop)
     )
-    return eventloop.run(serve(settings, Role(fanout=Fanout(fds, pids), followers=pids)), loop)
+    leader = Role(fanout=Fanout(fds, pids), followers=pids, restarted=restarted)
+    return eventloop.run(serve(settings, leader), loop)
