@@ -42,6 +42,9 @@ class ReplicaParts:
         on_progress: Callable[[Snapshot], None],
         on_outcomes: Callable[[list[Outcome]], None],
         on_limit: Callable[[int], None],
+        restart_to_rebuild: Callable[[str], None] | None = None,
+        *,
+        may_restart_before_serving: bool = True,
     ) -> Ingester:
         """The single LMDB writer, reading every partition of the topic (not started)."""
         settings = self.settings
@@ -58,6 +61,8 @@ class ReplicaParts:
             if settings.create_topic
             else None,
             guard_margin=settings.guard_margin,
+            restart_to_rebuild=restart_to_rebuild,
+            may_restart_before_serving=may_restart_before_serving,
         )
 
 

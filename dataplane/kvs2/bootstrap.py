@@ -1,7 +1,8 @@
 """Bootstrap: before a replica opens its store, fetch a snapshot from a peer if it has to (re)build.
 
 A replica has to build when its data directory holds nothing of the topic (new, or the topic was
-recreated), or when the resurrection guard (kvs2.guard) says its state may be missing deletes. Then it
+recreated), when the resurrection guard (kvs2.guard) says its state may be missing deletes, or when the
+running replica marked its store "must rebuild" and restarted itself (kvs2.restart). Then it
 asks the peers of `--bootstrap-peers` in order for a snapshot (kvs2.snapshot) and installs the first
 one that verifies. No peer answering, a broken or corrupted stream, a snapshot of another topic or
 positions Kafka no longer holds: it says so in its log and falls back to replaying the topic.
@@ -12,7 +13,8 @@ of the serving process.
 
 While it fetches, the child answers on the replica's own addresses, so that the operator and `kvs2
 status` can tell a bootstrapping replica from a dead one: ReplicaStatus says PHASE_BOOTSTRAPPING, gRPC
-health NOT_SERVING, every other RPC UNAVAILABLE, and `/metrics` (with `--metrics-listen`) has
+health NOT_SERVING, every other RPC UNAVAILABLE, the plaintext health port (`--health-listen`, which
+the probes of a TLS store dial) NOT_SERVING, and `/metrics` (with `--metrics-listen`) has
 kvs2_replica_phase{phase="Bootstrapping"} 1. It closes them before it exits; then the replica binds.
 """
 
@@ -38,7 +40,7 @@ from kvs2 import metrics
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.config import ServeSettings
-from kvs2.credentials import peer_client_tls, server_credentials
+from kvs2.credentials import ServerTls, peer_client_tls, server_credentials
 from kvs2.errors import Kvs2Error
 from kvs2.guard import COUNTERS, stale_reason
 from kvs2.kafka_io import Admin, client_config
@@ -56,7 +58,11 @@ _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 def why_build(
     replica: Replica, identity: TopicIdentity, retention_seconds: float, margin: float
 ) -> str | None:
-    """Why this replica must build its store from scratch, or None when it can resume."""
+    """Why this replica must build its store from scratch, or None when it can resume. A store that the
+    running replica marked before restarting itself (kvs2.restart) says why; it has no identity then."""
+    marked = replica.rebuild_reason()
+    if marked is not None:
+        return f"it must be rebuilt: {marked}"
     current = replica.identity()
     if current is None:
         return "it has no data"
@@ -241,31 +247,43 @@ def _refuse(_request: bytes, context: grpc.ServicerContext) -> None:
 
 @contextlib.contextmanager
 def _answering(settings: ServeSettings) -> Iterator[None]:
-    """The replica's status while bootstrapping, on its own gRPC and metrics addresses (best effort:
-    an address that cannot be bound is logged and left alone)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    """The replica's status while bootstrapping, on its own gRPC address and its plaintext health port
+    (best effort: an address that cannot be bound is logged and left alone)."""
     checks = health.HealthServicer()
     checks.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     server.add_generic_rpc_handlers([_OnlyStatus(settings.topic)])
-    try:
-        tls = settings.tls
-        bound = (
-            server.add_insecure_port(settings.listen)
-            if tls is None
-            else server.add_secure_port(settings.listen, server_credentials(tls))
-        )
-    except RuntimeError:
-        bound = 0
-    if bound:
-        server.start()
-    else:
-        log.warning("cannot answer on %s while bootstrapping (address taken)", settings.listen)
+    servers = [_bound(server, settings.listen, settings.tls)]
+    if settings.health_listen:
+        # Health only, like kvs2.health_port: a probe that cannot speak TLS gets NOT_SERVING rather than
+        # a refused connection (a liveness probe on this port would restart a long bootstrap in a loop).
+        health_only = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+        health_pb2_grpc.add_HealthServicer_to_server(checks, health_only)
+        servers.append(_bound(health_only, settings.health_listen, None))
     try:
         yield
     finally:
-        if bound:
-            server.stop(grace=None).wait()
+        for started in servers:
+            if started is not None:
+                started.stop(grace=None).wait()
+
+
+def _bound(server: grpc.Server, address: str, tls: ServerTls | None) -> grpc.Server | None:
+    """`server` started on `address` (with `tls`, else plaintext), or None when it cannot bind (logged)."""
+    try:
+        bound = (
+            server.add_insecure_port(address)
+            if tls is None
+            else server.add_secure_port(address, server_credentials(tls))
+        )
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        log.warning("cannot answer on %s while bootstrapping (address taken)", address)
+        return None
+    server.start()
+    return server
 
 
 def _child(settings: ServeSettings, report: Connection) -> None:

@@ -264,7 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
     from kvs2.server import run_replica
 
     with worker_files(settings.workers if settings.metrics_listen else 1):
-        return run_replica(settings)
+        return run_replica(settings)  # may raise RestartToRebuild: `main` execs after this clean-up
 
 
 # ----- client commands ------------------------------------------------------------------------------
@@ -546,10 +546,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(run(argv[1:]))
     args = build_parser().parse_args(argv)
+    from kvs2.restart import RestartToRebuild
+
     try:
         if args.command == "serve":
             return _serve(args)
         return _client_command(args)
+    except RestartToRebuild as restart:  # a running replica must rebuild: run `kvs2 serve` afresh
+        restart.exec_self(argv)
     except ConfigError as exc:
         print(f"kvs2: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,8 @@ The same holds without a restart: a replica cut off from Kafka (or paused) canno
 its clock stops, and once it reads again it may read past a gap where compaction dropped tombstones. The
 ingester's `RunningGuard` (kvs2.ingest) rebuilds when a partition skips compacted offsets later than the
 window after it was last proven caught up on it — a lost tombstone always leaves such a gap, so reading
-without a gap never rebuilds. A build (or a catch-up) that takes longer than the window is not helped by
+without a gap never rebuilds (with `--bootstrap-peers` such a rebuild restarts the process to take a
+peer's snapshot, kvs2.restart). A build (or a catch-up) that takes longer than the window is not helped by
 starting it again — a replay must finish within delete.retention.ms (a snapshot bootstrap does not replay).
 """
 
@@ -68,6 +69,18 @@ class GuardCounters:
         with self._lock:
             self.rebuilds += 1
             self.last_reason = reason
+
+    def read(self) -> tuple[int, str]:
+        """(rebuilds, last reason), read together."""
+        with self._lock:
+            return self.rebuilds, self.last_reason
+
+    def restore(self, rebuilds: int, last_reason: str) -> None:
+        """Take over the counts of the process this one replaced by exec (kvs2.restart): a counter that
+        went back to zero on a rebuild would hide the rebuild."""
+        with self._lock:
+            self.rebuilds += rebuilds
+            self.last_reason = self.last_reason or last_reason
 
 
 COUNTERS = GuardCounters()

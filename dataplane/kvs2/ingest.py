@@ -14,6 +14,14 @@ Life of the ingester:
      discards nothing (see `_TopicGone`): only a topic with a different id does.
 Kafka unreachable before step 2 keeps the replica NOT_SERVING and retries with backoff; a Kafka
 outage after that leaves it serving what it has (reads are local) while librdkafka reconnects.
+
+A replica that must rebuild while running (`_Rebuild`: the topic changed, the stored offsets are gone
+from Kafka, the running guard met a late compaction gap) either replays the topic in place, or — given
+`restart_to_rebuild` (the server passes one when the replica has `--bootstrap-peers`) — marks its store
+"must rebuild" and has the process restart, so that the start-up path takes a peer's snapshot
+(kvs2.restart says why). The checks made when the first session starts (a store of another topic, the
+guard at start) always build in place: the start-up bootstrap has just asked the peers for that; so does
+a process that replaced one that restarted, until it first serves (`may_restart_before_serving`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 
 from kvs2 import metrics
 from kvs2.consistency import EndOffsetProbe
-from kvs2.errors import Kvs2Error, TopicNotFound
+from kvs2.errors import KafkaUnavailable, Kvs2Error, StorageFailed, TopicNotFound
 from kvs2.guard import (
     COUNTERS,
     DEFAULT_MARGIN_SECONDS,
@@ -90,6 +98,8 @@ class Ingester:
         batch_size: int = 10_000,
         identity_check_interval: float = 1.0,
         guard_margin: float = DEFAULT_MARGIN_SECONDS,
+        restart_to_rebuild: Callable[[str], None] | None = None,
+        may_restart_before_serving: bool = True,
     ) -> None:
         self._replica = replica
         self._admin = admin
@@ -104,7 +114,12 @@ class Ingester:
         self._guard_margin = guard_margin
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kvs2-ingester", daemon=True)
-        self._problem: str | None = None
+        self._problem: Kvs2Error | None = None  # what stops the ingester now (logged once; see _recovered)
+        self._restart = restart_to_rebuild
+        # False in a process that replaced one that restarted to rebuild (kvs2.restart): it must serve once
+        # before it may restart again, so that a rebuild that keeps failing cannot restart in a loop.
+        self._may_restart = may_restart_before_serving
+        self._started = False  # a session got past its start-up checks (see _session)
         self._fresh_window = 0.0  # seconds; set from the topic's min.compaction.lag.ms in _session
         self._retention: float | None = None  # the topic's delete.retention.ms in seconds (kvs2.guard)
 
@@ -128,10 +143,17 @@ class Ingester:
                 self._session()
                 delay = 0.5
             except _Rebuild as why:
+                self._on_progress(Snapshot())  # NOT_SERVING first
+                if self._restart is not None and self._may_restart:
+                    log.warning("replica is stale (%s): not serving; it restarts to rebuild", why)
+                    # Reads check the topic id in their own transaction: from this commit, none answers.
+                    self._replica.mark_rebuild(str(why))
+                    self._restart(str(why))
+                    self._stop.wait()  # alive until stopped: a dead ingester would count as a failure
+                    return
                 log.warning("replica is stale (%s): discarding it and rebuilding from the topic", why)
                 # Reads check the replica's identity in their own transaction (`Replica` reads with a
                 # topic id), so none can see the emptied replica even before NOT_SERVING arrives.
-                self._on_progress(Snapshot())
                 self._replica.invalidate()
             except _TopicGone as why:
                 log.warning(
@@ -142,7 +164,7 @@ class Ingester:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
             except Kvs2Error as exc:
-                self._report_problem(str(exc))
+                self._report_problem(exc)
                 self._on_progress(Snapshot(applied=self._replica.next_offsets(), problem=str(exc)))
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
@@ -152,10 +174,34 @@ class Ingester:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
 
-    def _report_problem(self, problem: str) -> None:
-        if problem != self._problem:
+    def _report_problem(self, problem: Kvs2Error) -> None:
+        if self._problem is None or str(problem) != str(self._problem):
             log.warning("replica cannot follow topic %r yet: %s", self._topic, problem)
-            self._problem = problem
+        self._problem = problem
+
+    def _recovered(self, proven: type[Kvs2Error]) -> None:
+        """Say that the recorded problem is over, once an operation of the kind it stopped (`proven`:
+        KafkaUnavailable — Kafka answered; StorageFailed — a write transaction committed) succeeded."""
+        problem = self._problem
+        if problem is None:
+            return
+        if isinstance(problem, StorageFailed):
+            if proven is not StorageFailed:
+                return  # Kafka answering says nothing about the disk: wait for a committed write
+            log.info(
+                "the data directory %s accepts writes again; applying records of topic %r",
+                self._replica.path,
+                self._topic,
+            )
+        elif proven is not KafkaUnavailable:
+            return
+        elif isinstance(problem, TopicNotFound):
+            log.info("topic %r exists again; following it", self._topic)
+        elif isinstance(problem, KafkaUnavailable):
+            log.info("Kafka is reachable again; following topic %r", self._topic)
+        else:
+            log.info("following topic %r again (it had stopped: %s)", self._topic, problem)
+        self._problem = None
 
     def _identity(self) -> TopicIdentity:
         try:
@@ -183,7 +229,14 @@ class Ingester:
         identity = self._identity()
         retention = self._admin.delete_retention_ms(self._topic) / 1000
         building = True
-        if self._replica.identity() != identity:
+        first = not self._started  # the start-up bootstrap has just judged this store (module docstring)
+        current = self._replica.identity()
+        if current != identity:
+            if current is not None and self._restart is not None and self._may_restart and not first:
+                raise _Rebuild(
+                    f"topic {self._topic!r} changed from id {current.topic_id} with {current.partitions} "
+                    f"partitions to id {identity.topic_id} with {identity.partitions}"
+                )
             log.info(
                 "building replica of topic %r (id %s, %d partitions) from the beginning",
                 identity.topic,
@@ -192,7 +245,8 @@ class Ingester:
             )
             self._replica.reset(identity)
         else:
-            building = self._guard(identity, retention)
+            building = self._guard(identity, retention, first)
+        self._started = True
         offsets = self._replica.next_offsets()
         targets = self._admin.end_offsets(self._topic, identity.partitions)
         try:
@@ -214,9 +268,7 @@ class Ingester:
         except Kvs2Error as exc:
             log.warning("could not read the topic's delete.retention.ms (no guard while running): %s", exc)
             self._retention = None
-        if self._problem is not None:
-            log.info("Kafka is reachable again; following topic %r", self._topic)
-            self._problem = None
+        self._recovered(KafkaUnavailable)
 
         reader = self._make_reader()
         # Staleness and lag bounds rest on Kafka's answers, never on the consumer's cache (issue 8).
@@ -236,13 +288,16 @@ class Ingester:
             probe.stop()
             reader.close()
 
-    def _guard(self, identity: TopicIdentity, retention: float) -> bool:
+    def _guard(self, identity: TopicIdentity, retention: float, first: bool) -> bool:
         """The resurrection guard (kvs2.guard): rebuild rather than resume a replica whose stored state
-        may be missing deletes that compaction dropped while it was behind. Whether it rebuilds."""
+        may be missing deletes that compaction dropped while it was behind. Whether it rebuilds (in
+        place; after the first session, with a restart hook, by restarting: `_Rebuild`)."""
         reason = stale_reason(self._replica.caught_up_at(), time.time(), retention, self._guard_margin)
         if reason is not None:
             log.warning("replica of topic %r must be rebuilt, not resumed: %s", self._topic, reason)
             COUNTERS.rebuilt(reason)
+            if self._restart is not None and self._may_restart and not first:
+                raise _Rebuild(reason)
             self._replica.reset(identity)
             return True
         return False
@@ -258,6 +313,7 @@ class Ingester:
     ) -> None:
         serving = _caught_up(offsets, targets)
         if serving:
+            self._may_restart = True
             log.info("replica is caught up with topic %r: serving", self._topic)
 
         caught_up_at: dict[int, float] = {}
@@ -335,6 +391,7 @@ class Ingester:
             if records or advanced:
                 stamp = clock.observe_proven(proven_at(offsets | advanced))
                 applied = self._replica.apply(records, advanced, fresh_from, caught_up_at=stamp)
+                self._recovered(StorageFailed)
                 metrics.record_applied(records)
                 if applied.outcomes:
                     self._on_outcomes(applied.outcomes)
@@ -342,6 +399,7 @@ class Ingester:
                 since_trim += len(records)
                 if not serving and _caught_up(offsets, targets):
                     serving = True
+                    self._may_restart = True
                     log.info("replica is caught up with topic %r: serving", self._topic)
                     release_freed_memory()
                     since_trim = 0
@@ -355,6 +413,7 @@ class Ingester:
                 stamp = clock.observe_proven(proven_at(offsets), REFRESH_SECONDS)
                 if stamp is not None:  # every offset is stored already: this proves the stored state
                     self._replica.mark_caught_up(stamp)
+                    self._recovered(StorageFailed)
                 next_publish = time.monotonic() + 0.5
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._identity_check_interval

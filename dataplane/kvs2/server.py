@@ -32,6 +32,7 @@ from kvs2.config import ServeSettings
 from kvs2.consistency import EVENTUAL, ReadOptions
 from kvs2.core import ItemStatus, KeyRange, Store, WriteItem
 from kvs2.credentials import add_port
+from kvs2.guard import COUNTERS
 from kvs2.health_port import start_health_server
 from kvs2.ingest import Ingester
 from kvs2.interceptors import MetricsInterceptor
@@ -39,6 +40,7 @@ from kvs2.kafka_io import WriteToken
 from kvs2.observe import Observer
 from kvs2.progress import Progress, Snapshot
 from kvs2.redis_server import start_redis
+from kvs2.restart import RestartToRebuild, take_carried
 from kvs2.snapshot import Header, SnapshotSource, Trailer
 from kvs2.storage import Outcome
 from kvs2.watch import Progressed, watch
@@ -384,6 +386,8 @@ class Role:
     fanout: Fanout | None = None
     fanin_fd: int | None = None
     followers: list[int] = field(default_factory=list)
+    # This process replaced one that restarted to rebuild (kvs2.restart): no second restart before serving.
+    restarted: bool = False
 
     @property
     def leader(self) -> bool:
@@ -396,11 +400,13 @@ async def running_replica(
     role: Role | None = None,
     stop: asyncio.Event | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    on_restart: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[grpc.aio.Server, int, Progress]]:
     """Start everything a replica (process) is; on exit shut it down in order (see `serve`).
 
     `on_fatal(why)` is called when the replica can no longer work (its ingester thread died); by
-    default it sets `stop`.
+    default it sets `stop`. `on_restart(why)` (in the loop), given to a leader with `--bootstrap-peers`,
+    is called when the replica must rebuild while running: it restarts to take a snapshot (kvs2.restart).
     """
     role = role or Role()
     stop = stop or asyncio.Event()
@@ -431,7 +437,17 @@ async def running_replica(
             if fanout is not None:
                 fanout.send("limit", limit)
 
-        ingester = parts.ingester(on_progress, on_outcomes, on_limit)
+        restart_hook: Callable[[str], None] | None = None
+        if on_restart is not None and settings.bootstrap_peers:
+            restart_cb = on_restart
+
+            def restart_hook(reason: str) -> None:  # the ingester's thread
+                with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down anyway
+                    loop.call_soon_threadsafe(restart_cb, reason)
+
+        ingester = parts.ingester(
+            on_progress, on_outcomes, on_limit, restart_hook, may_restart_before_serving=not role.restarted
+        )
     else:
         assert role.fanin_fd is not None
         fanin = FanIn(
@@ -588,8 +604,16 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
     role = role or Role()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    signalled = False
+    restart: list[str] = []  # why the replica restarts to rebuild (kvs2.restart), if it does
+
+    def on_signal() -> None:
+        nonlocal signalled
+        signalled = True  # a SIGTERM/SIGINT wins over a restart to rebuild
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     failed = False
 
     async def watch_followers() -> None:
@@ -616,8 +640,12 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
         failed = True
         stop.set()
 
+    def on_restart(why: str) -> None:
+        restart.append(why)
+        stop.set()
+
     monitor = loop.create_task(watch_followers()) if role.followers else None
-    async with running_replica(settings, role, stop, on_fatal):
+    async with running_replica(settings, role, stop, on_fatal, on_restart if role.leader else None):
         await stop.wait()
         for pid in role.followers:  # in Kubernetes only PID 1 gets the SIGTERM
             with contextlib.suppress(ProcessLookupError):
@@ -627,18 +655,23 @@ async def serve(settings: ServeSettings, role: Role | None = None) -> int:
     for pid in role.followers:
         with contextlib.suppress(ChildProcessError):
             await asyncio.to_thread(os.waitpid, pid, 0)
+    if restart and not signalled and not failed:
+        raise RestartToRebuild(restart[0])  # every process of the replica has closed LMDB by now
     return 1 if failed else 0
 
 
 def run_replica(settings: ServeSettings) -> int:
     """`kvs2 serve`: bootstrap from a peer's snapshot if the replica must build (kvs2.bootstrap), fork the
-    followers (before any gRPC, LMDB or Kafka object exists), then run."""
+    followers (before any gRPC, LMDB or Kafka object exists), then run. Raises `RestartToRebuild` when
+    the replica must rebuild while running (the caller execs the process again, kvs2.restart)."""
+    restarted = take_carried(COUNTERS, os.environ)  # the guard's counts, when this process replaced itself
     bootstrap_in_child(settings)
     loop = settings.event_loop
     log.info("event loop: %s", eventloop.resolve(loop))
     if settings.workers <= 1:
-        return eventloop.run(serve(settings), loop)
+        return eventloop.run(serve(settings, Role(restarted=restarted)), loop)
     pids, fds = fork_followers(
         settings.workers - 1, lambda fd: eventloop.run(serve(settings, Role(fanin_fd=fd)), loop)
     )
-    return eventloop.run(serve(settings, Role(fanout=Fanout(fds, pids), followers=pids)), loop)
+    leader = Role(fanout=Fanout(fds, pids), followers=pids, restarted=restarted)
+    return eventloop.run(serve(settings, leader), loop)

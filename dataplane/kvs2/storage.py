@@ -18,7 +18,8 @@ Layout (named databases):
   urgent  request id → b"": garbage a plain tombstone of its key found untombstoned (see
           `kvs2.conditional`): it must be tombstoned before Kafka may drop that plain tombstone
   meta    b"topic", b"topic_id", b"partitions", b"format", b"skipped", b"caught_up_at" (wall-clock
-          seconds when the replica last proved itself caught up; kvs2.guard)
+          seconds when the replica last proved itself caught up; kvs2.guard), b"rebuild" (why a running
+          replica decided it must be rebuilt; kvs2.restart)
 A key's revision is the Kafka offset of its last write plus one, so 0 never names a write and can
 stand for "absent" (what compare-and-set's "must not exist" needs).
 """
@@ -524,6 +525,32 @@ class Replica:
         ):
             txn.drop(db, delete=False)
         self._has_cond = set()
+
+    def mark_rebuild(self, reason: str) -> None:
+        """Mark the store as one that must be rebuilt, and why (kvs2.restart): the next start asks peers
+        for a snapshot (kvs2.bootstrap.why_build reads the mark), else replays the topic.
+
+        The topic id goes in the same transaction, so that from its commit on no read of any process
+        sharing the environment (`--workers`) answers from this store: reads check the id in their own
+        transaction. The data stays until a snapshot replaces the file or a replay resets it (dropping
+        millions of keys first would only delay the restart).
+        """
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    txn.delete(b"topic_id", db=self._meta)
+                    txn.put(b"rebuild", reason.encode(), db=self._meta)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                raise storage_failure(self.path, exc) from exc
+
+    def rebuild_reason(self) -> str | None:
+        """Why a running replica marked this store to be rebuilt (`mark_rebuild`), None if unmarked."""
+        with self._reading(self._meta) as txn:
+            raw = txn.get(b"rebuild")
+        return None if raw is None else bytes(raw).decode(errors="replace")
 
     def reset(self, identity: TopicIdentity) -> None:
         """Empty the replica and record what it is now built from, in one transaction."""
