@@ -329,3 +329,54 @@ async def test_a_snapshot_too_big_for_the_disk_falls_back_to_replay_without_aski
     assert asked == [target]  # a second peer's snapshot would not fit either
     assert "does not fit" in caplog.text and "falling back to replaying" in caplog.text
     assert not (tmp_path / "new" / snapshot.INCOMING).exists()
+
+
+async def test_at_most_max_streams_on_the_data_channel_too(tmp_path: Path) -> None:
+    with _listening() as listener:
+        source = _source(tmp_path, listener)
+        first = source.stream("t", True)
+        assert isinstance(await anext(first), Header)
+        assert isinstance(await anext(first), DataOffer)  # under way, waiting for its receiver
+        with pytest.raises(Unavailable, match="snapshot-max-streams"):
+            await anext(source.stream("t", True))
+        await first.aclose()  # abandoned: its slot is free again
+        assert isinstance(await anext(source.stream("t", True)), Header)
+
+
+class _FakeClock:
+    """time.monotonic/time.sleep for kvs2.datachannel: sleeping advances the clock, nothing else does."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_throttled_send_keeps_to_its_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--snapshot-max-bytes-per-second on the data channel: the sender waits so that the bytes sent never
+    run ahead of the rate (a fake clock: only the sender's own waits pass time)."""
+    clock = _FakeClock()
+    monkeypatch.setattr(datachannel, "time", clock)
+    data = bytes(range(256)) * (3 * datachannel.BUFFER_BYTES // 256 + 1000)  # 3 buffers and a bit
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    rate = 1_000_000
+    ours, theirs = socket.socketpair()
+    received = bytearray()
+
+    def drain() -> None:
+        while part := theirs.recv(1 << 20):
+            received.extend(part)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    with path.open("rb", buffering=0) as file, ours:
+        sent, _digest = datachannel.send(file.fileno(), ours, max_bytes_per_second=rate)
+    reader.join()
+    theirs.close()
+    assert sent == len(data) and bytes(received) == data
+    assert clock.now == pytest.approx(len(data) / rate)  # it waited exactly as long as the rate says
