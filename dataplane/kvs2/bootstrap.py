@@ -104,20 +104,44 @@ def _channel(peer: str, settings: ServeSettings) -> grpc.Channel:
     return grpc.secure_channel(peer, tls.credentials(), options=[*_CHANNEL_OPTIONS, *tls.options()])
 
 
+class _Unreachable(SnapshotInvalid):
+    """The offered data channel could not be opened (nothing received over it yet)."""
+
+
 def fetch(
     peer: str, settings: ServeSettings, expected: TopicIdentity, start_offsets: dict[int, int]
 ) -> Header:
     """Receive a snapshot from `peer` and install it into the data directory (or raise).
 
     It asks for the data channel (kvs2.datachannel); a peer that offers one sends the data bytes there,
-    a peer of an older kvs2 (or one with `--snapshot-data-listen off`) sends them as gRPC chunks."""
+    a peer of an older kvs2 (or one with `--snapshot-data-listen off`) sends them as gRPC chunks. A data
+    channel that cannot be opened (a firewall or NetworkPolicy that admits only gRPC) costs one retry
+    with gRPC chunks, not the snapshot."""
+    try:
+        return _fetch(peer, settings, expected, start_offsets, data_channel=True)
+    except _Unreachable as exc:
+        log.warning("%s: asking peer %s for the snapshot over gRPC instead", exc, peer)
+    time.sleep(RETRY_DELAY)  # the abandoned stream frees its --snapshot-max-streams slot on the peer
+    return _fetch(peer, settings, expected, start_offsets, data_channel=False)
+
+
+RETRY_DELAY = 1.0
+
+
+def _fetch(
+    peer: str,
+    settings: ServeSettings,
+    expected: TopicIdentity,
+    start_offsets: dict[int, int],
+    data_channel: bool,
+) -> Header:
     incoming = Incoming(settings.data_dir)
     try:
         with _channel(peer, settings) as channel:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
             stub = pb_grpc.Kvs2Stub(channel)
             trailer: Trailer | None = None
-            request = pb.SnapshotRequest(topic=settings.topic, data_channel=True)
+            request = pb.SnapshotRequest(topic=settings.topic, data_channel=data_channel)
             for chunk in stub.Snapshot(request, timeout=TRANSFER_TIMEOUT):
                 part = chunk.WhichOneof("part")
                 if trailer is not None:
@@ -157,10 +181,11 @@ def _receive(peer: str, settings: ServeSettings, offer: Offer, incoming: Incomin
     tls = peer_client_tls(settings.tls) if settings.tls is not None else None
     started = time.monotonic()
     try:
-        with dial(host, offer, tls) as sock:
-            got = incoming.receive(sock)
+        sock = dial(host, offer, tls)
     except DataChannelError as exc:
-        raise SnapshotInvalid(str(exc)) from exc
+        raise _Unreachable(str(exc)) from exc
+    with sock:
+        got = incoming.receive(sock)
     elapsed = time.monotonic() - started
     log.info(
         "received %d snapshot bytes over the data channel %s:%d in %.1fs (%.0f MB/s)",

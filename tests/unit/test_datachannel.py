@@ -380,3 +380,26 @@ def test_a_throttled_send_keeps_to_its_rate(tmp_path: Path, monkeypatch: pytest.
     theirs.close()
     assert sent == len(data) and bytes(received) == data
     assert clock.now == pytest.approx(len(data) / rate)  # it waited exactly as long as the rate says
+
+
+async def test_a_data_channel_that_cannot_be_reached_costs_a_retry_over_grpc_not_the_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A firewall or NetworkPolicy that admits only the gRPC port: the receiver asks the same peer again
+    without the data channel, and installs from gRPC chunks."""
+    closed = socket.create_server((HOST, 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the dial is refused
+    with _listening() as listener:
+        listener.port = closed_port
+        source = _source(tmp_path, listener)
+        async with _peer(source) as target:
+            with caplog.at_level(logging.INFO):
+                header = await asyncio.to_thread(
+                    bootstrap.fetch, target, _settings(tmp_path / "new"), IDENT, {}
+                )
+    assert header.positions == {0: 1, 1: 5000}
+    assert Replica(tmp_path / "new", map_size=1 << 23).items() == source.replica.items()
+    assert f"cannot connect to the data channel {HOST}:{closed_port}" in caplog.text
+    assert "over gRPC instead" in caplog.text
+    assert "over gRPC)" in caplog.text  # the peer's "snapshot sent (...)" line names the channel
