@@ -46,6 +46,7 @@ OFFER_SECONDS = 30.0  # a token not presented within this is forgotten; the send
 HANDSHAKE_SECONDS = 10.0  # TLS handshake + MAGIC + token
 IO_SECONDS = 60.0  # longest a send or receive may stall before the transfer is given up
 BUFFER_BYTES = 1 << 20
+MAX_HANDSHAKES = 16  # connections in their handshake at once; more are closed at once
 
 
 class DataChannelError(Exception):
@@ -87,6 +88,7 @@ class DataListener:
         self._pending: list[_Pending] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self._thread = threading.Thread(target=self._accept_loop, name="kvs2-snapshot-data", daemon=True)
         self._thread.start()
         log.info(
@@ -131,12 +133,24 @@ class DataListener:
                 log.exception("snapshot data channel: accept failed")
                 time.sleep(0.5)
                 continue
+            if not self._handshakes.acquire(blocking=False):
+                log.warning(
+                    "snapshot data channel: refused %s (%d handshakes under way)", address, MAX_HANDSHAKES
+                )
+                conn.close()
+                continue
             threading.Thread(
                 target=self._handshake, args=(conn, address), name="kvs2-snapshot-data-in", daemon=True
             ).start()
 
     def _handshake(self, conn: socket.socket, address: object) -> None:
         """TLS (on a TLS store), then MAGIC + token; a pending token's stream gets the connection."""
+        try:
+            self._handshake_one(conn, address)
+        finally:
+            self._handshakes.release()
+
+    def _handshake_one(self, conn: socket.socket, address: object) -> None:
         try:
             conn.settimeout(HANDSHAKE_SECONDS)
             if self._tls is not None:

@@ -403,3 +403,32 @@ async def test_a_data_channel_that_cannot_be_reached_costs_a_retry_over_grpc_not
     assert f"cannot connect to the data channel {HOST}:{closed_port}" in caplog.text
     assert "over gRPC instead" in caplog.text
     assert "over gRPC)" in caplog.text  # the peer's "snapshot sent (...)" line names the channel
+
+
+async def test_connections_that_never_finish_their_handshake_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Connections sitting in their handshake (never sending a token) cannot pile up threads: past
+    MAX_HANDSHAKES the listener closes new ones at once; once they go, it accepts again."""
+    monkeypatch.setattr(datachannel, "MAX_HANDSHAKES", 2)
+    with _listening() as listener:
+        idle = [socket.create_connection((HOST, listener.port)) for _ in range(2)]
+        for sock in idle:  # the listener answers nothing until it has a token: wait for its handshake
+            sock.sendall(datachannel.MAGIC[:1])
+        offer, _connected = listener.offer()
+        with pytest.raises(DataChannelError):
+            await asyncio.to_thread(datachannel.dial, HOST, offer, None)
+        for sock in idle:
+            sock.close()
+        for _attempt in range(50):  # the listener notices the closed ones and frees their places
+            offer, connected = listener.offer()
+            try:
+                sock = await asyncio.to_thread(datachannel.dial, HOST, offer, None)
+            except DataChannelError:
+                await asyncio.sleep(0.1)
+                continue
+            sock.close()
+            (await asyncio.wrap_future(connected)).close()
+            break
+        else:
+            pytest.fail("the listener never accepted a connection again")
