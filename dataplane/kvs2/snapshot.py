@@ -30,8 +30,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import errno
 import fcntl
 import logging
+import mmap
 import os
 import queue
 import shutil
@@ -328,26 +330,20 @@ class Incoming:
     def receive(self, sock: socket.socket) -> int:
         """Every data byte from the data channel, until the peer closes it; returns how many.
 
-        One reused buffer (recv_into, XXH3 and the file write take a view of it). Every WRITEBACK_BYTES
-        the kernel is told to start writing the last part to disk (`_Writeback`), so the disk works
-        during the transfer and `finish`'s fsync has little left to wait for."""
-        buffer = bytearray(datachannel.BUFFER_BYTES)
-        view = memoryview(buffer)
-        fd = self._file.fileno()
-        got = flushed = 0
-        writeback = _Writeback(fd)
-        try:
-            while n := datachannel.fill(sock, view):
+        The bytes land in a few reused page-aligned buffers (recv_into, XXH3 on a view) and a thread of
+        its own writes each full one to disk (`_DiskWriter`) while the next one is received."""
+        got = 0
+        with _DiskWriter(self.dir / DATA_FILE, self._size) as disk:
+            while True:
+                buffer = disk.free_buffer()
+                n = datachannel.fill(sock, memoryview(buffer))
+                if n == 0:
+                    disk.give_back(buffer)
+                    break
                 self._count(n)
-                chunk = view[:n]
-                self._digest.update(chunk)
-                _write_all(fd, chunk)
+                self._digest.update(memoryview(buffer)[:n])
+                disk.write(buffer, n)
                 got += n
-                if self._size - flushed >= WRITEBACK_BYTES:
-                    writeback.start(flushed, self._size - flushed)
-                    flushed = self._size
-        finally:
-            writeback.close()
         return got
 
     def finish(self, trailer: Trailer, expected: TopicIdentity, start_offsets: Mapping[int, int]) -> Header:
@@ -416,28 +412,92 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-class _Writeback:
-    """Starts the disk writing received ranges, from a thread of its own: sync_file_range blocks while the
-    disk's queue is full, and the transfer must not wait for that (measured: inline, a busy disk held the
-    whole transfer to its pace; without any, the final fsync waited for every byte after the transfer)."""
+DISK_BUFFER_BYTES = 4 << 20
+DISK_BUFFERS = 3
+_ALIGN = 4096
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._ranges: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="kvs2-snapshot-writeback", daemon=True)
+
+class _DiskWriter:
+    """Writes received buffers at `offset` onwards of `path` from a thread of its own, so that receiving
+    and writing overlap; with O_DIRECT when the file system allows it.
+
+    Why O_DIRECT (measured on the bench machine, 2 GB in 4 MiB writes): through the page cache, 5.8 s to
+    write and 0.8 s to fsync (317 MB/s) — the disk cache's writeback, not the network, bounded the
+    snapshot; with O_DIRECT, 1.0 s and nothing left to fsync (2.1 GB/s). Full buffers are a multiple of
+    the block size; the last, short one is written through the page cache (and fsynced by `finish`).
+    Without O_DIRECT (tmpfs, some file systems) every WRITEBACK_BYTES the kernel is told to start writing
+    the last part out (sync_file_range), so that the final fsync has little left."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self._buffered = os.open(path, os.O_WRONLY)
+        self._direct: int | None = None
+        if offset % _ALIGN == 0:
+            with contextlib.suppress(OSError, AttributeError):
+                self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        self._offset = offset
+        self._flushed = offset
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        for _ in range(DISK_BUFFERS):
+            self._free.put(mmap.mmap(-1, DISK_BUFFER_BYTES))  # page-aligned, as O_DIRECT wants
+        self._full: queue.SimpleQueue[tuple[mmap.mmap, int] | None] = queue.SimpleQueue()
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="kvs2-snapshot-disk", daemon=True)
         self._thread.start()
 
-    def start(self, offset: int, length: int) -> None:
-        self._ranges.put((offset, length))
+    def __enter__(self) -> _DiskWriter:
+        return self
 
-    def close(self) -> None:
-        """Wait for the thread (the file descriptor must outlive its calls)."""
-        self._ranges.put(None)
+    def __exit__(self, *exc: object) -> None:
+        self._full.put(None)
         self._thread.join()
+        for fd in (self._buffered, self._direct):
+            if fd is not None:
+                os.close(fd)
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+    def free_buffer(self) -> mmap.mmap:
+        """A buffer to receive into (waits while all are being written)."""
+        buffer = self._free.get()
+        if self._error is not None:
+            raise self._error
+        return buffer
+
+    def give_back(self, buffer: mmap.mmap) -> None:
+        self._free.put(buffer)
+
+    def write(self, buffer: mmap.mmap, n: int) -> None:
+        """Write `buffer[:n]` next, in the writer thread; the buffer comes back through `free_buffer`."""
+        self._full.put((buffer, n))
 
     def _run(self) -> None:
-        while (item := self._ranges.get()) is not None:
-            _start_writeback(self._fd, *item)
+        while (item := self._full.get()) is not None:
+            buffer, n = item
+            try:
+                if self._error is None:
+                    self._write(memoryview(buffer)[:n])
+            except OSError as exc:
+                self._error = exc  # raised by the receiving thread at its next buffer
+            finally:
+                self._free.put(buffer)
+
+    def _write(self, data: memoryview) -> None:
+        while data:
+            direct = self._direct is not None and len(data) % _ALIGN == 0
+            fd = self._direct if direct and self._direct is not None else self._buffered
+            try:
+                n = os.pwrite(fd, data, self._offset)
+            except OSError as exc:
+                if not direct or exc.errno != errno.EINVAL or self._direct is None:
+                    raise
+                os.close(self._direct)  # O_DIRECT accepted at open, refused at write: page cache
+                self._direct = None
+                continue
+            self._offset += n
+            data = data[n:]
+        if self._direct is None and self._offset - self._flushed >= WRITEBACK_BYTES:
+            _start_writeback(self._buffered, self._flushed, self._offset - self._flushed)
+            self._flushed = self._offset
 
 
 def _fsync_dir(path: Path) -> None:
