@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,6 +17,7 @@ from typing import cast
 
 import grpc
 import pytest
+import xxhash
 from kvs2 import bootstrap, datachannel, snapshot
 from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
@@ -432,3 +434,31 @@ async def test_connections_that_never_finish_their_handshake_are_bounded(
             break
         else:
             pytest.fail("the listener never accepted a connection again")
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["O_DIRECT", "page cache (no O_DIRECT)"])
+def test_received_bytes_reach_the_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """Whole buffers and a short, unaligned last one; with O_DIRECT and without (file systems that
+    refuse it): the file holds exactly the bytes sent, and the digest matches them."""
+    if not direct:
+        monkeypatch.delattr(os, "O_DIRECT")
+    monkeypatch.setattr(snapshot, "DISK_BUFFER_BYTES", 64 * 1024)
+    data = bytes(range(256)) * (5 * 64 * 1024 // 256) + b"tail-of-1234-bytes" * 68 + b"xx"
+    incoming = Incoming(tmp_path / "new")
+    incoming.begin(Header(IDENT, {0: 0}, 0))
+    ours, theirs = socket.socketpair()
+
+    def send() -> None:
+        with ours:
+            ours.sendall(data)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    with theirs:
+        assert incoming.receive(theirs) == len(data)
+    sender.join()
+    assert (incoming.dir / snapshot.DATA_FILE).read_bytes() == data
+    assert incoming._digest.digest() == xxhash.xxh3_128(data).digest()
+    incoming.abort()
