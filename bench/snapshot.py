@@ -43,6 +43,15 @@ def _log_span(log: str, first: str, last: str) -> float:
     return (_log_time(done) - _log_time(start)).total_seconds()
 
 
+def _transfer(log: str) -> tuple[str, str]:
+    """Which channel the snapshot's data took, and its rate, from the receiver's log."""
+    for line in log.splitlines():
+        if "snapshot bytes over the data channel" in line:
+            _, _, tail = line.partition(" in ")
+            return "the data channel", tail.strip()  # "2.1s (970 MB/s)"
+    return "gRPC chunks", ""
+
+
 def store_digest(data_dir: Path) -> str:
     """XXH3-128 of a stopped replica's store: data (key order), next offsets, topic identity."""
     env = lmdb.open(str(data_dir), readonly=True, lock=False, max_dbs=10, subdir=True)
@@ -117,6 +126,7 @@ def bench_snapshot(work: Path, sizes: list[int]) -> list[Figure]:
             fetch = _log_span(clog, "replica must be built", "bootstrapped from a snapshot")
             catch_up = _log_span(clog, "bootstrapped from a snapshot", "health: SERVING")
             sent = next(line for line in alog.splitlines() if "snapshot sent" in line)
+            channel, rate = _transfer(clog)
             c.stop()
             a.stop()
             digests = {name: store_digest(work / f"{name}-{keys}") for name in ("a", "b", "c")}
@@ -135,6 +145,13 @@ def bench_snapshot(work: Path, sizes: list[int]) -> list[Figure]:
                     f"snapshot breakdown, {keys:,} keys",
                     f"fetch+verify+install {fetch:.1f}s, open+catch-up {catch_up:.1f}s; {size / 1e6:,.0f} MB",
                     f"peer: {sent[sent.index('snapshot sent') :]}",
+                ),
+                Figure(
+                    f"snapshot transfer, {keys:,} keys",
+                    f"over {channel}" + (f", {rate}" if rate else ""),
+                    "the receiver's log (kvs2.bootstrap: the data channel beside the Snapshot RPC, else "
+                    "gRPC chunks); rate from the receiver's first to last data byte, XXH3 and disk writes "
+                    "included",
                 ),
                 Figure(
                     f"new replica equals its peer, {keys:,} keys",

@@ -41,10 +41,20 @@ from kvs2._proto import kvs2_pb2 as pb
 from kvs2._proto import kvs2_pb2_grpc as pb_grpc
 from kvs2.config import ServeSettings
 from kvs2.credentials import ServerTls, peer_client_tls, server_credentials
+from kvs2.datachannel import DataChannelError, Offer, dial
 from kvs2.errors import Kvs2Error
 from kvs2.guard import COUNTERS, stale_reason
 from kvs2.kafka_io import Admin, client_config
-from kvs2.snapshot import SHA256, XXH3_128, Header, Incoming, SnapshotInvalid, Trailer, clean_leftovers
+from kvs2.snapshot import (
+    SHA256,
+    XXH3_128,
+    Header,
+    Incoming,
+    SnapshotInvalid,
+    SnapshotTooBig,
+    Trailer,
+    clean_leftovers,
+)
 from kvs2.storage import Replica, TopicIdentity
 
 log = logging.getLogger(__name__)
@@ -100,17 +110,45 @@ def _channel(peer: str, settings: ServeSettings) -> grpc.Channel:
     return grpc.secure_channel(peer, tls.credentials(), options=[*_CHANNEL_OPTIONS, *tls.options()])
 
 
+class _Unreachable(SnapshotInvalid):
+    """The offered data channel could not be opened (nothing received over it yet)."""
+
+
 def fetch(
     peer: str, settings: ServeSettings, expected: TopicIdentity, start_offsets: dict[int, int]
 ) -> Header:
-    """Receive a snapshot from `peer` and install it into the data directory (or raise)."""
+    """Receive a snapshot from `peer` and install it into the data directory (or raise).
+
+    It asks for the data channel (kvs2.datachannel); a peer that offers one sends the data bytes there,
+    a peer of an older kvs2 (or one with `--snapshot-data-listen off`) sends them as gRPC chunks. A data
+    channel that cannot be opened (a firewall or NetworkPolicy that admits only gRPC) costs one retry
+    with gRPC chunks, not the snapshot."""
+    try:
+        return _fetch(peer, settings, expected, start_offsets, data_channel=True)
+    except _Unreachable as exc:
+        log.warning("%s: asking peer %s for the snapshot over gRPC instead", exc, peer)
+    time.sleep(RETRY_DELAY)  # the abandoned stream frees its --snapshot-max-streams slot on the peer
+    return _fetch(peer, settings, expected, start_offsets, data_channel=False)
+
+
+RETRY_DELAY = 1.0
+
+
+def _fetch(
+    peer: str,
+    settings: ServeSettings,
+    expected: TopicIdentity,
+    start_offsets: dict[int, int],
+    data_channel: bool,
+) -> Header:
     incoming = Incoming(settings.data_dir)
     try:
         with _channel(peer, settings) as channel:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
             stub = pb_grpc.Kvs2Stub(channel)
             trailer: Trailer | None = None
-            for chunk in stub.Snapshot(pb.SnapshotRequest(topic=settings.topic), timeout=TRANSFER_TIMEOUT):
+            request = pb.SnapshotRequest(topic=settings.topic, data_channel=data_channel)
+            for chunk in stub.Snapshot(request, timeout=TRANSFER_TIMEOUT):
                 part = chunk.WhichOneof("part")
                 if trailer is not None:
                     raise SnapshotInvalid("the snapshot stream went on after its trailer")
@@ -125,6 +163,10 @@ def fetch(
                     )
                 elif part == "data":
                     incoming.write(chunk.data)
+                elif part == "data_channel":
+                    _receive(
+                        peer, settings, Offer(chunk.data_channel.port, chunk.data_channel.token), incoming
+                    )
                 elif part == "trailer":
                     t = chunk.trailer
                     trailer = (
@@ -135,6 +177,30 @@ def fetch(
         return incoming.finish(trailer, expected, start_offsets)
     finally:
         incoming.abort()  # no-op after a successful install
+
+
+def _receive(peer: str, settings: ServeSettings, offer: Offer, incoming: Incoming) -> None:
+    """The data bytes over the data channel the peer offered, on the host this RPC went to."""
+    if incoming.header is None:
+        raise SnapshotInvalid("the peer offered the data channel before the snapshot's header")
+    host = peer.rpartition(":")[0]
+    tls = peer_client_tls(settings.tls) if settings.tls is not None else None
+    started = time.monotonic()
+    try:
+        sock = dial(host, offer, tls)
+    except DataChannelError as exc:
+        raise _Unreachable(str(exc)) from exc
+    with sock:
+        got = incoming.receive(sock)
+    elapsed = time.monotonic() - started
+    log.info(
+        "received %d snapshot bytes over the data channel %s:%d in %.1fs (%.0f MB/s)",
+        got,
+        host,
+        offer.port,
+        elapsed,
+        got / max(elapsed, 1e-9) / 1e6,
+    )
 
 
 @dataclass(frozen=True)
@@ -196,6 +262,9 @@ def _from_peers(
             log.warning("no snapshot from peer %s: %s %s", peer, exc.code(), exc.details())
         except grpc.FutureTimeoutError:
             log.warning("no snapshot from peer %s: it did not answer within %.0fs", peer, CONNECT_TIMEOUT)
+        except SnapshotTooBig as exc:
+            log.warning("snapshot from peer %s rejected: %s; no peer's would fit", peer, exc)
+            break
         except (SnapshotInvalid, OSError) as exc:
             log.warning("snapshot from peer %s rejected: %s", peer, exc)
         else:

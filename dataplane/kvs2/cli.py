@@ -143,6 +143,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=int(_env("KVS2_SNAPSHOT_MAX_BYTES_PER_SECOND", "0")),
         help="bandwidth of each snapshot this replica sends (0: unlimited)",
     )
+    p.add_argument(
+        "--snapshot-data-listen",
+        default=_env("KVS2_SNAPSHOT_DATA_LISTEN", ""),
+        metavar="HOST:PORT|off",
+        help="where snapshots' data bytes are sent from (a raw TCP channel beside the Snapshot RPC, TLS "
+        "when gRPC is; default: --listen's host, any free port; off: over gRPC)",
+    )
     p.add_argument("--partitions", type=int, default=int(_env("KVS2_PARTITIONS", "6")))
     p.add_argument("--replication-factor", type=int, default=int(_env("KVS2_REPLICATION_FACTOR", "1")))
     p.add_argument("--log-level", default=_env("KVS2_LOG_LEVEL", "INFO"))
@@ -246,6 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
         bootstrap_peers=parse_peers(args.bootstrap_peers),
         snapshot_max_streams=args.snapshot_max_streams,
         snapshot_max_bytes_per_second=args.snapshot_max_bytes_per_second,
+        snapshot_data_listen=args.snapshot_data_listen,
         create_topic=args.create_topic,
         partitions=args.partitions,
         replication_factor=args.replication_factor,

@@ -87,6 +87,9 @@ class ServeSettings:
     # Snapshots this replica sends at once, and the bandwidth of each (0: unlimited) (kvs2.snapshot).
     snapshot_max_streams: int = 1
     snapshot_max_bytes_per_second: int = 0
+    # HOST:PORT of the snapshot data channel (kvs2.datachannel); "": --listen's host, any free port (the
+    # port travels in the Snapshot RPC); "off": snapshots' data goes over gRPC.
+    snapshot_data_listen: str = ""
     # Bound on the Watch change history in bytes (0: bounded by offsets only) (kvs2.storage).
     history_bytes: int = 1 << 30
     # Observability (kvs2.metrics, kvs2.logs): /metrics on its own HOST:PORT ("" = off); log format;
@@ -125,6 +128,10 @@ class ServeSettings:
             host, sep, port = self.redis_listen.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"--redis-listen must be HOST:PORT, got {self.redis_listen!r}")
+        if self.snapshot_data_listen not in ("", "off") and not _is_host_port(self.snapshot_data_listen):
+            raise ConfigError(
+                f"--snapshot-data-listen must be HOST:PORT or off, got {self.snapshot_data_listen!r}"
+            )
         if self.snapshot_max_streams < 0 or self.snapshot_max_bytes_per_second < 0:
             raise ConfigError(
                 "--snapshot-max-streams and --snapshot-max-bytes-per-second must not be negative"

@@ -32,6 +32,7 @@ from kvs2.config import ServeSettings
 from kvs2.consistency import EVENTUAL, ReadOptions
 from kvs2.core import ItemStatus, KeyRange, Store, WriteItem
 from kvs2.credentials import add_port
+from kvs2.datachannel import DataListener
 from kvs2.guard import COUNTERS
 from kvs2.health_port import start_health_server
 from kvs2.ingest import Ingester
@@ -41,7 +42,7 @@ from kvs2.observe import Observer
 from kvs2.progress import Progress, Snapshot
 from kvs2.redis_server import start_redis
 from kvs2.restart import RestartToRebuild, take_carried
-from kvs2.snapshot import Header, SnapshotSource, Trailer
+from kvs2.snapshot import DataOffer, Header, SnapshotSource, Trailer
 from kvs2.storage import Outcome
 from kvs2.watch import Progressed, watch
 from kvs2.workers import FanIn, Fanout, exited, fork_followers
@@ -266,7 +267,7 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
         try:
             if self._snapshots is None:
                 raise errors.Unavailable("this replica process does not send snapshots")
-            async for part in self._snapshots.stream(request.topic):
+            async for part in self._snapshots.stream(request.topic, request.data_channel):
                 if isinstance(part, Header):
                     yield pb.SnapshotChunk(
                         header=pb.SnapshotHeader(
@@ -280,6 +281,10 @@ class Kvs2Servicer(pb_grpc.Kvs2Servicer):
                 elif isinstance(part, Trailer):
                     yield pb.SnapshotChunk(
                         trailer=pb.SnapshotTrailer(xxh3_128=part.digest, size=part.size or 0)
+                    )
+                elif isinstance(part, DataOffer):
+                    yield pb.SnapshotChunk(
+                        data_channel=pb.SnapshotDataChannel(port=part.port, token=part.token)
                     )
                 else:
                     yield pb.SnapshotChunk(data=part)
@@ -463,12 +468,14 @@ async def running_replica(
     if settings.authz is not None:
         interceptors.append(AuthorizationInterceptor(settings.authz))
     server = grpc.aio.server(options=options, interceptors=interceptors or None)
+    data_listener = data_channel_listener(settings) if role.leader else None
     snapshots = SnapshotSource(
         replica,
         progress,
         settings.topic,
         max_streams=settings.snapshot_max_streams,
         max_bytes_per_second=settings.snapshot_max_bytes_per_second,
+        listener=data_listener,
     )
     servicer = Kvs2Servicer(store, settings.default_write_timeout, snapshots, topic=settings.topic)
     pb_grpc.add_Kvs2Servicer_to_server(servicer, server)
@@ -503,6 +510,8 @@ async def running_replica(
     except RuntimeError:  # grpc raises when the bind fails; its own message only says "failed"
         port = 0
     if port == 0:
+        if data_listener is not None:
+            data_listener.close()
         raise errors.ConfigError(
             f"cannot listen on {settings.listen}: the address is in use or not available on this host"
         )
@@ -570,6 +579,8 @@ async def running_replica(
             )
 
         await _step("front doors", stop_fronts)
+        if data_listener is not None:
+            await _step("snapshot data channel", data_listener.close)
         if health_server is not None:
             stop_health = health_server.stop
             await _step("health port", lambda: stop_health(None))
@@ -586,6 +597,24 @@ async def running_replica(
             await _step("follower pipes", fanout.close)  # followers see end-of-file and stop too
         await _step("LMDB", replica.close)
         log.info("stopped")
+
+
+def data_channel_listener(settings: ServeSettings) -> DataListener | None:
+    """The snapshot data channel's listener (kvs2.datachannel), on `--snapshot-data-listen` (default:
+    --listen's host, any free port), or None when it is off.
+
+    Only the leader process listens: a token is known only to the process that offered it, and with
+    `--workers` the Snapshot RPC may reach any of them, so a follower's snapshots keep using gRPC."""
+    if settings.snapshot_data_listen == "off":
+        return None
+    address = settings.snapshot_data_listen or f"{settings.listen.rpartition(':')[0]}:0"
+    host, _, port = address.rpartition(":")
+    try:
+        return DataListener(host, int(port), settings.tls)
+    except OSError as exc:
+        raise errors.ConfigError(
+            f"cannot listen on {address} (--snapshot-data-listen): {exc.strerror or exc}"
+        ) from exc
 
 
 async def _step(what: str, action: Callable[[], object]) -> None:

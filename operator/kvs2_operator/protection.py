@@ -10,7 +10,7 @@ cluster does not serve the Certificate kind (cert-manager absent), applying it a
 would only wait for a Secret nobody writes).
 
 `spec.networkPolicy` → a NetworkPolicy selecting the store's pods and admitting, on the ports that exist:
-- the store's own pods on gRPC (peers ask each other for snapshots);
+- the store's own pods on gRPC and the snapshot data port (peers send each other snapshots);
 - `allowFrom` (NetworkPolicyPeer objects as Kubernetes defines them: podSelector, namespaceSelector,
   ipBlock) on gRPC and, when enabled, the Redis port;
 - the operator's namespace on the metrics port (it reads each pod's phase and lag there), and `metricsFrom`
@@ -152,13 +152,14 @@ def render_network_policy(
     policy: NetworkPolicySpec,
     ports: Mapping[str, int],
 ) -> dict[str, Any]:
-    """`ports`: name → number of grpc, redis (if enabled) and metrics."""
+    """`ports`: name → number of grpc, redis (if enabled), metrics and snapshot-data (the store's own pods
+    send each other snapshots' data on it, kvs2.datachannel)."""
 
     def tcp(*names: str) -> list[dict[str, Any]]:
         return [{"protocol": "TCP", "port": ports[n]} for n in names if n in ports]
 
     ingress: list[dict[str, Any]] = [
-        {"from": [{"podSelector": {"matchLabels": dict(pod_labels)}}], "ports": tcp("grpc")}
+        {"from": [{"podSelector": {"matchLabels": dict(pod_labels)}}], "ports": tcp("grpc", "snapshot-data")}
     ]
     if policy.allow_from:
         ingress.append({"from": [dict(p) for p in policy.allow_from], "ports": tcp("grpc", "redis")})

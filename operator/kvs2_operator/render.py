@@ -53,6 +53,10 @@ TERMINATION_MARGIN_SECONDS = 10
 #: Where each replica serves Prometheus metrics (`kvs2 serve --metrics-listen`), named "metrics" on the pod
 #: and on the headless Service so a PodMonitor/ServiceMonitor selects it by name.
 METRICS_PORT = 9464
+#: Where each replica sends snapshots' data bytes to a bootstrapping peer (`kvs2 serve
+#: --snapshot-data-listen`, kvs2.datachannel): a fixed port, so that the NetworkPolicy can admit it
+#: between the store's own pods (the port travels in the Snapshot RPC; nothing else dials it).
+SNAPSHOT_DATA_PORT = 50052
 
 
 def selector_labels(store_name: str) -> dict[str, str]:
@@ -95,6 +99,7 @@ def container_env(store: Store) -> list[dict[str, Any]]:
         {"name": "KVS2_WORKERS", "value": str(spec.workers)},
         {"name": "KVS2_BOOTSTRAP_PEERS", "value": bootstrap_peers(store)},
         {"name": "KVS2_METRICS_LISTEN", "value": f"$(POD_IP):{METRICS_PORT}"},
+        {"name": "KVS2_SNAPSHOT_DATA_LISTEN", "value": f"$(POD_IP):{SNAPSHOT_DATA_PORT}"},
     ]
     if spec.redis.enabled:
         env.append({"name": "KVS2_REDIS_LISTEN", "value": f"$(POD_IP):{spec.redis.port}"})
@@ -144,6 +149,7 @@ def _container(store: Store) -> dict[str, Any]:
                 else []
             ),
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": "snapshot-data", "containerPort": SNAPSHOT_DATA_PORT, "protocol": "TCP"},
         ],
         "env": container_env(store),
         "volumeMounts": [
@@ -387,7 +393,7 @@ def render_protection(store: Store) -> list[dict[str, Any]]:
             )
         )
     if spec.network_policy is not None:
-        ports = {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+        ports = {"grpc": GRPC_PORT, "metrics": METRICS_PORT, "snapshot-data": SNAPSHOT_DATA_PORT}
         if spec.redis.enabled:
             ports["redis"] = spec.redis.port
         out.append(

@@ -33,6 +33,7 @@ def test_bad_kafka_pair_is_a_clear_error() -> None:
         ({"bootstrap_servers": ""}, "bootstrap-servers"),
         ({"topic": ""}, "--topic"),
         ({"listen": "50051"}, "HOST:PORT"),
+        ({"snapshot_data_listen": "50052"}, "--snapshot-data-listen must be HOST:PORT or off"),
     ],
 )
 def test_settings_are_validated(kwargs: dict[str, str], message: str) -> None:

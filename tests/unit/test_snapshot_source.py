@@ -41,6 +41,7 @@ async def test_a_sent_snapshot_installs_as_an_equal_store(tmp_path: Path, thrott
         elif isinstance(part, Trailer):
             incoming.finish(part, IDENT, {})
         else:
+            assert isinstance(part, bytes)  # no data channel asked for: data chunks only
             incoming.write(part)
     installed = Replica(tmp_path / "new", map_size=1 << 22)
     assert installed.items() == source.replica.items()

@@ -666,20 +666,54 @@ class SnapshotRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOPIC_FIELD_NUMBER: _builtins.int
+    DATA_CHANNEL_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """The topic the asking replica follows; the peer refuses (FAILED_PRECONDITION) if it follows another."""
+    data_channel: _builtins.bool
+    """Added: the asking replica can take the data over a raw data channel (SnapshotDataChannel) instead of
+    SnapshotChunk.data messages. Peers that do not know this field send data chunks, as before.
+    """
     def __init__(
         self,
         *,
         topic: _builtins.str = ...,
+        data_channel: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_channel", b"data_channel", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotRequest: _TypeAlias = SnapshotRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotDataChannel(_message.Message):
+    """Added: where to fetch a snapshot's data bytes, sent after the header to a replica that set
+    SnapshotRequest.data_channel. The receiver dials the host it dialled for this RPC at `port` (TLS with
+    the store's certificates when the store uses TLS), presents `token` (single use, expires within
+    seconds) and reads the data bytes until the peer closes; the trailer still comes on this RPC.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    token: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+        token: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotDataChannel: _TypeAlias = SnapshotDataChannel  # noqa: Y015
 
 @_typing.final
 class SnapshotHeader(_message.Message):
@@ -761,23 +795,29 @@ class SnapshotChunk(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     TRAILER_FIELD_NUMBER: _builtins.int
+    DATA_CHANNEL_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     @_builtins.property
     def header(self) -> Global___SnapshotHeader: ...
     @_builtins.property
     def trailer(self) -> Global___SnapshotTrailer: ...
+    @_builtins.property
+    def data_channel(self) -> Global___SnapshotDataChannel:
+        """Added: the data comes over a data channel (only to a receiver that asked for one)."""
+
     def __init__(
         self,
         *,
         header: Global___SnapshotHeader | None = ...,
         data: _builtins.bytes = ...,
         trailer: Global___SnapshotTrailer | None = ...,
+        data_channel: Global___SnapshotDataChannel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_channel", b"data_channel", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_channel", b"data_channel", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data", "trailer"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data", "trailer", "data_channel"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 

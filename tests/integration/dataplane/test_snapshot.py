@@ -75,7 +75,9 @@ def test_new_replica_starts_from_a_peers_snapshot_that_replay_could_not_produce(
         assert value is not None and value.revision == last.offset + 1
     assert _everything(b) == _everything(a)
     assert len([k for k in _everything(b) if k.startswith(b"old-")]) == 50  # only the snapshot had them
-    assert "bootstrapped from a snapshot of peer" in b.log_text()
+    log = b.log_text()
+    assert "bootstrapped from a snapshot of peer" in log
+    assert "snapshot bytes over the data channel" in log  # not as gRPC chunks (kvs2.datachannel)
 
 
 class _CuttingProxy:
@@ -133,7 +135,9 @@ def test_broken_stream_and_absent_peer_fall_back_to_replay(
     kafka: KafkaBroker, topic: str, start_replica: StartReplica, cutting_proxy: list[_CuttingProxy]
 ) -> None:
     bootstrap = kafka.bootstrap_servers
-    a = start_replica(bootstrap, topic, "a")
+    # The data as gRPC chunks, so that the proxy on the gRPC port breaks the data off (a broken data
+    # channel: tests/unit/test_datachannel.py).
+    a = start_replica(bootstrap, topic, "a", extra_args=("--snapshot-data-listen", "off"))
     with a.client() as c:
         for i in range(300):
             c.set(f"k-{i}".encode(), bytes([i % 251]) * 1000)

@@ -102,7 +102,7 @@ def test_network_policy_admits_peers_and_the_given_clients(
     assert spec["policyTypes"] == ["Ingress"]
     by_source = {_key(rule["from"]): sorted(p["port"] for p in rule["ports"]) for rule in spec["ingress"]}
     assert by_source == {
-        _key([{"podSelector": {"matchLabels": pods}}]): [50051],
+        _key([{"podSelector": {"matchLabels": pods}}]): [50051, 50052],
         _key([clients]): [6380, 50051],
         _key([scrapers]): [9464],
     }

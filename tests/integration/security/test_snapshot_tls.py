@@ -63,5 +63,12 @@ def test_a_new_tls_replica_bootstraps_from_a_tls_peer_with_only_the_read_right(
     )
     log = b.process.log_text()
     assert "bootstrapped from a snapshot of peer" in log, log[-3000:]
-    with Client(b.target, timeout=10, tls=tls, retries=0) as c:
+    # The bytes came over the data channel, TLS like gRPC (a plaintext dial would have been refused).
+    assert "snapshot bytes over the data channel" in log, log[-3000:]
+    assert "snapshot data channel listening on" in a.process.log_text()
+    assert "(TLS)" in a.process.log_text()
+    with Client(b.target, timeout=10, tls=tls, retries=0) as c, Client(a.target, tls=tls, retries=0) as pc:
         assert c.count() == 30
+        assert [(i.key, i.value, i.revision) for i in c.scan()] == [
+            (i.key, i.value, i.revision) for i in pc.scan()
+        ]

@@ -73,9 +73,9 @@ def test_network_policy_admits_peers_clients_and_metrics_scrapers_on_their_ports
     assert spec["podSelector"] == {"matchLabels": pods}
     assert spec["policyTypes"] == ["Ingress"]
     peers, apps, metrics = spec["ingress"]
-    assert peers == {
+    assert peers == {  # gRPC, and the snapshot data channel peers send each other snapshots on
         "from": [{"podSelector": {"matchLabels": pods}}],
-        "ports": [{"protocol": "TCP", "port": 50051}],
+        "ports": [{"protocol": "TCP", "port": 50051}, {"protocol": "TCP", "port": 50052}],
     }
     assert apps["from"] == [clients]
     assert [p["port"] for p in apps["ports"]] == [50051, 16379]

@@ -27,7 +27,7 @@ def test_off_by_default(body: dict[str, Any]) -> None:
     assert not store.spec.redis.enabled
     container = _container(body)
     assert "KVS2_REDIS_LISTEN" not in {e["name"] for e in container["env"]}
-    assert [p["name"] for p in container["ports"]] == ["grpc", "metrics"]
+    assert [p["name"] for p in container["ports"]] == ["grpc", "metrics", "snapshot-data"]  # no redis
     assert [p["name"] for p in render_client_service(store)["spec"]["ports"]] == ["grpc"]
 
 

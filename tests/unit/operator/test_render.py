@@ -51,6 +51,7 @@ def test_container_runs_kvs2_serve_on_the_pod_ip(body: dict[str, Any]) -> None:
     assert container["ports"] == [
         {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
         {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+        {"name": "snapshot-data", "containerPort": 50052, "protocol": "TCP"},
     ]
     names = [e["name"] for e in container["env"]]
     # $(POD_IP) only expands if POD_IP is defined earlier in the list.
@@ -59,6 +60,9 @@ def test_container_runs_kvs2_serve_on_the_pod_ip(body: dict[str, Any]) -> None:
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["KVS2_LISTEN"] == "$(POD_IP):50051"
     assert env["KVS2_METRICS_LISTEN"] == "$(POD_IP):9464"  # metrics on in Kubernetes
+    # A fixed data-channel port (NetworkPolicy admits it between the store's pods), after POD_IP.
+    assert env["KVS2_SNAPSHOT_DATA_LISTEN"] == "$(POD_IP):50052"
+    assert names.index("POD_IP") < names.index("KVS2_SNAPSHOT_DATA_LISTEN")
     assert env["KVS2_BOOTSTRAP_SERVERS"] == "kafka-0.test:19092,kafka-1.test:19092"
     assert env["KVS2_TOPIC"] == "shop.orders"
     assert env["KVS2_DATA_DIR"] == "/var/lib/kvs2"
