@@ -191,7 +191,8 @@ def test_scale_out_catches_up_and_a_rolling_update_keeps_replicas_ready(
     keys = [f"item-{i:03}" for i in range(100)]
     assert seed(seed_code, *[["set", a, k, k.upper()] for k in keys]) == ["PUBLISHED"] * 100
 
-    # Scale 2 -> 3 through the scale subresource: the new replica replays the topic before it is Ready.
+    # Scale 2 -> 3 through the scale subresource: the new replica is built from a ready peer's snapshot
+    # (the operator points KVS2_BOOTSTRAP_PEERS at the headless Service) and is not Ready until then.
     kube.kubectl("scale", f"kvs/{name}", "--replicas=3")
     # Not Ready while the new replica catches up (it cannot be: its first readiness probe fails, the next
     # is 5 s later), with the reason saying so.
@@ -207,6 +208,10 @@ def test_scale_out_catches_up_and_a_rolling_update_keeps_replicas_ready(
     _assert_ready_means_all_replicas_ready(kube, name, 3)
     newest = target(store_pods(kube, name)[2])
     assert seed(seed_code, ["mget", newest, keys])[0] == [[k, "OK", k.upper()] for k in keys]
+    # Built from a peer's snapshot over the data channel (port 50052), not by replaying the topic.
+    built = kube.pod_logs(f"{name}-2", "kvs2")
+    assert "received" in built and "snapshot bytes over the data channel" in built, built
+    assert "bootstrapped from a snapshot of peer" in built, built
 
     # A settings change rolls the pods one by one; sample readiness and real reads all the way through.
     pdb = kube.get("pdb", name)

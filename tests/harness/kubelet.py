@@ -105,10 +105,17 @@ class Kubelet:
         found: Mapping[str, Any] | None = self.api.get(ns_path("v1", plural, namespace, name))
         return found
 
-    def resolve_service(self, namespace: str, name: str, port: int | None) -> str | None:
+    def resolve_service(
+        self, namespace: str, name: str, port: int | None, asking_ip: str | None = None
+    ) -> str | None:
         """A ready backend of Service namespace/name for `port` (its first port when None), chosen the
         way the endpoints controller would: pods matching the selector, Ready (or any, when the Service
         publishes not-ready addresses), the target port resolved by name from the container ports.
+
+        A headless Service (clusterIP None) has no virtual IP: cluster DNS answers with every backend and
+        a program skips its own address (kvs2's `--bootstrap-peers` does). One address stands in for that
+        answer here, so for the pod at `asking_ip` it is another pod's when there is one — else a
+        scaled-out replica could be handed only itself as its peer.
 
         EndpointSlices cannot be used: the API server rejects loopback endpoint addresses, so in this
         cluster every Service's slices stay empty (the controller-manager logs the rejection).
@@ -154,6 +161,9 @@ class Kubelet:
                     continue
                 target = ports[0]["containerPort"]
             backends.append(f"{status['podIP']}:{int(target)}")
+        if spec.get("clusterIP") == "None" and asking_ip is not None:
+            others = [b for b in backends if b.rpartition(":")[0] != asking_ip]
+            backends = others or backends
         return random.choice(backends) if backends else None
 
     def forget(self, uid: str) -> None:

@@ -49,7 +49,9 @@ class PodHost(Protocol):
 
     def lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
-    def resolve_service(self, namespace: str, name: str, port: int | None) -> str | None: ...
+    def resolve_service(
+        self, namespace: str, name: str, port: int | None, asking_ip: str | None = None
+    ) -> str | None: ...
 
     def forget(self, uid: str) -> None: ...
 
@@ -417,7 +419,8 @@ class PodWorker(threading.Thread):
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
             c.backoff_until = now + 1.0
             return
-        resolve = self.kubelet.resolve_service
+        def resolve(namespace: str, name: str, port: int | None) -> str | None:
+            return self.kubelet.resolve_service(namespace, name, port, asking_ip=self.ip)
 
         def finish(text: str) -> str:
             return resolve_services(rewrite_paths(text, mounts), resolve)
