@@ -419,6 +419,7 @@ class PodWorker(threading.Thread):
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
             c.backoff_until = now + 1.0
             return
+
         def resolve(namespace: str, name: str, port: int | None) -> str | None:
             return self.kubelet.resolve_service(namespace, name, port, asking_ip=self.ip)
 
