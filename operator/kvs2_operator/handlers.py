@@ -301,6 +301,14 @@ async def resync_loop(deps: Deps, options: Options, resync: Resync | None = None
             for body in bodies:
                 ref = parse_ref(body)
                 queue.add((ref.namespace, ref.name))
+            children = deps.children
+            log.info(
+                "resync: %d stores queued; children read from memory %d times, with a GET %d times "
+                "(since start)",
+                len(bodies),
+                children.hits,
+                children.misses,
+            )
     finally:
         if own:
             await queue.stop()
