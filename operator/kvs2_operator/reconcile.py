@@ -298,10 +298,18 @@ async def credentials_hash(store: Store, kube: Getter) -> str | None:
 async def _apply_children(store: Store, deps: Deps, reads: Reads) -> dict[str, Any]:
     """Server-side apply of every child; returns the StatefulSet as the API server stored it."""
     statefulset: dict[str, Any] = {}
+    wanted_statefulset: dict[str, Any] | None = None
     for obj in render.render_children(store, await credentials_hash(store, reads)):
         existing = await _check_not_foreign(reads, obj, store)
         if obj["kind"] == "StatefulSet":
-            # spec.storage.size changed: the claim template keeps its size, the claims grow (volumes.py).
+            if ((existing or {}).get("metadata") or {}).get("deletionTimestamp"):
+                raise volumes.StatefulSetReplacingError(
+                    f"StatefulSet {store.namespace}/{obj['metadata']['name']} is being deleted; the next "
+                    "pass creates it again once it is gone"
+                )
+            # spec.storage.size changed: applied with the claim template as it is, the claims grow, then
+            # the StatefulSet is replaced to take the new template (volumes.py).
+            wanted_statefulset = copy.deepcopy(obj)
             volumes.pin_template(obj, existing)
         try:
             if obj["kind"] == "Certificate":  # a clear CertManagerMissing when the kind is not served
@@ -333,6 +341,13 @@ async def _apply_children(store: Store, deps: Deps, reads: Reads) -> dict[str, A
     # Every pass (one label-selected list): claims grown earlier stay above the template's size, so a
     # size set back to the template's is still a shrink, and a scale-up's new claims need growing too.
     await volumes.grow(store, deps.kube, volumes.template_size(statefulset))
+    if wanted_statefulset is not None and volumes.outgrown(wanted_statefulset, statefulset):
+        sts_ref = Ref.of(wanted_statefulset)
+        await volumes.replace_statefulset(deps.kube, sts_ref)
+        deps.children.confirm(sts_ref, None)
+        statefulset = await deps.kube.apply(wanted_statefulset)
+        deps.children.confirm(sts_ref, statefulset)
+        log.info("%s/%s: StatefulSet created again with the new claim template", store.namespace, store.name)
     return statefulset
 
 

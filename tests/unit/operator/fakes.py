@@ -193,8 +193,8 @@ class FakeKube:
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
-    async def delete(self, ref: Ref) -> bool:
-        self._check("delete", ref)
+    async def delete(self, ref: Ref, propagation: str = "Background") -> bool:
+        self._check("delete" if propagation == "Background" else f"delete ({propagation})", ref)
         return self.objects.pop(self._key(ref), None) is not None
 
     async def patch(self, ref: Ref, body: Mapping[str, Any]) -> dict[str, Any] | None:
