@@ -67,14 +67,11 @@ async def test_a_steady_pass_reads_its_children_from_the_cache_not_the_api(
 
     assert outcome.error is None
     assert kube.gets(*CHILD_KINDS) == []  # StatefulSet, two Services, PDB: all from memory
-    # The whole bill of a steady pass, visible: the store (its freshest status decides which Events to
-    # post) and the two unwatched kinds the spec does not ask for (protection.prune); four applies; two
-    # label-selected lists (claims to grow, pods to ask for their phase).
-    assert kube.gets() == [
-        STORE_GET,
-        ("get", "Certificate", "orders-tls"),
-        ("get", "NetworkPolicy", "orders"),
-    ]
+    # The whole bill of a steady pass, visible: one GET, of the store (its freshest status decides which
+    # Events to post); four applies; two label-selected lists (claims to grow, pods to ask for their
+    # phase). The Certificate and NetworkPolicy the spec does not ask for were found absent by the first
+    # pass and only this operator creates them: not looked for again.
+    assert kube.gets() == [STORE_GET]
     assert sorted(c for c in kube.calls if c[0] == "apply") == [
         ("apply", "PodDisruptionBudget", "orders"),
         ("apply", "Service", "orders"),
@@ -82,7 +79,7 @@ async def test_a_steady_pass_reads_its_children_from_the_cache_not_the_api(
         ("apply", "StatefulSet", "orders"),
     ]
     assert sorted(c[1] for c in kube.calls if c[0] == "list") == ["PersistentVolumeClaim", "Pod"]
-    assert len(kube.calls) == 3 + 4 + 2  # no status write: nothing changed
+    assert len(kube.calls) == 1 + 4 + 2  # no status write: nothing changed
     assert deps.children.hits == 8  # both passes since the watch reported the children
 
 
@@ -187,3 +184,37 @@ def test_only_watched_kinds_are_answered_from_memory_and_copies_are_handed_out()
     first["spec"]["ports"] = []
     assert children.cached(SVC) == _service("a")
     assert copy.deepcopy(_service("a")) == children.cached(SVC)
+
+
+async def test_an_optional_child_known_absent_is_not_looked_for_and_still_removed_when_dropped(
+    deps: Deps, kube: FakeKube, body: dict[str, Any]
+) -> None:
+    store = ("KeyValueStore", "shop", "orders")
+    kube.objects[store]["spec"]["podDisruptionBudget"] = {"enabled": False}
+    await _pass(deps, body)
+    kube.calls.clear()
+    await _pass(deps, body)
+    assert kube.gets() == [STORE_GET]  # no PDB, Certificate or NetworkPolicy looked for again
+
+    kube.objects[store]["spec"]["networkPolicy"] = {}
+    kube.objects[store]["spec"]["podDisruptionBudget"] = {"enabled": True}
+    await _pass(deps, body)
+    assert ("NetworkPolicy", "shop", "orders") in kube.objects
+    assert ("PodDisruptionBudget", "shop", "orders") in kube.objects
+
+    del kube.objects[store]["spec"]["networkPolicy"]
+    kube.objects[store]["spec"]["podDisruptionBudget"] = {"enabled": False}
+    await _pass(deps, body)
+    assert ("NetworkPolicy", "shop", "orders") not in kube.objects
+    assert ("PodDisruptionBudget", "shop", "orders") not in kube.objects
+
+
+async def test_a_restarted_operator_looks_for_optional_children_once(
+    deps: Deps, kube: FakeKube, body: dict[str, Any]
+) -> None:
+    kube.objects[("KeyValueStore", "shop", "orders")]["spec"]["networkPolicy"] = {}
+    await _pass(deps, body)
+    del kube.objects[("KeyValueStore", "shop", "orders")]["spec"]["networkPolicy"]
+    restarted = Deps(kube=deps.kube, topics=deps.topics)  # nothing remembered
+    await _pass(restarted, body)
+    assert ("NetworkPolicy", "shop", "orders") not in kube.objects
