@@ -10,8 +10,9 @@ error backs the store off; a permanent one waits for the spec to change).
 What a pass reads (`Reads`): the store itself with one GET (the freshest status is what decides which
 Events to post); its watched children (StatefulSet, Services, PodDisruptionBudget) from the watch-fed
 cache (cache.py), a GET only on a miss; Secrets and ConfigMaps (never watched: RBAC grants only `get`)
-with one GET each per pass, however many steps need them. Writes are server-side apply; their responses
-are fresh and are what the pass goes on with.
+with one GET each per pass, however many steps need them; optional children the spec does not ask for
+(Certificate, NetworkPolicy, a disabled PDB) once per process, then remembered as absent (`Deps.absent`).
+Writes are server-side apply; their responses are fresh and are what the pass goes on with.
 
 Order matters in one place: the status is written at the end of EVERY pass, including failing ones,
 so `Ready=False, reason=KafkaUnavailable` is visible while kopf retries.
@@ -99,9 +100,14 @@ class Deps:
     scrape_timeout: float = replicas.SCRAPE_TIMEOUT
     #: The stores' children as the watches report them (cache.py; fed by handlers.child_changed).
     children: Children = field(default_factory=Children)
+    #: Per store (uid): optional children the spec does not ask for that a pass of this process found
+    #: absent or removed (`_remove_unwanted`). Only the operator creates them, so they are not looked for
+    #: again until the spec asks for them (and then drops them) again. Empty after a restart: one look.
+    absent: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def forget(self, ref: StoreRef) -> None:
         self.admin_configs.pop(ref.uid, None)
+        self.absent.pop(ref.uid, None)
         self.topics.release(ref.uid)  # its admin client is closed unless another store uses it
         for key, reservation in list(self.claims.reserved.items()):
             if reservation.uid == ref.uid:
@@ -329,15 +335,7 @@ async def _apply_children(store: Store, deps: Deps, reads: Reads) -> dict[str, A
         deps.children.confirm(Ref.of(obj), applied)  # the response is fresh: its uid is the one alive
         if obj["kind"] == "StatefulSet":
             statefulset = applied
-    wanted = {obj["kind"] for obj in render.render_protection(store)}
-    await protection.prune(deps.kube, store.namespace, store.name, store.ref.uid, wanted)
-    if render.render_pdb(store) is None:
-        pdb_ref = Ref("policy/v1", "PodDisruptionBudget", store.namespace, pdb_name(store.name))
-        existing = await reads.get(pdb_ref)
-        owners = (existing or {}).get("metadata", {}).get("ownerReferences") or ()
-        if any(o.get("uid") == store.ref.uid for o in owners):
-            await deps.kube.delete(pdb_ref)
-            deps.children.confirm(pdb_ref, None)
+    await _remove_unwanted(store, deps, reads)
     # Every pass (one label-selected list): claims grown earlier stay above the template's size, so a
     # size set back to the template's is still a shrink, and a scale-up's new claims need growing too.
     await volumes.grow(store, deps.kube, volumes.template_size(statefulset))
@@ -349,6 +347,28 @@ async def _apply_children(store: Store, deps: Deps, reads: Reads) -> dict[str, A
         deps.children.confirm(sts_ref, statefulset)
         log.info("%s/%s: StatefulSet created again with the new claim template", store.namespace, store.name)
     return statefulset
+
+
+#: The children a spec may stop asking for: removed by the pass then (protection.prune handles the first two).
+_OPTIONAL_KINDS = frozenset({"Certificate", "NetworkPolicy", "PodDisruptionBudget"})
+
+
+async def _remove_unwanted(store: Store, deps: Deps, reads: Reads) -> None:
+    """Delete the optional children this store owns that its spec no longer asks for — looking only for
+    those not already known absent (`Deps.absent`): a steady pass makes no GET for them."""
+    wanted = {obj["kind"] for obj in render.render_protection(store)}
+    if render.render_pdb(store) is not None:
+        wanted.add("PodDisruptionBudget")
+    known_absent = deps.absent.get(store.ref.uid, frozenset()) - wanted
+    await protection.prune(deps.kube, store.namespace, store.name, store.ref.uid, wanted | known_absent)
+    if "PodDisruptionBudget" not in wanted | known_absent:
+        pdb_ref = Ref("policy/v1", "PodDisruptionBudget", store.namespace, pdb_name(store.name))
+        existing = await reads.get(pdb_ref)
+        owners = (existing or {}).get("metadata", {}).get("ownerReferences") or ()
+        if any(o.get("uid") == store.ref.uid for o in owners):
+            await deps.kube.delete(pdb_ref)
+            deps.children.confirm(pdb_ref, None)
+    deps.absent[store.ref.uid] = _OPTIONAL_KINDS - wanted
 
 
 async def _observe_statefulset(store_ns: str, store_name: str, reads: Getter) -> dict[str, Any] | None:

@@ -192,6 +192,7 @@ async def test_an_optional_child_known_absent_is_not_looked_for_and_still_remove
     store = ("KeyValueStore", "shop", "orders")
     kube.objects[store]["spec"]["podDisruptionBudget"] = {"enabled": False}
     await _pass(deps, body)
+    _watch_sees(deps, kube)
     kube.calls.clear()
     await _pass(deps, body)
     assert kube.gets() == [STORE_GET]  # no PDB, Certificate or NetworkPolicy looked for again
