@@ -72,7 +72,10 @@ class Children:
             if not known:
                 self.objects.pop(key, None)
             return
-        self.objects.setdefault(key, {})[str(uid)] = copy.deepcopy(dict(body))
+        kept = copy.deepcopy(dict(body))
+        # The largest part of a stored object, and nothing a pass reads: not kept for thousands of children.
+        kept.get("metadata", {}).pop("managedFields", None)
+        self.objects.setdefault(key, {})[str(uid)] = kept
 
     def cached(self, ref: Ref) -> dict[str, Any] | None:
         """The one object the watch reports under this name (a copy), else None (unknown or ambiguous)."""
