@@ -1,7 +1,7 @@
 """What happens when a store with `topicDeletionPolicy: Delete` is deleted (its finalizer's work).
 
-Order, under the store's lock (so no reconcile pass interleaves; passes also skip a store that has a
-deletionTimestamp, so none can re-create the topic afterwards):
+Order, holding the store's key on the work queue (so no reconcile pass interleaves; passes also skip a
+store that has a deletionTimestamp, so none can re-create the topic afterwards):
 
 1. scale the StatefulSet to 0 and wait until its pods are gone — no replica may write while (or after)
    the topic is deleted (the data plane also never auto-creates topics);
@@ -114,19 +114,19 @@ async def delete_owned_topic(body: Mapping[str, Any], deps: Deps) -> DeletionOut
 
 
 async def finalize(body: Mapping[str, Any], deps: Deps, *, give_up: bool) -> DeletionOutcome:
-    """Steps 1 and 2 under the store's lock. Raises OperatorError for the caller to retry or give up on.
+    """Steps 1 and 2; the caller holds the store's key on the work queue (handlers.finish_store), so no
+    pass runs meanwhile. Raises OperatorError for the caller to retry or give up on.
 
     `give_up`: the deadline passed — pods still running no longer hold the topic deletion back.
     """
     ref = parse_ref(body)
-    async with deps.lock_for(ref):
-        try:
-            await stop_workload(ref, deps)
-        except OperatorError as exc:
-            if not give_up:
-                raise
-            log.warning("%s/%s: deleting the topic although %s", ref.namespace, ref.name, exc.message)
-        return await delete_owned_topic(body, deps)
+    try:
+        await stop_workload(ref, deps)
+    except OperatorError as exc:
+        if not give_up:
+            raise
+        log.warning("%s/%s: deleting the topic although %s", ref.namespace, ref.name, exc.message)
+    return await delete_owned_topic(body, deps)
 
 
 def left_behind(body: Mapping[str, Any], error: OperatorError, waited: float) -> DeletionOutcome:

@@ -1,19 +1,33 @@
-"""kopf wiring only: which events call `reconcile()`, how its errors become kopf's retry semantics,
-and the operator-wide settings. No business logic lives here.
+"""kopf wiring only: which events queue a pass of `reconcile()`, what is retried, and the operator-wide
+settings. No business logic lives here.
 
-Children (StatefulSet, Services, PDB) are watched too: a change to one of them triggers an immediate,
-coalesced pass for its store — drift is repaired and readiness reported within a second; the resync
-loop remains the safety net (missed events, Kafka-side drift, an operator restart).
+One entry point. Every reason to look at a store — kopf's create, update and resume handlers, a change
+to one of its children, the periodic resync — only adds the store's key to one keyed work queue
+(workqueue.py: dedupe, one pass per store at a time, per-store back-off, bounded workers), whose workers
+call `reconcile()`. The kopf handlers return at once, as controller-runtime's event handlers only enqueue
+a request: kopf's own per-handler retry would be a second back-off beside the queue's, and a pass
+running inside kopf's handler would run beside a queued one. So errors are the queue's business: a
+transient one (Kafka down, an API error) backs the store off 1, 2, 4 … 30 s and a success resets it; a
+permanent one (an invalid spec) is not retried until the spec changes (kopf's update handler queues it
+again) or the next resync. Both are in the store's status either way. kopf still records each change as
+handled (its annotations), so an update is queued once.
+
+Children (StatefulSet, Services, PDB) are watched through a server-side label selector. Their events do
+two things: they keep the children cache (cache.py) current — a steady-state pass reads its children
+from memory instead of GETting each — and they queue a coalesced pass for the store, so drift is
+repaired and readiness reported within a second; the resync loop remains the safety net (missed
+events, Kafka-side drift, an operator restart).
 
 Why a resync loop instead of `@kopf.timer`: kopf puts a finalizer on every object a timer or daemon
 serves (by design, nolar/kopf#1074 and #896), so a timer would block the deletion of every store
 whenever the operator is down. The issue asks for a finalizer only when the deletion policy needs one,
 so periodic drift repair is one operator-level loop (like controller-runtime's resync period) that
-lists the stores and queues each for the same `reconcile()`. The sweep and the child nudges feed one
-keyed work queue (workqueue.py: dedupe, per-store back-off, bounded workers); a per-store lock keeps
-its passes from interleaving with a kopf handler. The delete handler is registered only for
+lists the stores and queues each for the same `reconcile()`. Its liveness is kopf's probe
+(`resync_alive`). The delete handler stays a kopf handler: it is registered only for
 `topicDeletionPolicy: Delete` (its `when=` filter), which is what makes kopf add — and remove, when the
-policy changes — the finalizer.
+policy changes — the finalizer, and kopf's retry is what keeps the finalizer until the topic is dealt
+with. It holds the store's key on the queue while it works (`WorkQueue.exclusive`), so no pass
+interleaves with it — the only per-store exclusion there is.
 """
 
 from __future__ import annotations
@@ -106,12 +120,10 @@ def retry_delay(retry: int, error: OperatorError) -> float:
     return float(min(MAX_RETRY_DELAY, 2 ** min(retry, 8)))
 
 
-def raise_for(error: OperatorError | None, retry: int) -> None:
-    if error is None:
-        return
-    if error.permanent:
-        raise kopf.PermanentError(f"{error.reason}: {error.message}")
-    raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=retry_delay(retry, error))
+def backs_off(error: OperatorError | None) -> bool:
+    """Whether the queue retries the store after its back-off: transient trouble only. A permanent error
+    (an invalid spec, a refused topic) waits for the spec to change (kopf's update handler queues it)."""
+    return error is not None and not error.permanent
 
 
 # --- operator-wide activities ------------------------------------------------------------------------
@@ -149,12 +161,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     options = _options(memo)
     deps = _deps(memo)
-    # Created here, in the operator-wide memo that kopf copies (shallowly) per object: one queue for all.
+    # Created here, in the operator-wide memo that kopf copies (shallowly) per object: one queue for all,
+    # started before kopf's resume handlers queue the stores.
     memo.resync = Resync(queue=store_queue(deps))
+    memo.resync.queue.start()
     memo.resync_task = asyncio.create_task(supervise_resync(deps, options, memo.resync), name="kvs2-resync")
     # The uninstall guards (uninstall.py): armed now, drained when deploy/ is deleted.
     memo.uninstall_task = asyncio.create_task(
-        uninstall.watch(deps.kube, _drain(memo), options.namespaces or None, _finish_on_uninstall(deps)),
+        uninstall.watch(
+            deps.kube, _drain(memo), options.namespaces or None, _finish_on_uninstall(deps, memo)
+        ),
         name="kvs2-uninstall",
     )
 
@@ -209,7 +225,8 @@ class Resync:
     last_sweep: float = field(default_factory=time.monotonic)
     crashes: int = 0
     last_error: str = ""
-    #: The keyed work queue passes go through (workqueue.py); the sweep and child changes only add keys.
+    #: The keyed work queue every pass goes through (workqueue.py); kopf's handlers, the sweep and child
+    #: changes only add keys.
     queue: WorkQueue | None = None
 
     def stale_after(self, interval: float) -> float:
@@ -254,7 +271,7 @@ def store_queue(deps: Deps) -> WorkQueue:
         if outcome is None or outcome.error is None:
             return True
         log.info("pass %s/%s: %s", namespace, name, outcome.error)
-        return False
+        return not backs_off(outcome.error)
 
     return WorkQueue(one, workers=RESYNC_CONCURRENCY, max_delay=MAX_RETRY_DELAY)
 
@@ -284,6 +301,14 @@ async def resync_loop(deps: Deps, options: Options, resync: Resync | None = None
             for body in bodies:
                 ref = parse_ref(body)
                 queue.add((ref.namespace, ref.name))
+            children = deps.children
+            log.info(
+                "resync: %d stores queued; children read from memory %d times, with a GET %d times "
+                "(since start)",
+                len(bodies),
+                children.hits,
+                children.misses,
+            )
     finally:
         if own:
             await queue.stop()
@@ -292,13 +317,22 @@ async def resync_loop(deps: Deps, options: Options, resync: Resync | None = None
 # --- per-store handlers --------------------------------------------------------------------------------
 
 
+def _queue(memo: Any) -> WorkQueue | None:
+    resync = getattr(memo, "resync", None)
+    return resync.queue if isinstance(resync, Resync) else None
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-async def reconcile_store(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
-    outcome = await reconcile(dict(body), _deps(memo))
-    if outcome is not None:
-        raise_for(outcome.error, retry)
+async def reconcile_store(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Queue a pass now and return: the queue runs it, retries it and reports through status (module doc).
+
+    Queued now even if the store is backing off: a changed spec may be the fix."""
+    queue = _queue(memo)
+    if queue is None:  # not configured (kopf's startup handler has not run): nothing can pass yet
+        raise kopf.TemporaryError("the work queue is not running yet", delay=1.0)
+    queue.add((str(namespace), str(name)))
 
 
 # --- children: drift and readiness without waiting for the resync -------------------------------------
@@ -315,13 +349,17 @@ CHILD_RESOURCES = (
 @kopf.on.event("apps", "v1", "statefulsets", labels=_CHILD_LABELS)
 @kopf.on.event("v1", "services", labels=_CHILD_LABELS)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=_CHILD_LABELS)
-async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A child was modified or deleted: its store gets a pass now, not at the next resync.
+async def child_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A child was listed, added, modified or deleted: the children cache learns it, and its store gets a
+    pass now, not at the next resync.
 
     This is what makes a deleted Service come back within a second and what moves WorkloadReady as
     soon as the StatefulSet controller reports ready replicas. The pass re-reads the store; if it is
     gone or being deleted the pass does nothing, so garbage collection is never fought.
     """
+    deps = getattr(memo, "deps", None)
+    if isinstance(deps, Deps):
+        deps.children.observe(event.get("type"), body)
     namespace = body.get("metadata", {}).get("namespace")
     owners = body.get("metadata", {}).get("ownerReferences") or ()
     store = next(
@@ -334,10 +372,10 @@ async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     )
     if not namespace or not store:
         return
-    resync = getattr(memo, "resync", None)
-    if isinstance(resync, Resync) and resync.queue is not None:
+    queue = _queue(memo)
+    if queue is not None:
         # A burst of child events (a rollout, a GC sweep) within the pause costs one pass.
-        resync.queue.add((str(namespace), str(store)), delay=NUDGE_COALESCE_SECONDS)
+        queue.add((str(namespace), str(store)), delay=NUDGE_COALESCE_SECONDS)
 
 
 def _deletes_topic(spec: kopf.Spec, **_: Any) -> bool:
@@ -355,15 +393,19 @@ def _seconds_since(timestamp: str | None) -> float:
 
 
 async def finish_store(
-    raw: dict[str, Any], deps: Deps, *, give_up: bool, waited: float
+    raw: dict[str, Any], deps: Deps, *, give_up: bool, waited: float, queue: WorkQueue | None = None
 ) -> deletion.DeletionOutcome:
     """Stop the workload, delete the topic the store created (deletion.py), report it in an Event.
 
+    Holds the store's key on `queue` meanwhile: no pass of the store runs alongside (one running now is
+    waited for; passes skip a store with a deletionTimestamp afterwards).
     Raises OperatorError for a retry unless `give_up`: then trouble ends in a TopicLeftBehind outcome.
     """
     ref = parse_ref(raw)
+    held = queue.exclusive((ref.namespace, ref.name)) if queue is not None else contextlib.nullcontext()
     try:
-        outcome = await deletion.finalize(raw, deps, give_up=give_up)
+        async with held:
+            outcome = await deletion.finalize(raw, deps, give_up=give_up)
     except OperatorError as exc:
         if not (give_up or exc.permanent):
             raise
@@ -377,13 +419,15 @@ async def finish_store(
             message=outcome.message,
         )
     deps.forget(ref)
+    if queue is not None:
+        queue.forget((ref.namespace, ref.name))
     return outcome
 
 
-def _finish_on_uninstall(deps: Deps) -> uninstall.Finish:
+def _finish_on_uninstall(deps: Deps, memo: Any) -> uninstall.Finish:
     async def finish(raw: dict[str, Any]) -> deletion.DeletionOutcome:
         waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
-        return await finish_store(raw, deps, give_up=True, waited=waited)
+        return await finish_store(raw, deps, give_up=True, waited=waited, queue=_queue(memo))
 
     return finish
 
@@ -403,7 +447,7 @@ async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -
     waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
     give_up = waited >= options.deletion_timeout or _drain(memo).draining
     try:
-        await finish_store(raw, deps, give_up=give_up, waited=waited)
+        await finish_store(raw, deps, give_up=give_up, waited=waited, queue=_queue(memo))
     except OperatorError as exc:
         delay = min(retry_delay(retry, exc), max(1.0, options.deletion_timeout - waited))
         raise kopf.TemporaryError(

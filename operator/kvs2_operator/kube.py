@@ -217,9 +217,10 @@ class KubeApi:
             self._raise(status, data, f"apply {ref.describe()}")
         return dict(data)
 
-    async def delete(self, ref: Ref) -> bool:
-        """True when something was deleted, False when it was already gone."""
-        status, data = await self._request("DELETE", ref.path(), body={"propagationPolicy": "Background"})
+    async def delete(self, ref: Ref, propagation: str = "Background") -> bool:
+        """True when something was deleted, False when it was already gone. `propagation` "Orphan" keeps
+        the object's dependents (a StatefulSet's pods and claims)."""
+        status, data = await self._request("DELETE", ref.path(), body={"propagationPolicy": propagation})
         if status == 404:
             return False
         if status >= 300:

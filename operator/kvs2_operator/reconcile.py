@@ -1,10 +1,18 @@
 """The one level-based reconciliation pass: validate → ensure topic → apply children → observe → status.
 
-Create, resume, spec update and the periodic resync all call `reconcile()` with the object as it is
-now; the pass derives everything from that, so running it twice is harmless and running it after any
-failure heals what can be healed. The pass never raises for expected trouble: it returns an `Outcome`
-with the status it wrote and the first error, and the caller decides (handlers.py turns the error into
-kopf.PermanentError / kopf.TemporaryError; the resync loop just logs it).
+Create, resume, spec update, a child's change and the periodic resync all queue the store on one keyed
+work queue (handlers.py, workqueue.py), whose workers call `reconcile()` — never two passes of one store at
+once. The pass derives everything from the object as it is now, so running it twice is harmless and
+running it after any failure heals what can be healed. The pass never raises for expected trouble: it
+returns an `Outcome` with the status it wrote and the first error, and the queue decides (a transient
+error backs the store off; a permanent one waits for the spec to change).
+
+What a pass reads (`Reads`): the store itself with one GET (the freshest status is what decides which
+Events to post); its watched children (StatefulSet, Services, PodDisruptionBudget) from the watch-fed
+cache (cache.py), a GET only on a miss; Secrets and ConfigMaps (never watched: RBAC grants only `get`)
+with one GET each per pass, however many steps need them; optional children the spec does not ask for
+(Certificate, NetworkPolicy, a disabled PDB) once per process, then remembered as absent (`Deps.absent`).
+Writes are server-side apply; their responses are fresh and are what the pass goes on with.
 
 Order matters in one place: the status is written at the end of EVERY pass, including failing ones,
 so `Ready=False, reason=KafkaUnavailable` is visible while kopf retries.
@@ -14,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kvs2_operator import diagnose, metrics, protection, render, replicas, volumes
+from kvs2_operator.cache import WATCHED_KINDS, Children
 from kvs2_operator.crd import GROUP, KIND, VERSION, pdb_name, statefulset_name
 from kvs2_operator.errors import (
     ChildUpdateRefusedError,
@@ -88,15 +98,16 @@ class Deps:
     #: How each replica's metrics port is read (kvs2_operator.replicas), and how long a pod may take.
     scrape: replicas.Fetch = replicas.http_fetch
     scrape_timeout: float = replicas.SCRAPE_TIMEOUT
-    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-
-    def lock_for(self, ref: StoreRef) -> asyncio.Lock:
-        """Passes of one store never interleave (kopf's handler and the resync loop may both fire)."""
-        return self._locks.setdefault((ref.namespace, ref.name), asyncio.Lock())
+    #: The stores' children as the watches report them (cache.py; fed by handlers.child_changed).
+    children: Children = field(default_factory=Children)
+    #: Per store (uid): optional children the spec does not ask for that a pass of this process found
+    #: absent or removed (`_remove_unwanted`). Only the operator creates them, so they are not looked for
+    #: again until the spec asks for them (and then drops them) again. Empty after a restart: one look.
+    absent: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def forget(self, ref: StoreRef) -> None:
-        self._locks.pop((ref.namespace, ref.name), None)
         self.admin_configs.pop(ref.uid, None)
+        self.absent.pop(ref.uid, None)
         self.topics.release(ref.uid)  # its admin client is closed unless another store uses it
         for key, reservation in list(self.claims.reserved.items()):
             if reservation.uid == ref.uid:
@@ -113,7 +124,32 @@ def store_ref(namespace: str | None, name: str | None = None) -> Ref:
     return Ref(f"{GROUP}/{VERSION}", KIND, namespace, name)
 
 
-async def kafka_admin_config(store: Store, kube: KubeApi) -> dict[str, str]:
+class Getter(Protocol):
+    """Reads one object (None: it does not exist): `KubeApi` itself, or a pass's `Reads`."""
+
+    async def get(self, ref: Ref) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class Reads:
+    """Everything one pass reads besides the store (see the module doc): watched children from the cache,
+    anything else GET once and remembered until the pass ends (a Secret both the admin config and the
+    credentials hash need is read once)."""
+
+    kube: KubeApi
+    children: Children
+    _seen: dict[Ref, dict[str, Any] | None] = field(default_factory=dict)
+
+    async def get(self, ref: Ref) -> dict[str, Any] | None:
+        if ref.kind in WATCHED_KINDS:
+            return await self.children.get(self.kube, ref)
+        if ref not in self._seen:
+            self._seen[ref] = await self.kube.get(ref)
+        found = self._seen[ref]
+        return copy.deepcopy(found) if found is not None else None
+
+
+async def kafka_admin_config(store: Store, kube: Getter) -> dict[str, str]:
     """The operator's own AdminClient settings: bootstrap servers plus SASL credentials from the Secret.
 
     spec.kafka.clientConfig is NOT used here: it is for the data plane and may name files (CA bundles)
@@ -153,9 +189,11 @@ async def kafka_admin_config(store: Store, kube: KubeApi) -> dict[str, str]:
     return config
 
 
-async def _ensure_topic(store: Store, deps: Deps, previous: Mapping[str, Any]) -> tuple[Condition, Claim]:
+async def _ensure_topic(
+    store: Store, deps: Deps, reads: Reads, previous: Mapping[str, Any]
+) -> tuple[Condition, Claim]:
     topic = store.spec.kafka.topic
-    config = await kafka_admin_config(store, deps.kube)
+    config = await kafka_admin_config(store, reads)
     admin = deps.topics.for_config(config, user=store.ref.uid)
     claim = claim_from_status(previous, topic.name)
     if claim is not None:
@@ -222,10 +260,11 @@ async def _refuse_if_held(store: Store, cluster: str, deps: Deps) -> None:
         del deps.claims.reserved[(cluster, topic)]
 
 
-async def _check_not_foreign(kube: KubeApi, obj: Mapping[str, Any], store: Store) -> dict[str, Any] | None:
+async def _check_not_foreign(reads: Getter, obj: Mapping[str, Any], store: Store) -> dict[str, Any] | None:
     """Refuse to take over an object with the child's name that another controller owns; the existing
-    object otherwise (None if there is none)."""
-    existing = await kube.get(Ref.of(obj))
+    object otherwise (None if there is none). Read from the watch cache: an object without the operator's
+    label is never in it, so it is read with a GET and refused here just the same."""
+    existing = await reads.get(Ref.of(obj))
     if existing is None:
         return None
     for owner in existing.get("metadata", {}).get("ownerReferences") or ():
@@ -241,7 +280,7 @@ async def _check_not_foreign(kube: KubeApi, obj: Mapping[str, Any], store: Store
 _IMMUTABLE_MARKERS = ("field is immutable", "updates to statefulset spec for fields other than")
 
 
-async def credentials_hash(store: Store, kube: KubeApi) -> str | None:
+async def credentials_hash(store: Store, kube: Getter) -> str | None:
     """A digest of the credentials Secret's keys the pods use: put on the pod template, so that a changed
     Secret rolls the pods (env from secretKeyRef is read only when a container starts). None without
     authentication; the StatefulSet's current value while the Secret is unreadable (no roll for that)."""
@@ -262,13 +301,21 @@ async def credentials_hash(store: Store, kube: KubeApi) -> str | None:
     return digest.hexdigest()[:16]
 
 
-async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
+async def _apply_children(store: Store, deps: Deps, reads: Reads) -> dict[str, Any]:
     """Server-side apply of every child; returns the StatefulSet as the API server stored it."""
     statefulset: dict[str, Any] = {}
-    for obj in render.render_children(store, await credentials_hash(store, deps.kube)):
-        existing = await _check_not_foreign(deps.kube, obj, store)
+    wanted_statefulset: dict[str, Any] | None = None
+    for obj in render.render_children(store, await credentials_hash(store, reads)):
+        existing = await _check_not_foreign(reads, obj, store)
         if obj["kind"] == "StatefulSet":
-            # spec.storage.size changed: the claim template keeps its size, the claims grow (volumes.py).
+            if ((existing or {}).get("metadata") or {}).get("deletionTimestamp"):
+                raise volumes.StatefulSetReplacingError(
+                    f"StatefulSet {store.namespace}/{obj['metadata']['name']} is being deleted; the next "
+                    "pass creates it again once it is gone"
+                )
+            # spec.storage.size changed: applied with the claim template as it is, the claims grow, then
+            # the StatefulSet is replaced to take the new template (volumes.py).
+            wanted_statefulset = copy.deepcopy(obj)
             volumes.pin_template(obj, existing)
         try:
             if obj["kind"] == "Certificate":  # a clear CertManagerMissing when the kind is not served
@@ -285,24 +332,47 @@ async def _apply_children(store: Store, deps: Deps) -> dict[str, Any]:
                     exc.status,
                 ) from exc
             raise
+        deps.children.confirm(Ref.of(obj), applied)  # the response is fresh: its uid is the one alive
         if obj["kind"] == "StatefulSet":
             statefulset = applied
-    wanted = {obj["kind"] for obj in render.render_protection(store)}
-    await protection.prune(deps.kube, store.namespace, store.name, store.ref.uid, wanted)
-    if render.render_pdb(store) is None:
-        pdb_ref = Ref("policy/v1", "PodDisruptionBudget", store.namespace, pdb_name(store.name))
-        existing = await deps.kube.get(pdb_ref)
-        owners = (existing or {}).get("metadata", {}).get("ownerReferences") or ()
-        if any(o.get("uid") == store.ref.uid for o in owners):
-            await deps.kube.delete(Ref.of(existing or {}))
+    await _remove_unwanted(store, deps, reads)
     # Every pass (one label-selected list): claims grown earlier stay above the template's size, so a
     # size set back to the template's is still a shrink, and a scale-up's new claims need growing too.
     await volumes.grow(store, deps.kube, volumes.template_size(statefulset))
+    if wanted_statefulset is not None and volumes.outgrown(wanted_statefulset, statefulset):
+        sts_ref = Ref.of(wanted_statefulset)
+        await volumes.replace_statefulset(deps.kube, sts_ref)
+        deps.children.confirm(sts_ref, None)
+        statefulset = await deps.kube.apply(wanted_statefulset)
+        deps.children.confirm(sts_ref, statefulset)
+        log.info("%s/%s: StatefulSet created again with the new claim template", store.namespace, store.name)
     return statefulset
 
 
-async def _observe_statefulset(store_ns: str, store_name: str, kube: KubeApi) -> dict[str, Any] | None:
-    return await kube.get(Ref("apps/v1", "StatefulSet", store_ns, statefulset_name(store_name)))
+#: The children a spec may stop asking for: removed by the pass then (protection.prune handles the first two).
+_OPTIONAL_KINDS = frozenset({"Certificate", "NetworkPolicy", "PodDisruptionBudget"})
+
+
+async def _remove_unwanted(store: Store, deps: Deps, reads: Reads) -> None:
+    """Delete the optional children this store owns that its spec no longer asks for — looking only for
+    those not already known absent (`Deps.absent`): a steady pass makes no GET for them."""
+    wanted = {obj["kind"] for obj in render.render_protection(store)}
+    if render.render_pdb(store) is not None:
+        wanted.add("PodDisruptionBudget")
+    known_absent = deps.absent.get(store.ref.uid, frozenset()) - wanted
+    await protection.prune(deps.kube, store.namespace, store.name, store.ref.uid, wanted | known_absent)
+    if "PodDisruptionBudget" not in wanted | known_absent:
+        pdb_ref = Ref("policy/v1", "PodDisruptionBudget", store.namespace, pdb_name(store.name))
+        existing = await reads.get(pdb_ref)
+        owners = (existing or {}).get("metadata", {}).get("ownerReferences") or ()
+        if any(o.get("uid") == store.ref.uid for o in owners):
+            await deps.kube.delete(pdb_ref)
+            deps.children.confirm(pdb_ref, None)
+    deps.absent[store.ref.uid] = _OPTIONAL_KINDS - wanted
+
+
+async def _observe_statefulset(store_ns: str, store_name: str, reads: Getter) -> dict[str, Any] | None:
+    return await reads.get(Ref("apps/v1", "StatefulSet", store_ns, statefulset_name(store_name)))
 
 
 def _replica_counts(statefulset: Mapping[str, Any] | None) -> dict[str, int]:
@@ -317,28 +387,30 @@ def _replica_counts(statefulset: Mapping[str, Any] | None) -> dict[str, int]:
 async def reconcile(body: Mapping[str, Any], deps: Deps) -> Outcome | None:
     """One pass over the store `body` names. Returns None when the store is gone or being deleted.
 
-    The object is re-read under the store's lock: kopf's body and a resync listing may both be a few
-    events old, and a pass that starts from a stale status would re-post Events it already posted.
+    The caller (the work queue) runs one pass of a store at a time; the delete handler holds the store's
+    key while it deletes (handlers.finish_store). The object is re-read with a GET: a queued key, kopf's
+    body and a resync listing may all be a few events old, and a pass that starts from a stale status
+    would re-post Events it already posted.
     """
     ref = parse_ref(body)
-    async with deps.lock_for(ref):
-        try:
-            fresh = await deps.kube.get(store_ref(ref.namespace, ref.name))
-        except OperatorError as exc:
-            return Outcome(status=body.get("status") or {}, error=exc)
-        if fresh is None:
-            deps.forget(ref)
-            return None
-        if fresh.get("metadata", {}).get("deletionTimestamp"):
-            return None  # the finalizer's work (deletion.py) may still need what Deps remembers
-        fresh = dict(_with_identity(fresh))
-        return await _reconcile(fresh, parse_ref(fresh), deps)
+    try:
+        fresh = await deps.kube.get(store_ref(ref.namespace, ref.name))
+    except OperatorError as exc:
+        return Outcome(status=body.get("status") or {}, error=exc)
+    if fresh is None:
+        deps.forget(ref)
+        return None
+    if fresh.get("metadata", {}).get("deletionTimestamp"):
+        return None  # the finalizer's work (deletion.py) may still need what Deps remembers
+    fresh = dict(_with_identity(fresh))
+    return await _reconcile(fresh, parse_ref(fresh), deps)
 
 
 async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outcome:
     previous: Mapping[str, Any] = body.get("status") or {}
     extra: dict[str, Any] = {"selector": render.selector_string(ref.name)}
     errors: list[OperatorError] = []
+    reads = Reads(deps.kube, deps.children)
 
     try:
         store = parse_store(body, deps.defaults)
@@ -348,7 +420,7 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
         workload_cond = Condition(
             WORKLOAD_READY, None, exc.reason, "not reconciled while the spec is invalid"
         )
-        observed = await _safe_observe(ref, deps, errors)
+        observed = await _safe_observe(ref, reads, errors)
         extra.update(_replica_counts(observed))
         workload_cond = await _with_replica_phases(workload_cond, ref, observed, deps, extra)
         return await _finish(body, ref, deps, previous, topic_cond, workload_cond, extra, errors)
@@ -360,7 +432,7 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
 
     # 1. The topic.
     try:
-        topic_cond, claim = await _ensure_topic(store, deps, previous)
+        topic_cond, claim = await _ensure_topic(store, deps, reads, previous)
         topic_usable = True
         extra.update(claim.status_fields())
     except OperatorError as exc:
@@ -377,16 +449,16 @@ async def _reconcile(body: Mapping[str, Any], ref: StoreRef, deps: Deps) -> Outc
     statefulset: dict[str, Any] | None = None
     if topic_usable:
         try:
-            statefulset = await _apply_children(store, deps)
+            statefulset = await _apply_children(store, deps, reads)
             workload_cond = workload_condition(statefulset, store.spec.replicas)
             if workload_cond.status is False:
                 workload_cond = await _explained(workload_cond, store, statefulset, deps)
         except OperatorError as exc:
             errors.append(exc)
             workload_cond = Condition(WORKLOAD_READY, False, exc.reason, exc.message)
-            statefulset = await _safe_observe(ref, deps, errors)
+            statefulset = await _safe_observe(ref, reads, errors)
     else:
-        statefulset = await _safe_observe(ref, deps, errors)
+        statefulset = await _safe_observe(ref, reads, errors)
         workload_cond = Condition(
             WORKLOAD_READY,
             False,
@@ -442,9 +514,9 @@ async def _with_replica_phases(
     return Condition(cond.type, cond.status, cond.reason, f"{cond.message}; {phrase}")
 
 
-async def _safe_observe(ref: StoreRef, deps: Deps, errors: list[OperatorError]) -> dict[str, Any] | None:
+async def _safe_observe(ref: StoreRef, reads: Getter, errors: list[OperatorError]) -> dict[str, Any] | None:
     try:
-        return await _observe_statefulset(ref.namespace, ref.name, deps.kube)
+        return await _observe_statefulset(ref.namespace, ref.name, reads)
     except OperatorError as exc:
         errors.append(exc)
         return None

@@ -3,11 +3,16 @@
 A StatefulSet's volumeClaimTemplates cannot change (the API server refuses the update), and Kubernetes
 never resizes the claims it made from them. So the operator:
 
-- keeps the StatefulSet's claim template at the size it was created with (`pin_template`: the rest of
-  the StatefulSet is still applied), and
+- applies the StatefulSet with its claim template at the size it has (`pin_template`: the rest of the
+  StatefulSet is still applied),
 - expands each existing claim of the store itself (`grow`) — if the claim's StorageClass sets
-  `allowVolumeExpansion`. A claim the template creates later (scale-up) starts at the template's size
-  and is grown by the next pass.
+  `allowVolumeExpansion`, and then
+- replaces the StatefulSet to give it the new claim template (`replace_statefulset`), the usual fix
+  (as e.g. Strimzi and the Elastic operator do it): delete it with `propagationPolicy: Orphan` — its pods
+  keep running, its claims stay — and create it again; the new StatefulSet adopts the pods (same
+  selector; the pod template is unchanged, so no rollout), and a claim made later (scale-up) starts at the
+  new size. Only after `grow` succeeded: a size that cannot be reached (class without expansion, shrink)
+  leaves the template as it is.
 
 What cannot be done is reported with a reason from the closed list instead of a refused update:
 `VolumeExpansionNotSupported` (the class does not allow it, or a claim has no class) and
@@ -17,6 +22,7 @@ not yet bound is grown once it is (the API server accepts a new size only on a b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -27,11 +33,25 @@ from kubernetes.utils.quantity import parse_quantity
 
 from kvs2_operator import render
 from kvs2_operator.crd import statefulset_name
-from kvs2_operator.errors import VolumeExpansionNotSupportedError, VolumeShrinkRefusedError
+from kvs2_operator.errors import (
+    Reason,
+    TransientError,
+    VolumeExpansionNotSupportedError,
+    VolumeShrinkRefusedError,
+)
 from kvs2_operator.kube import KubeApi, Ref
 from kvs2_operator.model import Store
 
 log = logging.getLogger(__name__)
+
+#: Seconds a pass waits for a StatefulSet deleted with Orphan to be gone before the next pass takes over.
+REPLACE_WAIT = 30.0
+
+
+class StatefulSetReplacingError(TransientError):
+    """The StatefulSet is being replaced (or deleted by someone): the next pass creates it again."""
+
+    reason = Reason.WORKLOAD_PROGRESSING
 
 
 def _size(text: str) -> Decimal:
@@ -66,6 +86,29 @@ def pin_template(rendered: dict[str, Any], existing: Mapping[str, Any] | None) -
         for t in rendered["spec"]["volumeClaimTemplates"]
     ]
     return True
+
+
+def outgrown(rendered: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
+    """Whether `existing` (the StatefulSet as stored) has a claim template smaller than `rendered`'s."""
+    old, new = template_size(existing), template_size(rendered)
+    return old is not None and new is not None and _size(new) > _size(old)
+
+
+async def replace_statefulset(kube: KubeApi, ref: Ref, wait: float = REPLACE_WAIT) -> None:
+    """Delete the StatefulSet leaving its pods and claims (Orphan) and wait until it is gone; the caller
+    then applies the new one. Raises StatefulSetReplacingError when the garbage collector has not
+    finished within `wait` seconds (the next pass creates it once it is gone)."""
+    await kube.delete(ref, propagation="Orphan")
+    log.info("%s: deleted (pods and claims kept) to be created with the new claim template", ref.describe())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while await kube.get(ref) is not None:
+        if loop.time() >= deadline:
+            raise StatefulSetReplacingError(
+                f"{ref.describe()} is being replaced to take the new volume claim template (its pods keep "
+                "running); the next pass creates it again once it is gone"
+            )
+        await asyncio.sleep(0.5)
 
 
 def _requested(claim: Mapping[str, Any]) -> str:

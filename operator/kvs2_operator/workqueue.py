@@ -1,7 +1,9 @@
 """One keyed work queue feeding `reconcile()`, as controller-runtime's workqueue does.
 
-Why: the resync sweep and the child-change nudges used to start passes on their own (a gather per sweep,
-a task per nudge). A queue keyed by store gives, in one place:
+Why: kopf's create/update/resume handlers, the resync sweep and the child-change nudges used to start
+passes on their own (a handler call, a gather per sweep, a task per nudge), with a lock per store to keep
+them from interleaving. Now each of them only adds the store's key here; a queue keyed by store gives, in
+one place:
 
 - dedupe: a store queued ten times while waiting is passed once;
 - no two passes of one store at once: a store queued while its pass runs is passed again right after;
@@ -10,8 +12,9 @@ a task per nudge). A queue keyed by store gives, in one place:
 - bounded workers: at most `workers` passes run at once, so one dead Kafka cluster (each pass spending a
   request timeout) holds one worker, not the sweep — healthy stores keep flowing through the others.
 
-kopf's own handlers (create/update/resume/delete) still call `reconcile()` directly: kopf has its own
-per-object queue and retry; the store lock in `reconcile.Deps` keeps the two from interleaving.
+The one caller that is not a pass — kopf's delete handler, which scales the workload down and deletes the
+topic — takes the key with `exclusive(key)`: it waits for a running pass to end and holds the key's passes
+back until it lets go (an add meanwhile is passed afterwards). So there is no lock per store anywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,10 @@ class WorkQueue:
     _failures: dict[Hashable, int] = field(default_factory=dict)
     _timers: dict[Hashable, asyncio.TimerHandle] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Keys an `exclusive()` caller holds: not passed until released.
+    _held: set[Hashable] = field(default_factory=set)
+    #: Set (and replaced) whenever a pass ends or a key is released: what `exclusive()` waits on.
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, key: Hashable, delay: float = 0.0) -> None:
         """Queue `key` (now, or after `delay` seconds); a no-op if it is already waiting."""
@@ -52,8 +59,8 @@ class WorkQueue:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()  # queued now: the delayed add (a back-off, a coalescing pause) is moot
-        if key in self._active:
-            self._again.add(key)  # passed again once the running pass ends
+        if key in self._active or key in self._held:
+            self._again.add(key)  # passed (again) once the running pass ends or the holder lets go
             return
         if key in self._waiting:
             return
@@ -81,6 +88,9 @@ class WorkQueue:
         while True:
             key = await self._queue.get()
             self._waiting.discard(key)
+            if key in self._held:  # queued before the holder took it: passed once it lets go
+                self._again.add(key)
+                continue
             self._active.add(key)
             try:
                 ok = await self.process(key)
@@ -89,12 +99,33 @@ class WorkQueue:
                 ok = False
             finally:
                 self._active.discard(key)
+                self._wake()
             if ok:
                 self._failures.pop(key, None)
             else:
                 delay = self.backoff(key)
                 self._failures[key] = self._failures.get(key, 0) + 1
                 self.add(key, delay)
+            if key in self._again:
+                self._again.discard(key)
+                self.add(key)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold `key`: wait until no pass of it runs (and no other holder has it), then keep its passes
+        back until the block ends; a pass asked for meanwhile runs right after."""
+        while key in self._active or key in self._held:
+            await self._changed.wait()
+        self._held.add(key)
+        try:
+            yield
+        finally:
+            self._held.discard(key)
+            self._wake()
             if key in self._again:
                 self._again.discard(key)
                 self.add(key)

@@ -4,11 +4,14 @@
 is bounded by a timeout and passes run concurrently, so the 29 healthy stores get their topic and their
 workload (TopicReady=True, WorkloadReady waiting only for pods, which nothing runs here) within the bound
 stated below, while the dead one reports KafkaUnavailable. Bound: 240 s on a shared 2-core machine
-(the waits are the bound; no timing is asserted beyond them)."""
+(the waits are the bound; no timing is asserted beyond them). Then, in steady state, the passes read the
+stores' children from the operator's watch-fed cache: a resync interval goes by with no GET of a child."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 
 from tests.harness.common import ManagedProcess, free_port
 from tests.harness.kafka import KafkaBroker
@@ -17,6 +20,8 @@ from .conftest import Stores, store_manifest
 
 STORES = 30
 BOUND_SECONDS = 240.0
+#: The operator's log line after each resync sweep (handlers.resync_loop).
+SWEEP = re.compile(r"children read from memory (\d+) times, with a GET (\d+) times")
 
 
 def test_thirty_stores_one_on_a_dead_kafka(
@@ -47,6 +52,24 @@ def test_thirty_stores_one_on_a_dead_kafka(
     )
     stores.wait_condition("dead", "Ready", "False", "KafkaUnavailable", timeout=60)
     assert stores.get("statefulset", "dead") is None
+
+    # Steady state: the passes read the children from the watch-fed cache, not with GETs. The operator
+    # reports its cache's reads at every resync sweep; the dead store (no children: each of its passes
+    # looks for a StatefulSet it never got) is deleted first so that only steady passes remain.
+    stores.kubectl("delete", "kvs", "dead", "--wait=true")
+
+    def steady_interval() -> tuple[int, int] | None:
+        sweeps = [
+            (int(m.group(1)), int(m.group(2)))
+            for m in SWEEP.finditer(operator.log_path.read_text(errors="replace"))
+        ]
+        for (hits, misses), (later_hits, later_misses) in itertools.pairwise(sweeps[-10:]):
+            if later_hits > hits and later_misses == misses:
+                return later_hits - hits, later_misses - misses
+        return None
+
+    hits, misses = stores.wait("a resync interval of cached reads only", steady_interval, timeout=120)
+    assert hits > 0 and misses == 0
 
 
 def test_a_changed_credentials_secret_rolls_the_pods(

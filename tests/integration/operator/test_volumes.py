@@ -1,6 +1,8 @@
-"""`spec.storage.size` grows: every volume of the store is expanded where its StorageClass allows it (a
-StatefulSet's volumeClaimTemplates cannot change); where it does not, or when the size shrinks, the store
-says so with a reason from the closed list instead of a refused update."""
+"""`spec.storage.size` grows: every volume of the store is expanded where its StorageClass allows it, and
+the StatefulSet's claim template (which cannot change in place) is replaced — the StatefulSet deleted
+leaving its pods and claims, and created again — so new pods start at the new size; where the class does
+not allow it, or when the size shrinks, the store says so with a reason from the closed list instead of a
+refused update."""
 
 from __future__ import annotations
 
@@ -68,6 +70,22 @@ def requested(claim: dict[str, Any]) -> str:
     return str(claim["spec"]["resources"]["requests"]["storage"])
 
 
+def template_request(statefulset: dict[str, Any]) -> str:
+    (template,) = statefulset["spec"]["volumeClaimTemplates"]
+    return str(template["spec"]["resources"]["requests"]["storage"])
+
+
+def pods(stores: Stores, store: str) -> dict[str, str | None]:
+    """The store's pods by uid, each with the uid of the controller that owns it (None: orphaned)."""
+    out = stores.kubectl("get", "pods", "-l", f"app.kubernetes.io/instance={store}", "-o", "json")
+    return {
+        p["metadata"]["uid"]: next(
+            (o["uid"] for o in p["metadata"].get("ownerReferences") or () if o.get("controller")), None
+        )
+        for p in json.loads(out)["items"]
+    }
+
+
 def test_storage_size_grows_volumes_where_the_class_allows_and_says_why_not_elsewhere(
     cluster: Cluster,
     operator: ManagedProcess,
@@ -97,6 +115,12 @@ def test_storage_size_grows_volumes_where_the_class_allows_and_says_why_not_else
             )
 
         # Grow: every claim of the expandable class asks for the new size; nothing is refused.
+        before = stores.get("statefulset", "grows") or {}
+        pods_before = stores.wait(
+            "grows' two pods", lambda: len(pods(stores, "grows")) == 2 and pods(stores, "grows")
+        )
+        claims_before = {n: c["metadata"]["uid"] for n, c in claims(stores, "grows").items()}
+        assert template_request(before) == "1Gi"
         stores.kubectl("patch", "kvs", "grows", "--type=merge", "-p", '{"spec":{"storage":{"size":"2Gi"}}}')
         stores.wait(
             "grows' claims to request 2Gi",
@@ -104,6 +128,24 @@ def test_storage_size_grows_volumes_where_the_class_allows_and_says_why_not_else
         )
         workload = stores.condition("grows", "WorkloadReady")
         assert workload.get("reason") not in ("ChildUpdateRefused", "VolumeExpansionNotSupported"), workload
+
+        # …and the claim template too, so a pod added later starts at the new size: the StatefulSet is
+        # replaced (deleted leaving its pods and claims, created again), and the new one adopts the pods.
+        after = stores.wait(
+            "grows' StatefulSet to have a 2Gi claim template",
+            lambda: (sts := stores.get("statefulset", "grows")) and template_request(sts) == "2Gi" and sts,
+            timeout=120,
+        )
+        assert after["metadata"]["uid"] != before["metadata"]["uid"]
+        stores.wait(
+            "the new StatefulSet to adopt the running pods",
+            lambda: all(owner == after["metadata"]["uid"] for owner in pods(stores, "grows").values()),
+        )
+        assert set(pods(stores, "grows")) == set(pods_before)  # the same pods (uids): none restarted
+        assert {n: c["metadata"]["uid"] for n, c in claims(stores, "grows").items()} == claims_before
+        stores.kubectl("patch", "kvs", "grows", "--type=merge", "-p", '{"spec":{"replicas":3}}')
+        third = stores.wait("grows' third claim", lambda: claims(stores, "grows").get("data-grows-2"))
+        assert requested(third) == "2Gi"  # made by the template at the new size, not grown later
 
         # A class without allowVolumeExpansion: the claims stay, the store says why.
         stores.kubectl("patch", "kvs", "stuck", "--type=merge", "-p", '{"spec":{"storage":{"size":"2Gi"}}}')

@@ -139,10 +139,14 @@ class FakeKube:
         self.events: list[dict[str, Any]] = []
         self.status_writes = 0
         self.patches: list[tuple[str, str, dict[str, Any]]] = []
+        #: Every API call as (verb, kind, name): what a pass costs the API server.
+        self.calls: list[tuple[str, str, str]] = []
         self.down = False
         self._uid = itertools.count(1)
 
-    def _check(self) -> None:
+    def _check(self, verb: str = "", ref: Ref | None = None) -> None:
+        if ref is not None:
+            self.calls.append((verb, ref.kind, ref.name or ""))
         if self.down:
             raise KubernetesApiError("Kubernetes API unreachable (fake)")
 
@@ -153,15 +157,19 @@ class FakeKube:
     def put(self, obj: Mapping[str, Any]) -> None:
         self.objects[self._key(Ref.of(obj))] = copy.deepcopy(dict(obj))
 
+    def gets(self, *kinds: str) -> list[tuple[str, str, str]]:
+        """The GETs made so far (of these kinds only, if given)."""
+        return [c for c in self.calls if c[0] == "get" and (not kinds or c[1] in kinds)]
+
     async def get(self, ref: Ref) -> dict[str, Any] | None:
-        self._check()
+        self._check("get", ref)
         obj = self.objects.get(self._key(ref))
         return copy.deepcopy(obj) if obj is not None else None
 
     async def list(
         self, ref: Ref, label_selector: str | None = None, field_selector: str | None = None
     ) -> list[dict[str, Any]]:
-        self._check()
+        self._check("list", ref)
         return [
             copy.deepcopy(o)
             for (kind, ns, _), o in self.objects.items()
@@ -169,7 +177,7 @@ class FakeKube:
         ]
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        self._check()
+        self._check("apply", Ref.of(obj))
         key = self._key(Ref.of(obj))
         existing = self.objects.get(key)
         stored = copy.deepcopy(dict(obj))
@@ -185,12 +193,12 @@ class FakeKube:
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
-    async def delete(self, ref: Ref) -> bool:
-        self._check()
+    async def delete(self, ref: Ref, propagation: str = "Background") -> bool:
+        self._check("delete" if propagation == "Background" else f"delete ({propagation})", ref)
         return self.objects.pop(self._key(ref), None) is not None
 
     async def patch(self, ref: Ref, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        self._check()
+        self._check("patch", ref)
         obj = self.objects.get(self._key(ref))
         if obj is None:
             return None
@@ -203,14 +211,14 @@ class FakeKube:
         return copy.deepcopy(obj)
 
     async def patch_status(self, ref: Ref, status_body: Mapping[str, Any]) -> dict[str, Any]:
-        self._check()
+        self._check("patch status", ref)
         obj = self.objects[self._key(ref)]
         obj["status"] = {**obj.get("status", {}), **copy.deepcopy(dict(status_body))}
         self.status_writes += 1
         return copy.deepcopy(obj)
 
     async def create(self, ref: Ref, body: Mapping[str, Any]) -> dict[str, Any]:
-        self._check()
+        self._check("create", ref)
         return dict(body)
 
     async def post_event(self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:

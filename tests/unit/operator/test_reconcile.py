@@ -262,3 +262,45 @@ async def test_api_unreachable_is_transient(deps: Deps, kube: FakeKube, body: di
     outcome = await _pass(deps, body)
     assert outcome.error is not None and not outcome.error.permanent
     assert outcome.error.reason is Reason.KUBERNETES_API_ERROR
+
+
+def _template_request(kube: FakeKube) -> str:
+    (template,) = kube.objects[("StatefulSet", "shop", "orders")]["spec"]["volumeClaimTemplates"]
+    return str(template["spec"]["resources"]["requests"]["storage"])
+
+
+async def test_a_grown_size_replaces_the_statefulset_keeping_its_pods(
+    deps: Deps, kube: FakeKube, body: dict[str, Any]
+) -> None:
+    _edit_spec(kube, storage={"size": "1Gi"})
+    await _pass(deps, body)
+    first_uid = kube.objects[("StatefulSet", "shop", "orders")]["metadata"]["uid"]
+    kube.calls.clear()
+    _edit_spec(kube, storage={"size": "2Gi"})
+
+    outcome = await _pass(deps, body)
+
+    assert outcome.error is None
+    # Deleted leaving pods and claims (Orphan), then created again with the new claim template.
+    assert [c for c in kube.calls if c[1] == "StatefulSet" and c[0] != "get"] == [
+        ("apply", "StatefulSet", "orders"),
+        ("delete (Orphan)", "StatefulSet", "orders"),
+        ("apply", "StatefulSet", "orders"),
+    ]
+    assert _template_request(kube) == "2Gi"
+    assert kube.objects[("StatefulSet", "shop", "orders")]["metadata"]["uid"] != first_uid
+    kube.calls.clear()
+    await _pass(deps, body)
+    assert not [c for c in kube.calls if c[0].startswith("delete")]  # once: the template fits now
+
+
+async def test_a_shrink_leaves_the_statefulset_alone(
+    deps: Deps, kube: FakeKube, body: dict[str, Any]
+) -> None:
+    _edit_spec(kube, storage={"size": "2Gi"})
+    await _pass(deps, body)
+    _edit_spec(kube, storage={"size": "1Gi"})
+    outcome = await _pass(deps, body)
+    assert outcome.error is not None and outcome.error.reason is Reason.VOLUME_SHRINK_REFUSED
+    assert _template_request(kube) == "2Gi"
+    assert not [c for c in kube.calls if c[0].startswith("delete")]

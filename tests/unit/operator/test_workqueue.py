@@ -4,7 +4,7 @@ bounded workers — and a store whose passes hang does not hold the others back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from kvs2_operator.workqueue import WorkQueue
 
@@ -102,3 +102,65 @@ async def test_a_hanging_store_holds_one_worker_and_the_others_pass() -> None:
     assert set(passed) == {f"store-{i}" for i in range(30)} and len(passed) == 30
     hang.set()
     await queue.stop()
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_a_held_key_waits_for_its_running_pass_and_keeps_new_ones_back() -> None:
+    """`exclusive` (the delete handler): no pass of the key alongside it, and none lost either."""
+    log: list[str] = []
+    release = asyncio.Event()
+
+    async def process(key: Hashable) -> bool:
+        log.append(f"pass {key} starts")
+        if len(log) == 1:
+            await release.wait()
+        log.append(f"pass {key} ends")
+        return True
+
+    queue = WorkQueue(process, workers=4)
+    queue.start()
+    queue.add("a")
+    await asyncio.sleep(0.05)
+
+    async def hold() -> None:
+        async with queue.exclusive("a"):
+            log.append("held")
+            queue.add("a")  # asked for meanwhile
+            queue.add("b")  # other keys are not held back
+            await asyncio.sleep(0.1)
+            log.append("released")
+
+    task = asyncio.create_task(hold())
+    await asyncio.sleep(0.05)
+    assert log == ["pass a starts"]  # the holder waits for the running pass
+    release.set()
+    await task
+    await _until(lambda: log.count("pass a ends") == 2)
+    await queue.stop()
+    assert log.index("pass a ends") < log.index("held")
+    assert "pass b starts" in log[log.index("held") : log.index("released")]
+    assert log[log.index("released") + 1 :] == ["pass a starts", "pass a ends"]
+
+
+async def test_a_key_queued_before_it_was_held_is_passed_after() -> None:
+    passes: list[Hashable] = []
+
+    async def process(key: Hashable) -> bool:
+        passes.append(key)
+        return True
+
+    queue = WorkQueue(process, workers=1)
+    queue.add("a")  # waiting, no worker yet
+    async with queue.exclusive("a"):
+        queue.start()
+        await asyncio.sleep(0.1)
+        assert passes == []
+    await _until(lambda: passes == ["a"])
+    await queue.stop()
+    assert passes == ["a"]
