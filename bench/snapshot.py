@@ -84,6 +84,10 @@ def bench_snapshot(work: Path, sizes: list[int]) -> list[Figure]:
     try:
         for keys in sizes:
             topic = f"snap-{keys}"
+            # Logs are kept after a run for reading; a new run starts them afresh, or the timings read
+            # from them would be the first run's (ReplicaProcess appends).
+            for name in ("a", "b", "c"):
+                (work / f"{name}-{keys}.log").unlink(missing_ok=True)
             create_topic(broker.bootstrap_servers, topic, 6, config={"cleanup.policy": "compact"})
             _prefill(broker.bootstrap_servers, topic, keys, keys, 100)
             a = ReplicaProcess(broker.bootstrap_servers, topic, work / f"a-{keys}", work / f"a-{keys}.log")
