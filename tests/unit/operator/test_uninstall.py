@@ -4,13 +4,15 @@ ServiceAccount's guard goes last."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import pytest
-from kvs2_operator import uninstall
+from kvs2_operator import handlers, uninstall
 from kvs2_operator.crd import CRD_NAME, FINALIZER
 from kvs2_operator.errors import KafkaUnavailableError
 from kvs2_operator.kube import KubeApi
+from kvs2_operator.workqueue import WorkQueue
 
 from .fakes import FakeKube
 
@@ -94,3 +96,52 @@ def test_guards_parse_and_refuse_half_given_flags() -> None:
     for account, role in (("sa", "role"), ("ns/sa", ""), ("ns/sa/x", "role")):
         with pytest.raises(ValueError, match="--guard-service-account"):
             uninstall.Guards.parse(account, role)
+
+
+async def test_stores_are_passed_only_once_the_uninstall_guards_are_armed() -> None:
+    """A pass may create a topic the store will delete; were the operator uninstalled before its guards
+    are armed, nothing would finish that store (kubectl delete -f deploy/ hangs on the CRD). So the
+    operator's work queue starts once the guards are armed — found by tests/e2e/test_uninstall.py,
+    which deleted deploy/ a second after the operator started."""
+    passed: list[object] = []
+
+    async def process(key: object) -> bool:
+        passed.append(key)
+        return True
+
+    queue = WorkQueue(process, workers=1)
+    state = uninstall.Drain(guards=GUARDS)
+    starting = asyncio.create_task(handlers.start_when_guarded(queue, state, timeout=30))
+    queue.add(("shop", "cart"))
+    await asyncio.sleep(0.05)
+    assert passed == []  # not armed yet: the store waits
+    state.mark_armed()
+    await starting
+    await asyncio.sleep(0.05)
+    assert passed == [("shop", "cart")]
+    await queue.stop()
+
+
+async def test_without_guards_or_past_the_bound_the_queue_starts_anyway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for state, timeout in ((uninstall.Drain(), 30.0), (uninstall.Drain(guards=GUARDS), 0.01)):
+        passed: list[object] = []
+
+        async def process(key: object, passed: list[object] = passed) -> bool:
+            passed.append(key)
+            return True
+
+        queue = WorkQueue(process, workers=1)
+        if state.guards is None:
+            await uninstall.watch(cast(KubeApi, FakeKube()), state, None, _never)  # no guards: settled
+        queue.add(("shop", "cart"))
+        await handlers.start_when_guarded(queue, state, timeout=timeout)
+        await asyncio.sleep(0.05)
+        assert passed == [("shop", "cart")]
+        await queue.stop()
+    assert "not armed" in caplog.text
+
+
+async def _never(body: dict[str, Any]) -> None:
+    raise AssertionError("no drain expected")
