@@ -70,6 +70,8 @@ REJECTED_RETRY_DELAY = 60.0
 IO_THREADS = 32
 #: Stores reconciled at the same time by one resync sweep.
 RESYNC_CONCURRENCY = 8
+#: Longest the stores' passes wait for the uninstall guards at start-up (start_when_guarded).
+UNINSTALL_GUARD_WAIT = 30.0
 #: A burst of child events (a rollout, a GC sweep) within this window costs one pass, not one per event.
 NUDGE_COALESCE_SECONDS = 0.5
 
@@ -164,7 +166,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Created here, in the operator-wide memo that kopf copies (shallowly) per object: one queue for all,
     # started before kopf's resume handlers queue the stores.
     memo.resync = Resync(queue=store_queue(deps))
-    memo.resync.queue.start()
+    memo.queue_task = asyncio.create_task(
+        start_when_guarded(memo.resync.queue, _drain(memo), UNINSTALL_GUARD_WAIT), name="kvs2-queue-start"
+    )
     memo.resync_task = asyncio.create_task(supervise_resync(deps, options, memo.resync), name="kvs2-resync")
     # The uninstall guards (uninstall.py): armed now, drained when deploy/ is deleted.
     memo.uninstall_task = asyncio.create_task(
@@ -177,7 +181,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("resync_task", "uninstall_task"):
+    for name in ("queue_task", "resync_task", "uninstall_task"):
         task = getattr(memo, name, None)
         if isinstance(task, asyncio.Task):
             task.cancel()
@@ -262,6 +266,26 @@ def resync_alive(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     return {"lastSweepSecondsAgo": round(age, 1), "crashes": resync.crashes, "lastError": resync.last_error}
 
 
+async def start_when_guarded(queue: WorkQueue, state: uninstall.Drain, timeout: float) -> None:
+    """Start the passes once the uninstall guards are armed (uninstall.py), at most `timeout` later.
+
+    Why wait: a pass may create a topic its store deletes (`topicDeletionPolicy: Delete`). Were deploy/
+    deleted before the guards are armed, the operator would stop at once and nothing would finish that
+    store — `kubectl delete -f deploy/` would hang on the CRD. Stores queued meanwhile (kopf's resume
+    handlers) wait in the queue. Arming takes a second or two; if it cannot be done (the flags name an
+    account the operator cannot patch), the passes start anyway after `timeout`, and the log says the
+    uninstall then needs a person."""
+    try:
+        await asyncio.wait_for(state.settled.wait(), timeout)
+    except TimeoutError:
+        log.warning(
+            "uninstall guards not armed after %.0fs: reconciling stores without them (an uninstall of the "
+            "operator before they are armed leaves stores with topicDeletionPolicy Delete to a person)",
+            timeout,
+        )
+    queue.start()
+
+
 def store_queue(deps: Deps) -> WorkQueue:
     """The queue of passes keyed by (namespace, name); a pass re-reads the store (reconcile())."""
 
@@ -287,7 +311,7 @@ async def resync_loop(deps: Deps, options: Options, resync: Resync | None = None
     own = queue is None
     if queue is None:
         queue = store_queue(deps)
-    queue.start()
+        queue.start()  # a queue handed in is started by its owner (configure: once the guards are armed)
     try:
         while True:
             if resync is not None:

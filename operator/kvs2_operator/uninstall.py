@@ -101,6 +101,14 @@ class Drain:
     armed: bool = False
     draining: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set once the guards are armed, or at once when there are none: the operator's passes wait for it
+    #: (handlers.start_when_guarded), so no store gets a topic it may delete while an uninstall could
+    #: still strand it.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def mark_armed(self) -> None:
+        self.armed = True
+        self.settled.set()
 
 
 def _owner(crd: Mapping[str, Any]) -> dict[str, Any]:
@@ -329,6 +337,7 @@ async def watch(kube: KubeApi, state: Drain, namespaces: list[str] | None, finis
     """Arm the guards, then watch for an uninstall and drain once it starts (runs for the process's life)."""
     guards = state.guards
     if guards is None:
+        state.settled.set()
         return
     # kopf installs its own SIGTERM handler just before its startup handlers run (which start this
     # task); replace it only once kopf's is surely in place.
@@ -338,7 +347,7 @@ async def watch(kube: KubeApi, state: Drain, namespaces: list[str] | None, finis
         try:
             if not state.armed:
                 await arm(kube, guards)
-                state.armed = True
+                state.mark_armed()
                 log.info("uninstall guards armed (%s)", guards.uninstall_name)
             if state.armed and await being_deleted(kube, guards):
                 await drain(kube, guards, state, namespaces, finish)
