@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvs2.partitioner import partition_for
+
 from tests.harness.common import LOOPBACK, free_port, progress
 from tests.harness.history import Fault, History
 from tests.harness.kafka import KafkaBroker, create_topic, delete_topic
@@ -46,6 +48,22 @@ FAULT_WEIGHTS = {
     "topic-recreate": 1,
 }
 FREEZE_MS = 3_600_000  # held for an hour: until healed, in practice
+
+
+def rolling_keys(prefix: str, partitions: int) -> list[bytes]:
+    """One key per partition (kvs2's partitioner, the Java client's murmur2): writing each after
+    `segment.ms` rolls every partition's active segment, so the cleaner can reach every tombstone.
+
+    Why not "a few keys per partition": 16 keys over 4 partitions miss one ~4% of the time, and a
+    partition that gets no write never rolls — its tombstones stay in the active segment, which the
+    cleaner never touches (a CI run of test_resurrection_running timed out that way)."""
+    keys: dict[int, bytes] = {}
+    i = 0
+    while len(keys) < partitions:
+        key = f"{prefix}{i}".encode()
+        keys.setdefault(partition_for(key, partitions), key)
+        i += 1
+    return [keys[p] for p in range(partitions)]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from kvs2.client import Client, watch_request
 from tests.harness import checkers
 from tests.harness.common import progress
 from tests.harness.history import Delivery, History, WatchSession
-from tests.harness.nemesis import FAULT_KINDS, FaultStack, Nemesis, StackConfig
+from tests.harness.nemesis import FAULT_KINDS, FaultStack, Nemesis, StackConfig, rolling_keys
 from tests.harness.recorder import Recorder
 
 PREFIX = "k"
@@ -359,8 +359,8 @@ def let_compaction_run(stack: FaultStack, seconds: float = 6.0) -> None:
     with Client(stack.replicas["r0"].target, timeout=10.0, retries=0) as c:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            for p in range(stack.config.partitions * 4):  # several keys: every partition gets a record
-                c.set(f"{FILLER}{p}".encode(), b"roll")
+            for key in rolling_keys(FILLER, stack.config.partitions):  # every partition gets a record
+                c.set(key, b"roll")
             time.sleep(stack.config.segment_ms / 1000 + 0.1)
 
 

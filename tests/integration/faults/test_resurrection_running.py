@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from kvs2.client import Client, Written
 
 from tests.harness.common import wait_until
-from tests.harness.nemesis import FaultStack
+from tests.harness.nemesis import FaultStack, rolling_keys
 
 pytestmark = pytest.mark.integration
 
@@ -107,10 +107,11 @@ def test_a_replica_cut_off_past_delete_retention_does_not_keep_deleted_keys(
                 """Keep writing so segments roll and the cleaner passes, until the tombstones are gone."""
                 nonlocal round_
                 round_ += 1
-                for p in range(config.partitions * 4):
-                    w.set(f"~filler-{tag}-{p}".encode(), f"{round_}".encode())
+                for key in rolling_keys(f"~filler-{tag}-", config.partitions):
+                    w.set(key, f"{round_}".encode())
                 time.sleep(config.segment_ms / 1000 + 0.1)
-                w.set(f"~roll-{tag}".encode(), f"{round_}".encode())
+                for key in rolling_keys(f"~roll-{tag}-", config.partitions):  # every partition rolls
+                    w.set(key, f"{round_}".encode())
                 in_topic = _keys_in_topic(stack.kafka.bootstrap_servers, config.topic, config.partitions)
                 return not (in_topic & set(doomed))
 
