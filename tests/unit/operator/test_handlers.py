@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import kopf
 import pytest
-from kvs2_operator import deletion, handlers
+from kvs2_operator import deletion, handlers, uninstall
 from kvs2_operator.errors import (
     KafkaRejectedError,
     KafkaUnavailableError,
@@ -183,3 +183,35 @@ def test_every_handler_is_registered() -> None:
     watching = [h.id for h in registry._watching.get_all_handlers()]
     assert watching == ["child_changed"] * 3  # StatefulSets, Services, PodDisruptionBudgets
     assert registry._spawning.get_all_handlers() == [], "a timer/daemon would put a finalizer on every store"
+
+
+async def test_during_an_uninstall_the_delete_handler_leaves_the_store_to_the_drain(
+    body: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain removes the last store's finalizer and at once the ServiceAccount's guard, while the
+    CRD — and so the CRD-owned rights the operator needs for that last call — still exists. Had kopf's
+    delete handler finished the store first, the CRD would go, its rights with it, and the guard would
+    stay: the operator's namespace stuck Terminating (test_deploy.py did, in CI)."""
+    finished: list[str] = []
+
+    async def finalize(raw: dict[str, Any], deps: Deps, *, give_up: bool) -> deletion.DeletionOutcome:
+        finished.append(raw["metadata"]["name"])
+        return deletion.DeletionOutcome(Reason.TOPIC_DELETED, "deleted")
+
+    monkeypatch.setattr(deletion, "finalize", finalize)
+    guards = uninstall.Guards("kvs2-system", "kvs2-operator", "kvs2-operator")
+    kube = FakeKube()
+    kube.put({"apiVersion": "v1", "kind": "ServiceAccount",
+              "metadata": {"name": "kvs2-operator", "namespace": "kvs2-system",
+                           "finalizers": [uninstall.GUARD_FINALIZER],
+                           "deletionTimestamp": "2026-01-01T00:00:00Z"}})  # fmt: skip
+    memo: Any = SimpleNamespace(
+        deps=Deps(kube=cast(KubeApi, kube)), uninstall=uninstall.Drain(guards=guards, armed=True)
+    )
+    with pytest.raises(kopf.TemporaryError, match="uninstall"):
+        await handlers.delete_topic(body=body, retry=0, memo=memo)
+    assert finished == []
+    # Not an uninstall (the account stays): the handler finishes the store itself.
+    kube.objects[("ServiceAccount", "kvs2-system", "kvs2-operator")]["metadata"].pop("deletionTimestamp")
+    await handlers.delete_topic(body=body, retry=0, memo=memo)
+    assert finished == ["orders"]
