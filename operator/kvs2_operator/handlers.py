@@ -456,6 +456,18 @@ def _finish_on_uninstall(deps: Deps, memo: Any) -> uninstall.Finish:
     return finish
 
 
+async def _uninstall_under_way(deps: Deps, state: uninstall.Drain) -> bool:
+    """Whether the operator's own uninstall has begun (its guarded ServiceAccount is being deleted)."""
+    if state.draining:
+        return True
+    if state.guards is None or not state.armed:
+        return False
+    try:
+        return await uninstall.being_deleted(deps.kube, state.guards)
+    except OperatorError:
+        return False  # cannot tell: the handler does its job, as without guards
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_topic)
 async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     """topicDeletionPolicy Delete: stop the workload, then delete the topic the store created (deletion.py).
@@ -468,6 +480,13 @@ async def delete_topic(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -
     deps = _deps(memo)
     options = _options(memo)
     raw = dict(body)
+    if await _uninstall_under_way(deps, _drain(memo)):
+        # The drain finishes this store, then releases the ServiceAccount's guard in the next call, while
+        # the CRD — kept by this store's finalizer — and the CRD-owned rights that call needs still exist.
+        # Finished here instead, the last store would let the CRD go first and take those rights along.
+        raise kopf.TemporaryError(
+            "the operator is being uninstalled: its drain finishes this store", delay=uninstall.POLL_SECONDS
+        )
     waited = _seconds_since((raw.get("metadata") or {}).get("deletionTimestamp"))
     give_up = waited >= options.deletion_timeout or _drain(memo).draining
     try:
