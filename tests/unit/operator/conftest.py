@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from .fakes import FakeKube
+
 BASE_BODY: dict[str, Any] = {
     "apiVersion": "kvs2.io/v1alpha1",
     "kind": "KeyValueStore",
@@ -25,3 +27,11 @@ BASE_BODY: dict[str, Any] = {
 @pytest.fixture
 def body() -> dict[str, Any]:
     return copy.deepcopy(BASE_BODY)
+
+
+@pytest.fixture
+def kube(body: dict[str, Any]) -> FakeKube:
+    """An API server holding the store `body` (test modules with other needs define their own)."""
+    fake = FakeKube()
+    fake.put(body)
+    return fake

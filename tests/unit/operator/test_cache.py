@@ -21,13 +21,6 @@ STORE_GET = ("get", "KeyValueStore", "orders")
 
 
 @pytest.fixture
-def kube(body: dict[str, Any]) -> FakeKube:
-    fake = FakeKube()
-    fake.put(body)
-    return fake
-
-
-@pytest.fixture
 def deps(kube: FakeKube) -> Deps:
     admin = FakeAdmin()
     return Deps(kube=cast(KubeApi, kube), topics=TopicAdmins(admin_factory=lambda _cfg: admin))

@@ -20,13 +20,6 @@ def admin() -> FakeAdmin:
 
 
 @pytest.fixture
-def kube(body: dict[str, Any]) -> FakeKube:
-    fake = FakeKube()
-    fake.put(body)
-    return fake
-
-
-@pytest.fixture
 def deps(kube: FakeKube, admin: FakeAdmin) -> Deps:
     return Deps(kube=cast(KubeApi, kube), topics=TopicAdmins(admin_factory=lambda _cfg: admin))
 
